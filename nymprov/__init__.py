@@ -1,0 +1,11 @@
+"""
+nymprov: a Nym mixnet provider node on Twisted.
+
+The packet format lives in :mod:`nymprov.sphinx`, the wire codecs in
+:mod:`nymprov.wire`, the node in :mod:`nymprov.node` and the service tree
+in :mod:`nymprov.service`.
+"""
+
+from nymprov._version import __version__
+
+__all__ = ["__version__"]
