@@ -1,0 +1,175 @@
+"""
+The roles between nymprov's parts, declared with zope.interface.
+
+Every method that waits returns a ``Deferred``; nothing here blocks the
+reactor thread.  Byte strings are ``bytes``; addresses are 32 bytes.
+"""
+
+from zope.interface import Attribute, Interface
+
+
+class IProvider(Interface):
+    """
+    What happens to a payload that reached its final hop at this provider.
+    """
+
+    name = Attribute("Short name of the backend, used in logs and counters.")
+
+    def deliver(destination, surb_id, message):
+        """
+        Take responsibility for one message.
+
+        :param bytes destination: the 32-byte destination address from the
+            final hop's routing information.
+        :param bytes surb_id: the 16-byte SURB identifier of the final hop.
+        :param bytes message: the plaintext recovered from the payload.
+        :returns: a Deferred that fires once the backend has taken
+            responsibility (for the inbox: once the message is committed),
+            or fails with a :class:`nymprov.errors.DeliveryError`
+            subclass, whose ``reason`` is counted by the node.
+        """
+
+
+class IMixSender(Interface):
+    """
+    Sends whole Sphinx packets to other nodes over the mix link.
+    """
+
+    def send(address, packet):
+        """
+        Queue ``packet`` for the node at ``address``.
+
+        :param bytes address: a 32-byte Nym node address (an encoded socket
+            address, see :mod:`nymprov.sphinx.address`).
+        :param bytes packet: a complete Sphinx packet.
+        :returns: ``True`` if the packet was queued, ``False`` if the
+            neighbour's bounded queue is full (the caller counts the drop).
+        """
+
+
+class IReplayCache(Interface):
+    """
+    Remembers the replay tags of processed packets for the life of the
+    node's Sphinx key.
+    """
+
+    def check_and_record(tag):
+        """
+        Record ``tag`` unless it was seen before.
+
+        Synchronous so that two copies of one packet arriving together cannot
+        both pass.  The tag is made durable by the next commit of the store
+        that owns the cache, before or with any message committed after this
+        call.
+
+        :param bytes tag: a 16-byte replay tag.
+        :returns: ``True`` if the tag is new (the packet may be processed),
+            ``False`` if it is a replay.
+        """
+
+
+class IInboxStore(Interface):
+    """
+    Clients, their access tokens and their messages.
+
+    Tokens are never stored: only ``sha256(token)``.  ``now`` arguments are
+    seconds since the epoch from the injected clock.
+    """
+
+    def start():
+        """
+        Open the store.
+
+        :returns: Deferred firing once the store is ready.
+        """
+
+    def close():
+        """
+        Commit everything pending and release the store.
+
+        :returns: Deferred firing once every accepted write is durable.
+        """
+
+    def register(address, token_hash, now):
+        """
+        Create the client ``address``, or replace its token hash (which
+        revokes the previous token).
+
+        :returns: Deferred firing with ``None`` once committed.
+        """
+
+    def authenticate(address, token_hash):
+        """
+        Compare ``token_hash`` with the stored hash, in constant time.
+
+        :returns: Deferred firing with ``True`` or ``False``.
+        """
+
+    def is_registered(address):
+        """
+        :returns: ``True`` if ``address`` is a registered client.  Answered
+            from memory, so that the hot path does not wait on the database.
+        """
+
+    def append(address, message, now):
+        """
+        Add one message to the inbox of ``address``.
+
+        Writes are grouped: many appends share one transaction.
+
+        :returns: Deferred firing with ``None`` once the message is
+            committed, or failing with ``UnknownDestination`` or ``InboxFull``
+            (see :mod:`nymprov.errors`); a refused message changes nothing.
+        """
+
+    def lease(address, max_count, now, lease_seconds):
+        """
+        Hand out at most ``max_count`` messages of ``address``, oldest first,
+        that are not under a live lease.
+
+        :returns: Deferred firing with ``(lease_id, messages)``, where
+            ``lease_id`` is a positive int and ``messages`` is a list of
+            ``(message_id, bytes)``; with ``(0, [])`` when there is nothing.
+        """
+
+    def ack(address, lease_id):
+        """
+        Delete the messages under lease ``lease_id`` of ``address``.
+
+        :returns: Deferred firing with the number of messages deleted, or
+            failing with ``UnknownLease`` if there is no such live lease.
+        """
+
+    def forget(address):
+        """
+        Delete the client ``address``, its token and its whole inbox.
+
+        :returns: Deferred firing with ``None`` once committed.
+        """
+
+    def expire(now):
+        """
+        Delete messages older than the store's expiry and return expired
+        leases' messages to their inboxes.
+
+        :returns: Deferred firing with the number of messages deleted.
+        """
+
+    def sizes():
+        """
+        :returns: Deferred firing with a dict of gauges: ``clients``,
+            ``messages``, ``bytes``.
+        """
+
+
+class ITopology(Interface):
+    """
+    The nodes of the mixnet that this node knows about.
+    """
+
+    def is_first_layer(address):
+        """
+        :param bytes address: a 32-byte Nym node address.
+        :returns: ``True`` if ``address`` is a mix node of the first layer,
+            to which a client's packet may be relayed unchanged.
+        """
