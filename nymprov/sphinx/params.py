@@ -1,0 +1,61 @@
+"""
+Sizes and constants of the Sphinx packet format (SPHINX.md §1, DESIGN.md §4).
+"""
+
+import enum
+
+SECURITY_PARAMETER = 16
+MAX_PATH_LENGTH = 5
+GROUP_ELEMENT_SIZE = 32
+NODE_ADDRESS_LENGTH = 32
+DESTINATION_ADDRESS_LENGTH = 32
+IDENTIFIER_LENGTH = 16
+HEADER_SIZE = 348
+PAYLOAD_OVERHEAD_SIZE = 17
+
+
+class PacketSize(enum.Enum):
+    """
+    The packet sizes of Nym's mix link, by their frame size tag.
+
+    ``plaintext`` is the largest message the payload carries; the payload is
+    that plus the 17-byte overhead; the packet adds the 348-byte header.
+    """
+
+    REGULAR = (1, 2048)
+    ACK = (2, 16 + 5)
+    EXTENDED32 = (3, 32768)
+    EXTENDED8 = (4, 512)
+    EXTENDED16 = (5, 16384)
+
+    def __init__(self, tag, plaintext):
+        self.tag = tag
+        self.plaintext = plaintext
+        self.payload_size = plaintext + PAYLOAD_OVERHEAD_SIZE
+        self.packet_size = HEADER_SIZE + self.payload_size
+
+    @classmethod
+    def from_tag(cls, tag):
+        """
+        :returns: the size with frame tag ``tag``.
+        :raises ValueError: for an unknown tag.
+        """
+        for size in cls:
+            if size.tag == tag:
+                return size
+        raise ValueError(f"unknown packet size tag {tag}")
+
+    @classmethod
+    def from_packet_length(cls, length):
+        """
+        :returns: the size whose whole packet is ``length`` bytes.
+        :raises ValueError: if no size has that length.
+        """
+        for size in cls:
+            if size.packet_size == length:
+                return size
+        raise ValueError(f"no packet size of {length} bytes")
+
+
+DEFAULT_PACKET_SIZE = PacketSize.REGULAR
+DEFAULT_PAYLOAD_SIZE = DEFAULT_PACKET_SIZE.payload_size
