@@ -57,14 +57,15 @@ class IReplayCache(Interface):
         """
         Record ``tag`` unless it was seen before.
 
-        Synchronous so that two copies of one packet arriving together cannot
-        both pass.  The tag is made durable by the next commit of the store
-        that owns the cache, before or with any message committed after this
-        call.
+        Two copies of one packet arriving together can never both pass: the
+        tag is recorded in memory before this returns, and made durable by
+        the next commit of the store that owns the cache, before or with any
+        message committed after this call.  Usually the answer comes from
+        memory and the Deferred has already fired.
 
         :param bytes tag: a 16-byte replay tag.
-        :returns: ``True`` if the tag is new (the packet may be processed),
-            ``False`` if it is a replay.
+        :returns: a Deferred firing with ``True`` if the tag is new (the
+            packet may be processed), ``False`` if it is a replay.
         """
 
 
