@@ -1,0 +1,260 @@
+"""
+The node core: what happens to one Sphinx packet.
+
+A packet from the mix link must be a final hop here; it is unwrapped,
+checked against the replay cache and handed to the backend.  A packet from a
+client either names this node as its first hop (the Loopix route: it must
+be a forward hop, which is sent on after the delay its header asks for) or a
+first-layer mix node (the Nym route: it is relayed unchanged).  Every fate
+is counted by reason; payloads never reach a log.
+"""
+
+import itertools
+
+from twisted.internet.defer import (
+    CancelledError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.logger import Logger
+
+from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
+from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
+from nymprov.sphinx import (
+    FinalHop,
+    ForwardHop,
+    PacketSize,
+    ReplayedPacket,
+    SphinxError,
+    process_packet,
+)
+
+NANOSECONDS = 1_000_000_000
+
+#: Longest a backend may take to accept a message before the node gives up
+#: on it (the sender's retransmission covers the loss).
+DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds
+
+#: Most forward hops waiting for their delay at once; beyond it clients are
+#: told the node is busy, so a flood cannot grow memory without bound.
+DEFAULT_MAX_DELAYED = 100_000
+
+_PACKET_LENGTHS = frozenset(size.packet_size for size in PacketSize)
+
+
+class NodeCore:
+    """
+    Unwraps packets and decides their fate.
+
+    :param keypair: the node's Sphinx ``KeyPair``.
+    :param replay_cache: an ``IReplayCache``.
+    :param provider: the ``IProvider`` backend for final hops.
+    :param mix_sender: the ``IMixSender`` for packets leaving this node.
+    :param topology: an ``ITopology`` naming the first-layer mix nodes.
+    :param clock: an ``IReactorTime``.
+    :param counters: a :class:`nymprov.metrics.Counters`.
+    :param float max_delay: cap on a forward hop's delay, in seconds.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        keypair,
+        replay_cache,
+        provider,
+        mix_sender,
+        topology,
+        clock,
+        counters,
+        *,
+        max_delay=30.0,
+        deliver_timeout=DEFAULT_DELIVER_TIMEOUT,
+        max_delayed=DEFAULT_MAX_DELAYED,
+    ):
+        assert IReplayCache.providedBy(replay_cache), replay_cache
+        assert IProvider.providedBy(provider), provider
+        assert IMixSender.providedBy(mix_sender), mix_sender
+        assert ITopology.providedBy(topology), topology
+        self._keypair = keypair
+        self._replay = replay_cache
+        self._provider = provider
+        self._sender = mix_sender
+        self._topology = topology
+        self._clock = clock
+        self._counters = counters
+        self._max_delay_ns = int(max_delay * NANOSECONDS)
+        self._deliver_timeout = deliver_timeout
+        self._max_delayed = max_delayed
+        self._delayed = {}  # key -> (IDelayedCall, next_address, packet)
+        self._keys = itertools.count()
+        self._own_addresses = set()
+        self._stopped = False
+
+    # -- configuration -----------------------------------------------------
+
+    def add_own_address(self, address):
+        """
+        Know ``address`` (a 32-byte node address) as one of this node's own,
+        so that a client naming it as first hop takes the Loopix route.
+        """
+        self._own_addresses.add(address)
+
+    @property
+    def own_addresses(self):
+        """The node addresses this node answers to."""
+        return frozenset(self._own_addresses)
+
+    @property
+    def delayed_count(self):
+        """How many forward hops are waiting for their delay."""
+        return len(self._delayed)
+
+    # -- packets from the mix link -----------------------------------------
+
+    def receive_from_mix(self, packet):
+        """
+        Handle a packet that arrived over the mix link.
+
+        :returns: a Deferred that fires with ``None`` once the backend took
+            responsibility for the message, or fails with the typed reason
+            (already counted).
+        """
+        self._counters.incr("packets.received", "mix")
+        try:
+            hop = process_packet(packet, self._keypair)
+            if not isinstance(hop, FinalHop):
+                # A provider is not a mix layer: letting forward hops through
+                # here would let a sender skip the mixing.
+                raise PacketRefused("route_refused", "forward hop from the mix link")
+            message = hop.message()
+        except (SphinxError, PacketRefused) as e:
+            return self._refuse(e)
+        d = self._replay.check_and_record(hop.replay_tag)
+        d.addCallback(self._deliver_if_new, hop, message)
+        return d
+
+    def _deliver_if_new(self, is_new, hop, message):
+        if not is_new:
+            return self._refuse(ReplayedPacket("replayed packet"))
+        d = maybeDeferred(self._provider.deliver, hop.destination, hop.surb_id, message)
+        timed_out = []
+        timer = self._clock.callLater(
+            self._deliver_timeout, lambda: (timed_out.append(True), d.cancel())
+        )
+
+        def delivered(result):
+            self._counters.incr("packets.delivered")
+            return None
+
+        def failed(failure):
+            if failure.check(CancelledError) and timed_out:
+                return self._refuse(BackendTimeout())
+            if failure.check(DeliveryError):
+                return self._refuse(failure.value)
+            self._counters.incr("packets.dropped", "backend_error")
+            self.log.failure("backend {backend} failed", failure, backend=self._provider.name)
+            return failure
+
+        def cancel_timer(result):
+            if timer.active():
+                timer.cancel()
+            return result
+
+        d.addBoth(cancel_timer)
+        d.addCallbacks(delivered, failed)
+        return d
+
+    # -- packets from clients ----------------------------------------------
+
+    def send_from_client(self, first_hop, packet):
+        """
+        Accept a client's packet for the mixnet.
+
+        :param bytes first_hop: the 32-byte address of the packet's first hop.
+        :param bytes packet: a whole Sphinx packet.
+        :returns: a Deferred that fires with ``None`` once the packet is
+            accepted (scheduled or queued for its next node), or fails with
+            ``PacketRefused`` or a ``SphinxError`` (already counted).
+        """
+        self._counters.incr("packets.received", "client")
+        if len(packet) not in _PACKET_LENGTHS:
+            return self._refuse(PacketRefused("bad_size", f"{len(packet)} bytes"))
+        if self._stopped:
+            return self._refuse(PacketRefused("busy", "node is stopping"))
+        if first_hop in self._own_addresses:
+            return self._loopix_route(packet)
+        if not self._topology.is_first_layer(first_hop):
+            return self._refuse(PacketRefused("unknown_first_hop"))
+        if not self._sender.send(first_hop, packet):
+            return self._refuse(PacketRefused("busy", "neighbour queue full"))
+        self._counters.incr("packets.relayed")
+        return succeed(None)
+
+    def _loopix_route(self, packet):
+        arrived = self._clock.seconds()
+        if len(self._delayed) >= self._max_delayed:
+            return self._refuse(PacketRefused("busy", "too many delayed packets"))
+        try:
+            hop = process_packet(packet, self._keypair)
+            if not isinstance(hop, ForwardHop):
+                # A client's own packet ending here would bypass the mixnet.
+                raise PacketRefused("route_refused", "final hop from a client")
+            if not self._topology.is_first_layer(hop.next_address):
+                raise PacketRefused("unknown_next_hop")
+        except (SphinxError, PacketRefused) as e:
+            return self._refuse(e)
+        d = self._replay.check_and_record(hop.replay_tag)
+        d.addCallback(self._schedule_if_new, hop, arrived)
+        return d
+
+    def _schedule_if_new(self, is_new, hop, arrived):
+        if not is_new:
+            return self._refuse(ReplayedPacket("replayed packet"))
+        # The delay is kept in nanoseconds until here, capped, and reduced by
+        # the time the packet already spent at this node.
+        delay_ns = min(hop.delay_ns, self._max_delay_ns)
+        waited = self._clock.seconds() - arrived
+        remaining = max(0.0, delay_ns / NANOSECONDS - waited)
+        key = next(self._keys)
+        call = self._clock.callLater(remaining, self._forward_now, key)
+        self._delayed[key] = (call, hop.next_address, hop.packet)
+        self._counters.incr("packets.scheduled")
+        return None
+
+    def _forward_now(self, key):
+        _call, address, packet = self._delayed.pop(key)
+        self._send_on(address, packet)
+
+    def _send_on(self, address, packet):
+        if self._sender.send(address, packet):
+            self._counters.incr("packets.forwarded")
+        else:
+            self._counters.incr("packets.dropped", "queue_full")
+
+    # -- life cycle ----------------------------------------------------------
+
+    def stop(self):
+        """
+        Refuse new client packets and send every delayed packet now, so that
+        nothing accepted is lost at shutdown (their remaining delay is given
+        up, which is the lesser harm).
+
+        :returns: the number of packets sent early.
+        """
+        self._stopped = True
+        pending = list(self._delayed.values())
+        self._delayed.clear()
+        for call, address, packet in pending:
+            call.cancel()
+            self._send_on(address, packet)
+        return len(pending)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _refuse(self, error):
+        reason = getattr(error, "reason", "error")
+        self._counters.incr("packets.dropped", reason)
+        self.log.debug("dropped a packet: {reason}", reason=reason)
+        return fail(error)
