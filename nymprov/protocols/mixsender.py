@@ -1,0 +1,184 @@
+"""
+The mix link's sending side: one long-lived connection per neighbour.
+"""
+
+from collections import deque
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from nymprov.interfaces import IMixSender
+from nymprov.sphinx import InvalidAddress, decode_address
+from nymprov.wire.frames import encode_frame
+
+#: How long shutdown waits for queued packets to reach their neighbours.
+DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds
+
+
+@implementer(IPushProducer)
+class _OutboundProtocol(Protocol):
+    """
+    Writes frames to one neighbour; pauses when the kernel buffer is full.
+    """
+
+    def __init__(self, neighbour):
+        self._neighbour = neighbour
+        self.paused = False
+
+    def connectionMade(self):
+        self.transport.registerProducer(self, True)
+        self._neighbour.connected(self)
+
+    def dataReceived(self, data):
+        # The mix link carries packets one way; a neighbour has nothing to
+        # say to us, so whatever it sends is ignored.
+        pass
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self._neighbour.drain()
+
+    def stopProducing(self):
+        self.paused = True
+
+    def connectionLost(self, reason):
+        self._neighbour.disconnected(self)
+
+
+class _Neighbour:
+    """
+    A bounded queue of frames for one node and the connection that
+    carries them, reconnecting with back-off when it drops.
+    """
+
+    def __init__(self, endpoint, clock, queue_limit, counters):
+        self._queue = deque()
+        self._queue_limit = queue_limit
+        self._counters = counters
+        self._protocol = None
+        self._drained = []
+        factory = Factory.forProtocol(lambda: _OutboundProtocol(self))
+        self._service = ClientService(
+            endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=clock
+        )
+        self._service.startService()
+
+    def enqueue(self, packet):
+        if len(self._queue) >= self._queue_limit:
+            return False
+        self._queue.append(encode_frame(packet))
+        self.drain()
+        return True
+
+    def connected(self, protocol):
+        self._protocol = protocol
+        self._counters.incr("mix_sender.connected")
+        self.drain()
+
+    def disconnected(self, protocol):
+        if self._protocol is protocol:
+            self._protocol = None
+
+    def drain(self):
+        protocol = self._protocol
+        while self._queue and protocol is not None and not protocol.paused:
+            protocol.transport.write(self._queue.popleft())
+        if not self._queue:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_drained(self):
+        if not self._queue:
+            return succeed(None)
+        d = Deferred()
+        self._drained.append(d)
+        return d
+
+    def stop(self):
+        dropped = len(self._queue)
+        self._queue.clear()
+        return dropped, self._service.stopService()
+
+
+@implementer(IMixSender)
+class MixSenderPool(Service):
+    """
+    Sends packets to other nodes over long-lived mix-link connections, one
+    per neighbour, each with a bounded queue.
+
+    :param reactor: provides ``IReactorTCP`` and ``IReactorTime``.
+    :param counters: a :class:`nymprov.metrics.Counters`.
+    :param int queue_limit: most frames queued per neighbour.
+    :param endpoint_for: optional ``(host, port) -> IStreamClientEndpoint``,
+        for tests and for wrapping the link in TLS.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor, counters, *, queue_limit=10_000, endpoint_for=None,
+                 drain_timeout=DEFAULT_DRAIN_TIMEOUT):
+        self._reactor = reactor
+        self._counters = counters
+        self._queue_limit = queue_limit
+        self._endpoint_for = endpoint_for or self._tcp_endpoint
+        self._drain_timeout = drain_timeout
+        self._neighbours = {}
+        self._closed = False
+
+    def _tcp_endpoint(self, host, port):
+        if ":" in host:
+            return TCP6ClientEndpoint(self._reactor, host, port, timeout=10)
+        return TCP4ClientEndpoint(self._reactor, host, port, timeout=10)
+
+    def send(self, address, packet):
+        """IMixSender API"""
+        if self._closed:
+            return False
+        neighbour = self._neighbours.get(address)
+        if neighbour is None:
+            try:
+                host, port = decode_address(address)
+            except InvalidAddress:
+                self._counters.incr("mix_sender.bad_address")
+                return False
+            neighbour = _Neighbour(
+                self._endpoint_for(host, port), self._reactor, self._queue_limit, self._counters
+            )
+            self._neighbours[address] = neighbour
+        return neighbour.enqueue(packet)
+
+    def stopService(self):
+        """
+        Give queued packets a bounded time to leave, then close every link.
+        """
+        Service.stopService(self)
+        self._closed = True
+        neighbours = list(self._neighbours.values())
+        self._neighbours.clear()
+        waiting = DeferredList([n.when_drained() for n in neighbours], consumeErrors=True)
+        timer = self._reactor.callLater(self._drain_timeout, waiting.cancel)
+
+        def close(_):
+            if timer.active():
+                timer.cancel()
+            stops = []
+            for neighbour in neighbours:
+                dropped, d = neighbour.stop()
+                if dropped:
+                    self._counters.incr("packets.dropped", "shutdown", dropped)
+                    self.log.warn("{count} packets could not reach a neighbour before shutdown", count=dropped)
+                stops.append(d)
+            return DeferredList(stops)
+
+        waiting.addBoth(close)
+        return waiting
