@@ -1,0 +1,181 @@
+"""
+The mix-link frame codec: Nym's header plus one fixed-size Sphinx packet.
+
+A frame is ``[version=7, size_tag, packet_type]`` followed by exactly one
+Sphinx packet of the size the tag names (DESIGN.md §4).  A first byte below
+7 is the legacy two-byte header ``[size_tag, packet_type]``.  Frames follow
+each other with no other length prefix, so a bad header leaves no way to
+find the next frame: the decoder refuses it and stays refused.
+
+Pure bytes in, bytes out; no Twisted.
+"""
+
+from dataclasses import dataclass
+
+from nymprov.errors import NymProvError
+from nymprov.sphinx.params import PacketSize
+
+FRAME_VERSION = 7
+VERSIONED_HEADER_LENGTH = 3
+LEGACY_HEADER_LENGTH = 2
+
+PACKET_TYPE_SPHINX = 0
+# Known but refused: Nym's deprecated "vpn" mode and Outfox packets.
+PACKET_TYPE_VPN = 1
+PACKET_TYPE_OUTFOX = 2
+
+_SIZES_BY_TAG = {size.tag: size for size in PacketSize}
+_SIZES_BY_LENGTH = {size.packet_size: size for size in PacketSize}
+_REFUSED_TYPE_NAMES = {PACKET_TYPE_VPN: "vpn", PACKET_TYPE_OUTFOX: "outfox"}
+
+
+class FrameError(NymProvError):
+    """A frame header that this node does not accept; the peer is cut off."""
+
+    reason = "bad_frame"
+
+    def __init__(self, value, detail):
+        super().__init__(detail)
+        self.value = value
+
+
+class UnknownVersion(FrameError):
+    """The version byte is above 7: a future frame format."""
+
+    reason = "unknown_version"
+
+
+class UnknownSizeTag(FrameError):
+    """The size tag names no Sphinx packet size."""
+
+    reason = "unknown_size_tag"
+
+
+class UnknownPacketType(FrameError):
+    """The packet type is not Sphinx (vpn, Outfox, or unknown)."""
+
+    reason = "unknown_packet_type"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One Sphinx packet received over the mix link."""
+
+    size: PacketSize
+    packet: bytes
+
+
+def encode_frame(packet):
+    """
+    Frame ``packet`` with the versioned three-byte header.
+
+    :param bytes packet: a whole Sphinx packet of one of the five sizes.
+    :returns: the header followed by ``packet``.
+    :raises ValueError: if ``len(packet)`` is no packet size (a bug in the
+        caller, not bad input from a peer).
+    """
+    size = _SIZES_BY_LENGTH.get(len(packet))
+    if size is None:
+        raise ValueError(f"no packet size of {len(packet)} bytes")
+    return bytes((FRAME_VERSION, size.tag, PACKET_TYPE_SPHINX)) + packet
+
+
+def _check_size_tag(tag):
+    size = _SIZES_BY_TAG.get(tag)
+    if size is None:
+        raise UnknownSizeTag(tag, f"unknown packet size tag {tag}")
+    return size
+
+
+def _check_packet_type(packet_type):
+    if packet_type != PACKET_TYPE_SPHINX:
+        name = _REFUSED_TYPE_NAMES.get(packet_type, "unknown")
+        raise UnknownPacketType(
+            packet_type, f"refused packet type {packet_type} ({name})"
+        )
+
+
+def _parse_header(view, start, end):
+    """
+    Check the header at ``view[start:end]`` byte by byte, as far as it has
+    arrived, so that a bad peer is refused before its packet is buffered.
+
+    :returns: ``(header_length, size)`` once the header is complete, or
+        ``None`` while it is incomplete.
+    :raises FrameError: as soon as a byte that has arrived is bad.
+    """
+    available = end - start
+    first = view[start]
+    if first > FRAME_VERSION:
+        raise UnknownVersion(first, f"unknown frame version {first}")
+    if first < FRAME_VERSION:
+        size = _check_size_tag(first)
+        if available < LEGACY_HEADER_LENGTH:
+            return None
+        _check_packet_type(view[start + 1])
+        return LEGACY_HEADER_LENGTH, size
+    if available < 2:
+        return None
+    size = _check_size_tag(view[start + 1])
+    if available < VERSIONED_HEADER_LENGTH:
+        return None
+    _check_packet_type(view[start + 2])
+    return VERSIONED_HEADER_LENGTH, size
+
+
+class FrameDecoder:
+    """
+    Turns a stream of bytes, split anywhere, into ``Frame`` objects.
+
+    Input is appended to one ``bytearray`` and consumed from the front once
+    per ``feed``; CPython deletes a bytearray's prefix without moving the
+    rest, so the cost stays linear in the bytes received, and each packet is
+    copied out exactly once.
+    """
+
+    def __init__(self):
+        self._buffer = bytearray()
+        self._error = None
+
+    def feed(self, data):
+        """
+        Add ``data`` and return every frame it completes.
+
+        :param bytes data: the next bytes from the connection.
+        :returns: a list of ``Frame``, possibly empty.
+        :raises FrameError: for a bad header; every later call raises it
+            again, since the stream cannot be resynchronised.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        buffer += data
+        frames = []
+        consumed = 0
+        end = len(buffer)
+        try:
+            with memoryview(buffer) as view:
+                while consumed < end:
+                    header = _parse_header(view, consumed, end)
+                    if header is None:
+                        break
+                    header_length, size = header
+                    packet_start = consumed + header_length
+                    packet_end = packet_start + size.packet_size
+                    if packet_end > end:
+                        break
+                    frames.append(
+                        Frame(size, view[packet_start:packet_end].tobytes())
+                    )
+                    consumed = packet_end
+        except FrameError as e:
+            self._error = e
+            self._buffer = bytearray()
+            raise
+        del buffer[:consumed]
+        return frames
+
+    @property
+    def buffered(self):
+        """The number of bytes held for an incomplete frame."""
+        return len(self._buffer)
