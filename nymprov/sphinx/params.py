@@ -13,6 +13,21 @@ IDENTIFIER_LENGTH = 16
 HEADER_SIZE = 348
 PAYLOAD_OVERHEAD_SIZE = 17
 
+# Header layout (SPHINX.md §1, §7): alpha || gamma || beta.
+MAC_SIZE = 16
+BETA_SIZE = 300
+HOP_BLOCK_SIZE = 60  # one hop's routing info plus its MAC: the filler step
+DELAY_LENGTH = 8
+VERSION_BYTES = b"\x00\x01\x00"  # sphinx-packet 0.1.0, written but never checked
+FORWARD_HOP_FLAG = 1
+FINAL_HOP_FLAG = 2
+MIN_PACKET_SIZE = HEADER_SIZE + PAYLOAD_OVERHEAD_SIZE
+# Lioness needs a block longer than one 32-byte hash output.
+LIONESS_MIN_BLOCK = 33
+PAYLOAD_KEY_SIZE = 192
+REPLAY_TAG_SIZE = 16
+MAX_DELAY_NS = 2**64 - 1
+
 
 class PacketSize(enum.Enum):
     """

@@ -1,0 +1,68 @@
+"""
+The header's symmetric primitives: per-hop key derivation, the AES-CTR
+stream and the truncated HMAC (SPHINX.md §3, §5, §6).
+"""
+
+import hmac
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+HKDF_INFO = (
+    b"Dwste mou enan moxlo arketa makru kai ena upomoxlio gia na ton "
+    b"topothetisw kai tha kinisw thn gh."
+)
+ROUTING_KEYS_LENGTH = 256
+STREAM_LENGTH = 360
+MAC_SIZE = 16
+_ZERO_IV = bytes(16)
+_SHA256 = hashes.SHA256()
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingKeys:
+    """The four keys one hop derives from its shared secret."""
+
+    stream_cipher_key: bytes
+    header_integrity_hmac_key: bytes
+    payload_key: bytes
+    blinding_factor: bytes
+
+
+def derive_routing_keys(shared_secret: bytes) -> RoutingKeys:
+    """
+    HKDF-SHA256 (zero salt, the crate's info string) split into the hop's
+    keys. ``cryptography``'s HKDF measured 8 µs against 22 µs for the same
+    construction written with ``hmac.digest``, so it is used.
+    """
+    okm = HKDF(algorithm=_SHA256, length=ROUTING_KEYS_LENGTH, salt=None, info=HKDF_INFO).derive(
+        shared_secret
+    )
+    return RoutingKeys(okm[0:16], okm[16:32], okm[32:224], okm[224:256])
+
+
+def stream_encrypt(key: bytes, data: bytes) -> bytes:
+    """
+    ``data`` XOR the header PRG of ``key``: AES-128-CTR from a zero IV. The
+    crate's 64-bit big-endian counter equals the standard 128-bit one for the
+    at most 23 blocks ever drawn.
+    """
+    return Cipher(algorithms.AES(key), modes.CTR(_ZERO_IV)).encryptor().update(data)
+
+
+def pseudorandom_bytes(key: bytes, length: int = STREAM_LENGTH) -> bytes:
+    """:returns: ``length`` bytes of the header PRG keyed by ``key``."""
+    return stream_encrypt(key, bytes(length))
+
+
+def header_mac(key: bytes, beta: bytes) -> bytes:
+    """:returns: HMAC-SHA256 of ``beta`` under ``key``, truncated to 16 bytes."""
+    return hmac.digest(key, beta, "sha256")[:MAC_SIZE]
+
+
+def xor_bytes(a: bytes, b: bytes) -> bytes:
+    """:returns: ``a`` XOR ``b`` over ``len(a)`` bytes (``b`` may be longer)."""
+    n = len(a)
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b[:n], "big")).to_bytes(n, "big")
