@@ -1,0 +1,466 @@
+"""The provider's settings: their defaults, the TOML file and the command line."""
+
+import ipaddress
+import math
+import os
+import tomllib
+from dataclasses import dataclass, fields
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+
+from nymprov._version import __version__
+from nymprov.errors import ConfigError
+
+MiB = 1024 * 1024
+DAY = 24 * 60 * 60  # seconds
+
+DEFAULT_DATA_DIR = "~/.local/share/nymprov"
+DB_FILE = "nymprov.sqlite"
+
+STORES = ("sqlite", "memory")
+DB_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+REGISTRATION_MODES = ("open", "invite")
+
+
+class InvalidSetting(ConfigError):
+    """
+    A setting has an invalid value; the message is one line naming the
+    option, and ``field`` is the setting's field name.
+    """
+
+    def __init__(self, field, problem):
+        super().__init__(f"{option_name(field)}: {problem}")
+        self.field = field
+
+
+class InvalidOption(usage.UsageError):
+    """
+    The command line or config file holds an invalid value (as opposed to an
+    unknown option); the message is one line naming the option.
+    """
+
+
+def option_name(field):
+    """
+    The command-line option that sets ``field``, e.g. ``--max-delay``.
+    """
+    if field == "client_tls":
+        return "--no-client-tls"
+    return "--" + field.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """
+    Every setting of a provider, with its default.
+
+    Construction checks every value and raises :class:`InvalidSetting` naming
+    the option; lists become tuples, ``data_dir`` is expanded to an absolute
+    path, ``db_path`` defaults to ``<data_dir>/nymprov.sqlite`` and
+    ``first_layer`` entries (``"host:port"`` strings or pairs) become
+    ``(ip, port)`` pairs.
+    """
+
+    data_dir: str = DEFAULT_DATA_DIR
+    mix_listen: tuple = ("tcp:1789:interface=127.0.0.1",)
+    client_listen: tuple = ("tcp:9000:interface=127.0.0.1",)
+    client_tls: bool = True
+    store: str = "sqlite"
+    db_path: str = None  # None: <data_dir>/nymprov.sqlite
+    db_synchronous: str = "FULL"
+    max_delay: float = 30.0  # seconds: the cap on a forward hop's delay
+    first_layer: tuple = ()
+    inbox_max_messages: int = 10000
+    inbox_max_bytes: int = 64 * MiB
+    message_ttl: int = 7 * DAY  # seconds
+    slot_size: int = 2048  # bytes
+    lease_seconds: float = 60.0
+    pull_max: int = 64
+    registration: str = "open"
+    invite_code: tuple = ()
+    register_rate: int = 5  # registrations per client IP per hour
+    send_rate: float = 200.0  # packets per second per client
+    max_connections: int = 1024
+    idle_timeout: float = 300.0  # seconds
+    mix_queue: int = 10000  # packets queued per neighbour
+    stats_interval: float = 60.0  # seconds; 0 disables
+
+    def __post_init__(self):
+        for field in fields(self):
+            check = _CHECKS[field.name]
+            value = check(field.name, getattr(self, field.name))
+            # Frozen: normalising a value needs the base class's setattr.
+            object.__setattr__(self, field.name, value)
+        if self.db_path is None:
+            object.__setattr__(self, "db_path", os.path.join(self.data_dir, DB_FILE))
+        if self.registration == "invite" and not self.invite_code:
+            raise InvalidSetting(
+                "invite_code", "at least one is needed when --registration=invite"
+            )
+        if self.client_tls:
+            for description in self.client_listen:
+                if description.split(":", 1)[0] == "ssl":
+                    raise InvalidSetting(
+                        "client_listen",
+                        f"{description!r} is TLS already; the certificate is"
+                        " added by the provider (or pass --no-client-tls)",
+                    )
+
+
+# Checks: each takes the field name and the value, returns the value
+# (normalised) or raises InvalidSetting.
+
+
+def _describe(value):
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_path(field, value):
+    if not isinstance(value, str) or not value:
+        raise InvalidSetting(field, f"expected a path, got {_describe(value)}")
+    if "\0" in value:
+        raise InvalidSetting(field, "a path cannot hold a NUL character")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _check_optional_path(field, value):
+    if value is None:
+        return None
+    return _check_path(field, value)
+
+
+def _check_bool(field, value):
+    if not isinstance(value, bool):
+        raise InvalidSetting(field, f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _choice(*allowed):
+    def check(field, value):
+        if isinstance(value, str):
+            for choice in allowed:
+                if value.lower() == choice.lower():
+                    return choice
+        raise InvalidSetting(
+            field, f"expected one of {', '.join(allowed)}, got {value!r}"
+        )
+
+    return check
+
+
+def _int(minimum):
+    def check(field, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidSetting(field, f"expected a whole number, got {_describe(value)}")
+        if value < minimum:
+            raise InvalidSetting(field, f"must be at least {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _float(minimum, exclusive=False):
+    def check(field, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidSetting(field, f"expected a number, got {_describe(value)}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise InvalidSetting(field, f"must be finite, got {value}")
+        if value < minimum or (exclusive and value == minimum):
+            bound = "above" if exclusive else "at least"
+            raise InvalidSetting(field, f"must be {bound} {minimum:g}, got {value:g}")
+        return value
+
+    return check
+
+
+def _list_of(check_item, non_empty=False):
+    def check(field, value):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise InvalidSetting(field, f"expected a list, got {_describe(value)}")
+        if non_empty and not value:
+            raise InvalidSetting(field, "at least one is needed")
+        return tuple(check_item(field, item) for item in value)
+
+    return check
+
+
+def _check_endpoint(field, value):
+    if not isinstance(value, str):
+        raise InvalidSetting(field, f"expected an endpoint string, got {_describe(value)}")
+    try:
+        # Parsing against a MemoryReactor checks the string (and any files an
+        # ssl: endpoint names) without listening on anything.
+        serverFromString(MemoryReactor(), value)
+    except Exception as e:
+        # Endpoint parsers are plugins and may raise anything on bad input.
+        raise InvalidSetting(field, f"bad endpoint {value!r}: {e}")
+    return value
+
+
+def _check_invite_code(field, value):
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidSetting(field, f"expected a non-empty code, got {_describe(value)}")
+    return value
+
+
+def parse_host_port(text):
+    """
+    Parse ``"ip:port"`` (``"[ipv6]:port"`` for IPv6) into ``(ip, port)``.
+
+    Only IP addresses: a first-layer mix node is named in Sphinx headers by
+    its socket address, which has no room for a host name.
+
+    :raises ValueError: with a short reason.
+    """
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise ValueError("expected [ipv6]:port")
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise ValueError("expected ip:port")
+        if ":" in host:
+            raise ValueError("put an IPv6 address in brackets: [ipv6]:port")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{port!r} is not a port number")
+    return (str(address), int(port))
+
+
+def _check_first_layer_node(field, value):
+    if isinstance(value, str):
+        try:
+            return parse_host_port(value)
+        except ValueError as e:
+            raise InvalidSetting(field, f"bad address {value!r}: {e}")
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        host, port = value
+        text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+        return _check_first_layer_node(field, text)
+    raise InvalidSetting(field, f"expected ip:port, got {_describe(value)}")
+
+
+_CHECKS = {
+    "data_dir": _check_path,
+    "mix_listen": _list_of(_check_endpoint, non_empty=True),
+    "client_listen": _list_of(_check_endpoint, non_empty=True),
+    "client_tls": _check_bool,
+    "store": _choice(*STORES),
+    "db_path": _check_optional_path,
+    "db_synchronous": _choice(*DB_SYNCHRONOUS_MODES),
+    "max_delay": _float(0.0),
+    "first_layer": _list_of(_check_first_layer_node),
+    "inbox_max_messages": _int(1),
+    "inbox_max_bytes": _int(1),
+    "message_ttl": _int(1),
+    "slot_size": _int(1),
+    "lease_seconds": _float(0.0, exclusive=True),
+    "pull_max": _int(1),
+    "registration": _choice(*REGISTRATION_MODES),
+    "invite_code": _list_of(_check_invite_code),
+    "register_rate": _int(0),
+    "send_rate": _float(0.0, exclusive=True),
+    "max_connections": _int(1),
+    "idle_timeout": _float(0.0, exclusive=True),
+    "mix_queue": _int(1),
+    "stats_interval": _float(0.0),
+}
+
+_DEFAULTS = ProviderConfig.__dataclass_fields__
+
+# Fields set by a repeatable option (a list) and by a flag; the rest take
+# one value each.
+_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "invite_code")
+_INTEGER = {field.name for field in fields(ProviderConfig) if field.type is int}
+_FLOAT = {field.name for field in fields(ProviderConfig) if field.type is float}
+
+_HELP = {
+    "data_dir": "directory for keys, certificate and database",
+    "store": "message store: sqlite or memory",
+    "db_path": "SQLite file (default: <data-dir>/nymprov.sqlite)",
+    "db_synchronous": "SQLite synchronous mode: FULL or NORMAL",
+    "max_delay": "cap on a forward hop's delay, seconds",
+    "inbox_max_messages": "messages held per client",
+    "inbox_max_bytes": "bytes held per client",
+    "message_ttl": "seconds a message is kept before it expires",
+    "slot_size": "bytes per stored message slot",
+    "lease_seconds": "seconds a pulled batch stays leased before redelivery",
+    "pull_max": "messages per pull",
+    "registration": "who may register: open or invite",
+    "register_rate": "registrations per client IP per hour",
+    "send_rate": "packets per second per client",
+    "max_connections": "open connections at most",
+    "idle_timeout": "seconds before an idle connection is closed",
+    "mix_queue": "packets queued per neighbour mix node",
+    "stats_interval": "seconds between counter log lines (0: never)",
+}
+
+
+def _help(field):
+    default = _DEFAULTS[field].default
+    text = _HELP[field]
+    return text if default is None else f"{text} [default: {default}]"
+
+
+class RunOptions(usage.Options):
+    """
+    The options of ``nym-provider run`` and ``twistd nym-provider``.
+
+    After parsing, ``provider_config`` holds the checked
+    :class:`ProviderConfig`.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Nym mixnet provider: accept Sphinx packets from mix nodes, hold"
+        " messages for clients and relay their packets into the mixnet."
+        " Settings come from the command line, then the --config file, then"
+        " the defaults. Endpoints are Twisted endpoint strings."
+    )
+
+    optParameters = [
+        ["config", "c", None, "TOML file of settings (keys are the long option names)"],
+        ["data-dir", "d", None, _help("data_dir")],
+    ] + [
+        [option_name(field)[2:], None, None, _help(field)]
+        for field in _HELP
+        if field != "data_dir"
+    ]
+
+    optFlags = [
+        ["no-client-tls", None, "serve the client API without TLS"],
+    ]
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        for field in _REPEATABLE:
+            self[option_name(field)[2:]] = []
+        self.provider_config = None
+
+    def opt_mix_listen(self, description):
+        """endpoint for mix nodes, repeatable [default: tcp:1789:interface=127.0.0.1]"""
+        self["mix-listen"].append(description)
+
+    def opt_client_listen(self, description):
+        """endpoint for clients (TLS added), repeatable [default: tcp:9000:interface=127.0.0.1]"""
+        self["client-listen"].append(description)
+
+    def opt_first_layer(self, address):
+        """ip:port ([ipv6]:port) of a first-layer mix node for clients' packets, repeatable"""
+        self["first-layer"].append(address)
+
+    def opt_invite_code(self, code):
+        """invite code accepted when --registration=invite, repeatable"""
+        self["invite-code"].append(code)
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        # Checked here, not in makeService, so that twistd and twist report a
+        # bad value as a usage error before anything is created.
+        self.provider_config = load_config(self)
+
+
+def _from_text(field, text):
+    """A command-line string converted to ``field``'s type."""
+    try:
+        if field in _INTEGER:
+            return int(text)
+        if field in _FLOAT:
+            return float(text)
+    except ValueError:
+        kind = "a whole number" if field in _INTEGER else "a number"
+        raise InvalidOption(f"{option_name(field)}: expected {kind}, got {text!r}")
+    return text
+
+
+def _command_line_values(options):
+    values = {}
+    for field in _DEFAULTS:
+        if field == "client_tls":
+            if options.get("no-client-tls"):
+                values[field] = False
+            continue
+        given = options.get(option_name(field)[2:])
+        if field in _REPEATABLE:
+            if given:
+                values[field] = list(given)
+        elif given is not None:
+            values[field] = _from_text(field, given)
+    return values
+
+
+def _field_for_key(key):
+    if key == "no-client-tls":
+        return "client_tls"
+    field = key.replace("-", "_")
+    if "_" in key or field not in _DEFAULTS or field == "client_tls":
+        return None
+    return field
+
+
+def read_config_file(path):
+    """
+    The settings in the TOML file at ``path``, as ``{field: value}``.
+
+    :raises InvalidOption: naming ``--config`` and the file if it cannot be
+        read, is not TOML, or holds an unknown key.
+    """
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise InvalidOption(f"--config: cannot read {path}: {e.strerror}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InvalidOption(f"--config: {path} is not valid TOML: {e}")
+    values = {}
+    for key, value in document.items():
+        field = _field_for_key(key)
+        if field is None:
+            hint = key.replace("_", "-")
+            suggestion = f" (did you mean {hint!r}?)" if _field_for_key(hint) else ""
+            raise InvalidOption(f"--config: unknown setting {key!r} in {path}{suggestion}")
+        if field == "client_tls":
+            if not isinstance(value, bool):
+                raise InvalidOption(
+                    f"--no-client-tls: expected true or false, got {_describe(value)}"
+                    f" (in {path})"
+                )
+            value = not value
+        values[field] = value
+    return values
+
+
+def load_config(options):
+    """
+    The :class:`ProviderConfig` that ``options`` describe: each setting from
+    the command line if given there, else from the ``--config`` file if set
+    there, else its default. Reads the file; creates nothing.
+
+    :param options: parsed :class:`RunOptions` (or a mapping with its keys).
+    :rtype: ProviderConfig
+    :raises InvalidOption: a :class:`usage.UsageError` whose message is one
+        line naming the option.
+    """
+    from_file = {}
+    path = options.get("config")
+    if path is not None:
+        from_file = read_config_file(path)
+    values = dict(from_file)
+    from_command_line = _command_line_values(options)
+    values.update(from_command_line)
+    try:
+        return ProviderConfig(**values)
+    except InvalidSetting as e:
+        where = f" (in {path})" if e.field in from_file and e.field not in from_command_line else ""
+        raise InvalidOption(f"{e}{where}")

@@ -1,0 +1,25 @@
+"""The twistd/twist plugin glue: options in, provider service out."""
+
+from nymprov.config import RunOptions, load_config
+
+Options = RunOptions
+
+
+def makeService(config, reactor=None):
+    """
+    Build the provider service that ``config`` describes.
+
+    :param RunOptions config: parsed options.
+    :param reactor: the reactor to run on; the global one if ``None``.
+    :rtype: twisted.application.service.IService
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    # Imported here: the service pulls in the whole node, which twistd
+    # should not load just to list its plugins.
+    from nymprov.service import make_provider_service
+
+    provider_config = config.provider_config
+    if provider_config is None:
+        provider_config = load_config(config)
+    return make_provider_service(provider_config, reactor)

@@ -1,0 +1,10 @@
+"""The ``twistd nym-provider`` plugin: a Nym mixnet provider node."""
+
+from twisted.application.service import ServiceMaker
+
+NymProvider = ServiceMaker(
+    "nym-provider",
+    "nymprov.tap",
+    "A Nym mixnet provider: store messages for clients, relay their packets.",
+    "nym-provider",
+)
