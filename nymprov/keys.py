@@ -10,6 +10,7 @@ import base58
 from nacl.signing import SigningKey
 
 from nymprov.errors import ConfigError
+from nymprov.sphinx import KeyPair
 
 IDENTITY_KEY_FILE = "identity.key"
 SPHINX_KEY_FILE = "sphinx.key"
@@ -44,7 +45,7 @@ class ProviderKeys:
     """
 
     identity: SigningKey
-    sphinx: object
+    sphinx: KeyPair
 
     @property
     def identity_public_bytes(self):
@@ -55,14 +56,6 @@ class ProviderKeys:
     def identity_base58(self):
         """The identity public key in base58, as Nym prints node keys."""
         return base58.b58encode(self.identity_public_bytes).decode("ascii")
-
-
-def _sphinx_key_pair_class():
-    # Imported when needed: nymprov.sphinx is the lower layer, and importing
-    # it lazily keeps this module usable on its own for the identity key.
-    from nymprov.sphinx import KeyPair
-
-    return KeyPair
 
 
 def ensure_private_dir(path):
@@ -203,7 +196,7 @@ def _load_identity(data_dir):
 def _load_sphinx(data_dir):
     path = os.path.join(data_dir, SPHINX_KEY_FILE)
     raw = _load_key_bytes(path, SPHINX_HEADER)
-    return _sphinx_key_pair_class().from_private_bytes(raw)
+    return KeyPair.from_private_bytes(raw)
 
 
 def load_keys(data_dir):
@@ -235,7 +228,7 @@ def load_or_create_keys(data_dir):
         )
     sphinx_path = os.path.join(data_dir, SPHINX_KEY_FILE)
     if not os.path.lexists(sphinx_path):
-        sphinx = _sphinx_key_pair_class().generate()
+        sphinx = KeyPair.generate()
         write_file_atomically(
             sphinx_path, encode_key_file(SPHINX_HEADER, sphinx.private_bytes)
         )
