@@ -1,0 +1,81 @@
+"""
+Creating, checking and upgrading the SQLite store's versioned schema.
+
+Every function here runs on the store's database thread.
+"""
+
+import importlib.resources
+import sqlite3
+
+from nymprov.errors import StoreError
+
+CURRENT_VERSION = 1
+
+
+def read_script(name):
+    """
+    :returns: the text of ``schema/<name>``, shipped as package data.
+    """
+    return importlib.resources.files("nymprov.storage").joinpath("schema", name).read_text("utf-8")
+
+
+def _run_script(db, text):
+    """
+    Run ``text`` in one transaction, so that a failure leaves the file as
+    it was.  ``db`` must be in autocommit mode (``isolation_level=None``).
+    """
+    try:
+        db.executescript("BEGIN IMMEDIATE;\n" + text + "\nCOMMIT;")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+
+
+def stored_version(db):
+    """
+    :returns: the schema version of the file, or ``None`` if it is empty.
+    :raises StoreError: if the file holds something that is not a nymprov
+        store, or its version table is malformed.
+    """
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return None
+    if "version" not in tables:
+        raise StoreError("not a nymprov store: no version table")
+    rows = db.execute("SELECT `version` FROM `version`").fetchall()
+    if len(rows) != 1 or type(rows[0][0]) is not int:
+        raise StoreError(f"malformed version table: {rows!r}")
+    return rows[0][0]
+
+
+def prepare(db, current_version=CURRENT_VERSION, read=read_script):
+    """
+    Create the schema in an empty file, or bring an older one up to
+    ``current_version`` one step at a time with ``upgrade-to-vN.sql``
+    scripts, each in its own transaction.
+
+    :param current_version: the version this code understands; a parameter
+        so that the upgrade path can be tested before a v2 exists.
+    :param read: reads a script by name.
+    :raises StoreError: for a newer or unknown version; the file is then
+        left untouched.
+    """
+    try:
+        version = stored_version(db)
+        if version is None:
+            _run_script(db, read(f"v{current_version}.sql"))
+            return current_version
+        if version > current_version:
+            raise StoreError(f"schema version {version} is newer than {current_version}")
+        if version < 1:
+            raise StoreError(f"unknown schema version {version}")
+        while version < current_version:
+            _run_script(db, read(f"upgrade-to-v{version + 1}.sql"))
+            upgraded = stored_version(db)
+            if upgraded != version + 1:
+                raise StoreError(f"upgrade to v{version + 1} left version {upgraded}")
+            version = upgraded
+        return version
+    except sqlite3.Error as error:
+        raise StoreError(f"cannot read the store: {error}") from error
