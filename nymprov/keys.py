@@ -134,13 +134,14 @@ def read_private_file(path, max_size=_MAX_KEY_FILE_SIZE):
         file, readable or writable by group or others, or too large.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted at the path must not hang the start.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"{path}: cannot open: {e.strerror}")
-    with os.fdopen(fd, "rb") as f:
+    try:
         # Check the file we opened, not the name, so the check and the read
         # see the same file.
-        info = os.fstat(f.fileno())
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(f"{path}: not a regular file")
         permissions = stat.S_IMODE(info.st_mode)
@@ -151,7 +152,9 @@ def read_private_file(path, max_size=_MAX_KEY_FILE_SIZE):
             )
         if info.st_size > max_size:
             raise ConfigError(f"{path}: too large ({info.st_size} bytes)")
-        return f.read(max_size + 1)
+        return os.read(fd, max_size + 1)
+    finally:
+        os.close(fd)
 
 
 def encode_key_file(header, private_bytes):
