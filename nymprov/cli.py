@@ -1,6 +1,7 @@
 """The ``nym-provider`` command: run, init, bench and help."""
 
 import contextlib
+import importlib
 import importlib.util
 import sys
 
@@ -30,6 +31,9 @@ COMMANDS = (
     ("help", "list the commands, or describe one: help COMMAND"),
     ("--version", "print the version"),
 )
+
+#: The module whose ``main(args)`` is ``nym-provider bench``.
+BENCH_MODULE = "nymprov.bench"
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
 
@@ -156,12 +160,15 @@ def _init(args, stdout, stderr):
 def _bench(args, stdout, stderr):
     # find_spec, not try/import: an ImportError raised inside an existing
     # bench module is a bug to show, not a missing benchmark.
-    if importlib.util.find_spec("nymprov.bench") is None:
-        print(f"{PROGRAM}: the benchmark (nymprov.bench) is not installed", file=stderr)
+    if importlib.util.find_spec(BENCH_MODULE) is None:
+        print(f"{PROGRAM}: the benchmark ({BENCH_MODULE}) is not installed", file=stderr)
         return EXIT_FAILURE
-    from nymprov import bench
-
-    result = bench.main(args)
+    bench = importlib.import_module(BENCH_MODULE)
+    try:
+        result = bench.main(args)
+    except SystemExit as e:
+        # argparse exits after --help or a usage error; return its code.
+        result = e.code
     return EXIT_OK if result is None else result
 
 
