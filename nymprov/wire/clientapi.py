@@ -556,6 +556,17 @@ RESPONSE_TYPES = {
     m.TYPE: m
     for m in (ChallengeOk, Registered, AuthOk, Sent, Messages, AckOk, ForgetOk, Pong, Error)
 }
+#: The successful answer to each request; any request may instead get ERROR.
+EXPECTED_RESPONSE = {
+    Challenge: ChallengeOk,
+    Register: Registered,
+    Auth: AuthOk,
+    Send: Sent,
+    Pull: Messages,
+    Ack: AckOk,
+    Forget: ForgetOk,
+    Ping: Pong,
+}
 
 
 def register_signed_bytes(provider_identity, nonce, address):

@@ -1,0 +1,862 @@
+"""
+Tests for nymprov.protocols.clientapi: the client-API server and client
+protocols and certificate pinning.
+"""
+
+import datetime
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    connectProtocol,
+    serverFromString,
+    wrapClientTLS,
+)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from nymprov.errors import PacketRefused, StoreError, UnknownLease
+from nymprov.metrics import Counters
+from nymprov.protocols.clientapi import (
+    CLOSE_GRACE,
+    CertificatePinMismatch,
+    ClientApiClientProtocol,
+    ClientApiFactory,
+    ClientApiProtocol,
+    certificate_fingerprint,
+    pinned_tls_options,
+)
+from nymprov.sphinx.errors import InvalidHeader, ReplayedPacket
+from nymprov.wire import clientapi as api
+from nymprov.wire.clientapi import ErrorCode
+
+PACKET = bytes(2413)
+FIRST_HOP = b"\x04" + bytes(31)
+
+
+class FakeStore:
+    """
+    The IInboxStore methods the client API uses, in a dict.  With
+    ``hold = True`` every call returns a Deferred the test fires itself.
+    """
+
+    def __init__(self):
+        self.tokens = {}
+        self.inboxes = {}
+        self.leases = {}
+        self.hold = False
+        self.held = []
+        self.broken = False
+        self._next_lease = 1
+
+    def _answer(self, compute):
+        if self.broken:
+            return fail(StoreError("disk on fire"))
+        if self.hold:
+            d = Deferred()
+            self.held.append((d, compute))
+            return d
+        try:
+            return succeed(compute())
+        except Exception:
+            return fail()
+
+    def release(self):
+        """Fire every held call, oldest first."""
+        held, self.held = self.held, []
+        for d, compute in held:
+            try:
+                d.callback(compute())
+            except Exception:
+                d.errback()
+
+    def register(self, address, token_hash, now):
+        def run():
+            self.tokens[address] = token_hash
+            self.inboxes.setdefault(address, [])
+        return self._answer(run)
+
+    def authenticate(self, address, token_hash):
+        return self._answer(lambda: self.tokens.get(address) == token_hash)
+
+    def is_registered(self, address):
+        return address in self.tokens
+
+    def lease(self, address, max_count, now, lease_seconds):
+        def run():
+            messages = self.inboxes.get(address, [])[:max_count]
+            if not messages:
+                return (0, [])
+            lease_id, self._next_lease = self._next_lease, self._next_lease + 1
+            self.leases[lease_id] = (address, messages)
+            return (lease_id, list(enumerate(messages)))
+        return self._answer(run)
+
+    def ack(self, address, lease_id):
+        def run():
+            owner, messages = self.leases.get(lease_id, (None, []))
+            if owner != address:
+                raise UnknownLease("no such lease")
+            del self.leases[lease_id]
+            inbox = self.inboxes[address]
+            for m in messages:
+                inbox.remove(m)
+            return len(messages)
+        return self._answer(run)
+
+    def forget(self, address):
+        def run():
+            self.tokens.pop(address, None)
+            self.inboxes.pop(address, None)
+        return self._answer(run)
+
+
+class FakeNode:
+    """
+    Records client packets; answers with ``outcome`` (None or an exception).
+    """
+
+    def __init__(self):
+        self.sent = []
+        self.outcome = None
+
+    def send_from_client(self, first_hop, packet):
+        if self.outcome is not None:
+            return fail(self.outcome)
+        self.sent.append((first_hop, packet))
+        return succeed(None)
+
+
+def make_factory(store=None, node=None, clock=None, **kwargs):
+    """
+    Build a ClientApiFactory over fakes, with a fixed provider key.
+    """
+    return ClientApiFactory(
+        store if store is not None else FakeStore(),
+        node if node is not None else FakeNode(),
+        SigningKey(b"p" * 32),
+        clock if clock is not None else Clock(),
+        Counters(),
+        **kwargs,
+    )
+
+
+class Connection:
+    """
+    One server protocol on a StringTransport, with request helpers.
+    """
+
+    def __init__(self, factory, host="10.1.2.3"):
+        self.factory = factory
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
+        self.protocol = factory.buildProtocol(self.transport.getPeer())
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, *messages):
+        """Write requests to the server in one read."""
+        self.protocol.dataReceived(b"".join(api.encode(m) for m in messages))
+
+    def answers(self):
+        """Decode and clear everything the server wrote."""
+        data = self.transport.value()
+        self.transport.clear()
+        out = []
+        while data:
+            length = int.from_bytes(data[:4], "big")
+            out.append(api.decode_response(data[4 : 4 + length]))
+            data = data[4 + length :]
+        return out
+
+    def ask(self, message):
+        """Send one request and return its single answer."""
+        self.send(message)
+        (answer,) = self.answers()
+        return answer
+
+    def register(self, key, invite=b"", request_id=1):
+        """Challenge, sign and register; return the answer."""
+        challenge = self.ask(api.Challenge(request_id=request_id))
+        address = bytes(key.verify_key)
+        signed = api.register_signed_bytes(challenge.provider_identity, challenge.nonce, address)
+        signature = key.sign(signed).signature
+        return self.ask(api.Register(address, signature, invite, request_id=request_id + 1))
+
+
+def error(code, request_id):
+    """
+    A matcher tuple for an ERROR answer.
+    """
+    return ("error", code, request_id)
+
+
+def shape(answer):
+    """
+    Reduce an ERROR answer to a comparable tuple; other answers unchanged.
+    """
+    if isinstance(answer, api.Error):
+        return ("error", answer.code, answer.request_id)
+    return answer
+
+
+class BasicRequestTests(SynchronousTestCase):
+    """
+    PING, CHALLENGE and the authentication requirement.
+    """
+
+    def setUp(self):
+        self.factory = make_factory()
+        self.conn = Connection(self.factory)
+
+    def test_ping(self):
+        """
+        PING is answered with PONG echoing the request id.
+        """
+        self.assertEqual(self.conn.ask(api.Ping(request_id=77)), api.Pong(request_id=77))
+
+    def test_challenge(self):
+        """
+        CHALLENGE returns the provider identity and a fresh nonce each time.
+        """
+        first = self.conn.ask(api.Challenge(request_id=1))
+        second = self.conn.ask(api.Challenge(request_id=2))
+        self.assertEqual(first.provider_identity, bytes(SigningKey(b"p" * 32).verify_key))
+        self.assertEqual(first.request_id, 1)
+        self.assertNotEqual(first.nonce, second.nonce)
+
+    def test_unauthenticated(self):
+        """
+        SEND, PULL, ACK and FORGET need authentication; the connection
+        stays open.
+        """
+        for i, message in enumerate(
+            [api.Send(FIRST_HOP, PACKET), api.Pull(1), api.Ack(1), api.Forget()], start=1
+        ):
+            answer = self.conn.ask(replace_id(message, i))
+            self.assertEqual(shape(answer), error(ErrorCode.NOT_AUTHENTICATED, i))
+        self.assertFalse(self.conn.transport.disconnecting)
+        self.assertEqual(self.factory.node.sent, [])
+        self.assertEqual(self.factory.counters.get("client_api.error", "not_authenticated"), 4)
+
+    def test_counters(self):
+        """
+        Every request is counted by type.
+        """
+        self.conn.send(api.Ping(), api.Ping(), api.Challenge())
+        self.conn.answers()
+        self.assertEqual(self.factory.counters.get("client_api.request", "ping"), 2)
+        self.assertEqual(self.factory.counters.get("client_api.request", "challenge"), 1)
+
+
+def replace_id(message, request_id):
+    """
+    A copy of ``message`` with ``request_id``.
+    """
+    from dataclasses import replace
+
+    return replace(message, request_id=request_id)
+
+
+class RegisterTests(SynchronousTestCase):
+    """
+    REGISTER needs a live challenge, a valid proof and, maybe, an invite.
+    """
+
+    def setUp(self):
+        self.key = SigningKey(b"c" * 32)
+        self.address = bytes(self.key.verify_key)
+        self.factory = make_factory()
+        self.conn = Connection(self.factory)
+
+    def test_register(self):
+        """
+        A valid proof returns a 32-byte token; only its SHA-256 is stored;
+        the connection is then authenticated.
+        """
+        answer = self.conn.register(self.key)
+        self.assertIsInstance(answer, api.Registered)
+        self.assertEqual(
+            self.factory.store.tokens[self.address], hashlib.sha256(answer.token).digest()
+        )
+        self.assertIsInstance(self.conn.ask(api.Pull(1)), api.Messages)
+
+    def test_no_challenge(self):
+        """
+        REGISTER without a CHALLENGE is BAD_PROOF.
+        """
+        answer = self.conn.ask(api.Register(self.address, bytes(64), request_id=5))
+        self.assertEqual(shape(answer), error(ErrorCode.BAD_PROOF, 5))
+        self.assertEqual(self.factory.store.tokens, {})
+
+    def test_nonce_single_use(self):
+        """
+        The same proof cannot be used twice: the nonce is gone.
+        """
+        challenge = self.conn.ask(api.Challenge())
+        signed = api.register_signed_bytes(challenge.provider_identity, challenge.nonce, self.address)
+        request = api.Register(self.address, self.key.sign(signed).signature)
+        self.assertIsInstance(self.conn.ask(request), api.Registered)
+        self.assertEqual(shape(self.conn.ask(request)), error(ErrorCode.BAD_PROOF, 0))
+
+    def test_nonce_bound_to_connection(self):
+        """
+        A proof over another connection's nonce is BAD_PROOF here.
+        """
+        other = Connection(self.factory)
+        challenge = other.ask(api.Challenge())
+        self.conn.ask(api.Challenge())
+        signed = api.register_signed_bytes(challenge.provider_identity, challenge.nonce, self.address)
+        answer = self.conn.ask(api.Register(self.address, self.key.sign(signed).signature))
+        self.assertEqual(shape(answer), error(ErrorCode.BAD_PROOF, 0))
+
+    def test_bad_signatures(self):
+        """
+        A signature by another key, over another provider, or by a key that
+        is no curve point is BAD_PROOF, and nothing is stored.
+        """
+        other = SigningKey(b"o" * 32)
+        cases = [
+            (self.address, lambda ch: other.sign(
+                api.register_signed_bytes(ch.provider_identity, ch.nonce, self.address)).signature),
+            (self.address, lambda ch: self.key.sign(
+                api.register_signed_bytes(b"x" * 32, ch.nonce, self.address)).signature),
+            (b"\xff" * 32, lambda ch: bytes(64)),
+            (bytes(32), lambda ch: bytes(64)),
+        ]
+        for address, sign in cases:
+            challenge = self.conn.ask(api.Challenge())
+            answer = self.conn.ask(api.Register(address, sign(challenge)))
+            self.assertEqual(shape(answer), error(ErrorCode.BAD_PROOF, 0))
+        self.assertEqual(self.factory.store.tokens, {})
+
+    def test_rotation(self):
+        """
+        Registering again rotates the token: the old one stops working.
+        """
+        old = self.conn.register(self.key).token
+        new = self.conn.register(self.key, request_id=3).token
+        self.assertNotEqual(old, new)
+        fresh = Connection(self.factory)
+        self.assertEqual(shape(fresh.ask(api.Auth(self.address, old))), error(ErrorCode.BAD_TOKEN, 0))
+        self.assertIsInstance(fresh.ask(api.Auth(self.address, new)), api.AuthOk)
+
+    def test_invite_required(self):
+        """
+        In invite mode a new client needs a valid invite.
+        """
+        factory = make_factory(registration="invite", invite_codes=[b"sesame"])
+        conn = Connection(factory)
+        for invite in (b"", b"sesam", b"sesame!"):
+            self.assertEqual(
+                shape(conn.register(self.key, invite=invite)), error(ErrorCode.INVITE_REQUIRED, 2)
+            )
+        self.assertEqual(factory.store.tokens, {})
+        self.assertIsInstance(conn.register(self.key, invite=b"sesame"), api.Registered)
+
+    def test_registered_client_rotates_without_invite(self):
+        """
+        A client that is already registered may rotate without an invite,
+        even when registration is closed.
+        """
+        for mode in ("invite", "closed"):
+            factory = make_factory(registration=mode, invite_codes=[b"sesame"])
+            factory.store.tokens[self.address] = b"h" * 32
+            self.assertIsInstance(Connection(factory).register(self.key), api.Registered)
+
+    def test_closed(self):
+        """
+        Closed registration refuses new clients whatever the invite.
+        """
+        factory = make_factory(registration="closed", invite_codes=[b"sesame"])
+        answer = Connection(factory).register(self.key, invite=b"sesame")
+        self.assertEqual(shape(answer), error(ErrorCode.INVITE_REQUIRED, 2))
+
+    def test_rate_limited_per_ip(self):
+        """
+        Five registrations per hour per IP; a sixth waits 720 seconds; other
+        IPs are not affected.
+        """
+        for i in range(5):
+            self.assertIsInstance(self.conn.register(SigningKey(bytes([i]) * 32)), api.Registered)
+        answer = self.conn.register(self.key)
+        self.assertEqual(shape(answer), error(ErrorCode.RATE_LIMITED, 2))
+        self.assertNotIn(self.address, self.factory.store.tokens)
+        self.assertIsInstance(Connection(self.factory, host="10.9.9.9").register(self.key), api.Registered)
+        self.factory.clock.advance(720)
+        self.assertIsInstance(self.conn.register(self.key), api.Registered)
+
+    def test_bad_registration_mode(self):
+        """
+        An unknown registration mode is refused at construction.
+        """
+        self.assertRaises(ValueError, make_factory, registration="maybe")
+
+
+class AuthTests(SynchronousTestCase):
+    """
+    AUTH with a token from REGISTER.
+    """
+
+    def setUp(self):
+        self.key = SigningKey(b"c" * 32)
+        self.address = bytes(self.key.verify_key)
+        self.factory = make_factory()
+        self.token = Connection(self.factory).register(self.key).token
+        self.conn = Connection(self.factory)
+
+    def test_auth(self):
+        """
+        The right token authenticates the connection.
+        """
+        self.assertEqual(self.conn.ask(api.Auth(self.address, self.token, request_id=4)),
+                         api.AuthOk(request_id=4))
+        self.assertIsInstance(self.conn.ask(api.Pull(1)), api.Messages)
+
+    def test_wrong_token_or_unknown_client(self):
+        """
+        A wrong token and an unknown address get the same BAD_TOKEN answer.
+        """
+        wrong = self.conn.ask(api.Auth(self.address, b"x" * 32))
+        unknown = self.conn.ask(api.Auth(b"u" * 32, self.token))
+        self.assertEqual(wrong, unknown)
+        self.assertEqual(shape(wrong), error(ErrorCode.BAD_TOKEN, 0))
+
+    def test_failed_auth_unauthenticates(self):
+        """
+        A failed AUTH on an authenticated connection leaves it
+        unauthenticated.
+        """
+        self.conn.ask(api.Auth(self.address, self.token))
+        self.conn.ask(api.Auth(self.address, b"x" * 32))
+        self.assertEqual(shape(self.conn.ask(api.Pull(1))), error(ErrorCode.NOT_AUTHENTICATED, 0))
+
+
+class AuthenticatedTestsMixin:
+    """
+    A registered, authenticated connection in ``self.conn``.
+    """
+
+    def setUp(self):
+        self.key = SigningKey(b"c" * 32)
+        self.address = bytes(self.key.verify_key)
+        self.factory = self.make_factory()
+        self.conn = Connection(self.factory)
+        self.token = self.conn.register(self.key).token
+
+    def make_factory(self):
+        return make_factory(pull_max=8, slot_size=64)
+
+
+class SendTests(AuthenticatedTestsMixin, SynchronousTestCase):
+    """
+    SEND hands packets to the node and maps its refusals.
+    """
+
+    def test_send(self):
+        """
+        An accepted packet is answered SENT and reached the node unchanged.
+        """
+        self.assertEqual(self.conn.ask(api.Send(FIRST_HOP, PACKET, request_id=9)),
+                         api.Sent(request_id=9))
+        self.assertEqual(self.factory.node.sent, [(FIRST_HOP, PACKET)])
+
+    def test_refusals(self):
+        """
+        Each refusal of the node becomes its error code.
+        """
+        cases = [
+            (PacketRefused("unknown_first_hop"), ErrorCode.UNKNOWN_FIRST_HOP),
+            (PacketRefused("route_refused"), ErrorCode.ROUTE_REFUSED),
+            (PacketRefused("busy"), ErrorCode.BUSY),
+            (PacketRefused("bad_size"), ErrorCode.BAD_PACKET),
+            (ReplayedPacket(), ErrorCode.REPLAY),
+            (InvalidHeader(), ErrorCode.BAD_PACKET),
+        ]
+        for refusal, code in cases:
+            self.factory.node.outcome = refusal
+            answer = self.conn.ask(api.Send(FIRST_HOP, PACKET, request_id=3))
+            self.assertEqual(shape(answer), error(code, 3))
+        self.assertFalse(self.conn.transport.disconnecting)
+
+    def test_unexpected_node_failure(self):
+        """
+        Any other node failure is INTERNAL and logged.
+        """
+        self.factory.node.outcome = RuntimeError("bug")
+        answer = self.conn.ask(api.Send(FIRST_HOP, PACKET, request_id=3))
+        self.assertEqual(shape(answer), error(ErrorCode.INTERNAL, 3))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_rate_limited(self):
+        """
+        Beyond the burst, SEND is RATE_LIMITED until tokens refill.
+        """
+        factory = make_factory(send_rate=(10.0, 3))
+        conn = Connection(factory)
+        conn.register(self.key)
+        conn.send(*[api.Send(FIRST_HOP, PACKET, request_id=i) for i in range(4)])
+        answers = conn.answers()
+        self.assertEqual(answers[:3], [api.Sent(request_id=i) for i in range(3)])
+        self.assertEqual(shape(answers[3]), error(ErrorCode.RATE_LIMITED, 3))
+        self.assertEqual(len(factory.node.sent), 3)
+        factory.clock.advance(0.1)
+        self.assertIsInstance(conn.ask(api.Send(FIRST_HOP, PACKET)), api.Sent)
+
+
+class PullAckTests(AuthenticatedTestsMixin, SynchronousTestCase):
+    """
+    PULL leases messages in fixed-size slots; ACK deletes them.
+    """
+
+    def test_empty(self):
+        """
+        An empty inbox gives lease 0 and no slots.
+        """
+        self.assertEqual(self.conn.ask(api.Pull(4, request_id=2)),
+                         api.Messages(0, 64, (), request_id=2))
+
+    def test_pull_and_ack(self):
+        """
+        Messages come back in order; ACK of the lease deletes them.
+        """
+        self.factory.store.inboxes[self.address] = [b"one", b"two", b"three"]
+        answer = self.conn.ask(api.Pull(2))
+        self.assertEqual(answer.messages, (b"one", b"two"))
+        self.assertNotEqual(answer.lease_id, 0)
+        self.assertEqual(self.conn.ask(api.Ack(answer.lease_id, request_id=6)),
+                         api.AckOk(2, request_id=6))
+        self.assertEqual(self.factory.store.inboxes[self.address], [b"three"])
+
+    def test_padding(self):
+        """
+        With the pad flag there are exactly max_count slots on the wire,
+        whatever the inbox holds.
+        """
+        lengths = set()
+        for inbox in ([], [b"a"], [b"a" * 64, b"b"]):
+            self.factory.store.inboxes[self.address] = list(inbox)
+            self.conn.send(api.Pull(5, pad=True))
+            frame = self.conn.transport.value()
+            answer = self.conn.answers()[0]
+            self.assertEqual(len(answer.slots), 5)
+            self.assertEqual(answer.messages, tuple(inbox))
+            lengths.add(len(frame))
+        self.assertEqual(lengths, {4 + 5 + 14 + 5 * (5 + 64)})
+
+    def test_invalid_counts(self):
+        """
+        max_count 0 or above pull_max is INVALID_ARGUMENT.
+        """
+        for count in (0, 9, 65535):
+            answer = self.conn.ask(api.Pull(count, request_id=1))
+            self.assertEqual(shape(answer), error(ErrorCode.INVALID_ARGUMENT, 1))
+
+    def test_unknown_lease(self):
+        """
+        ACK of a lease that is not live is UNKNOWN_LEASE.
+        """
+        self.assertEqual(shape(self.conn.ask(api.Ack(42, request_id=8))),
+                         error(ErrorCode.UNKNOWN_LEASE, 8))
+
+    def test_oversize_message(self):
+        """
+        A stored message larger than the slot is INTERNAL (a configuration
+        mismatch), logged, and the connection survives.
+        """
+        self.factory.store.inboxes[self.address] = [b"x" * 65]
+        self.assertEqual(shape(self.conn.ask(api.Pull(1))), error(ErrorCode.INTERNAL, 0))
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertEqual(self.conn.ask(api.Ping()), api.Pong())
+
+    def test_store_failure(self):
+        """
+        A failing store call is INTERNAL, logged and counted.
+        """
+        self.factory.store.broken = True
+        self.assertEqual(shape(self.conn.ask(api.Pull(1))), error(ErrorCode.INTERNAL, 0))
+        self.assertEqual(len(self.flushLoggedErrors(StoreError)), 1)
+        self.assertEqual(self.factory.counters.get("client_api.error", "internal"), 1)
+
+    def test_forget(self):
+        """
+        FORGET deletes the client and unauthenticates the connection; the
+        old token no longer works.
+        """
+        self.assertEqual(self.conn.ask(api.Forget(request_id=3)), api.ForgetOk(request_id=3))
+        self.assertNotIn(self.address, self.factory.store.tokens)
+        self.assertEqual(shape(self.conn.ask(api.Pull(1))), error(ErrorCode.NOT_AUTHENTICATED, 0))
+        self.assertEqual(shape(self.conn.ask(api.Auth(self.address, self.token))),
+                         error(ErrorCode.BAD_TOKEN, 0))
+
+
+class OrderingTests(AuthenticatedTestsMixin, SynchronousTestCase):
+    """
+    Answers leave in request order, whatever order the work finishes in.
+    """
+
+    def test_slow_store(self):
+        """
+        A PING after a slow PULL is answered after the PULL.
+        """
+        self.factory.store.hold = True
+        self.conn.send(api.Pull(1, request_id=1), api.Ping(request_id=2))
+        self.assertEqual(self.conn.answers(), [])
+        self.factory.store.release()
+        answers = self.conn.answers()
+        self.assertEqual([a.request_id for a in answers], [1, 2])
+        self.assertIsInstance(answers[0], api.Messages)
+
+    def test_pipelined_auth_then_send(self):
+        """
+        A SEND pipelined behind a slow AUTH waits for it and succeeds.
+        """
+        conn = Connection(self.factory)
+        self.factory.store.hold = True
+        conn.send(api.Auth(self.address, self.token, request_id=1),
+                  api.Send(FIRST_HOP, PACKET, request_id=2))
+        self.assertEqual(self.factory.node.sent, [])
+        self.factory.store.release()
+        self.assertEqual(conn.answers(), [api.AuthOk(request_id=1), api.Sent(request_id=2)])
+
+    def test_barrier_waits_for_earlier(self):
+        """
+        A FORGET behind a slow PULL does not start until the PULL is done.
+        """
+        self.factory.store.hold = True
+        self.conn.send(api.Pull(1, request_id=1), api.Forget(request_id=2),
+                       api.Pull(1, request_id=3))
+        self.assertEqual(len(self.factory.store.held), 1)
+        self.factory.store.release()  # the first PULL; FORGET starts
+        self.factory.store.release()  # FORGET; the last PULL starts, unauthenticated
+        answers = self.conn.answers()
+        self.assertEqual([shape(a) if isinstance(a, api.Error) else type(a) for a in answers],
+                         [api.Messages, api.ForgetOk, error(ErrorCode.NOT_AUTHENTICATED, 3)])
+
+    def test_many_pipelined(self):
+        """
+        Thousands of requests in one read are all answered, in order.
+        """
+        self.conn.send(*[api.Ping(request_id=i) for i in range(5000)])
+        self.assertEqual([a.request_id for a in self.conn.answers()], list(range(5000)))
+
+    def test_lost_while_pending(self):
+        """
+        A store answer that arrives after the connection is lost writes
+        nothing and raises nothing.
+        """
+        self.factory.store.hold = True
+        self.conn.send(api.Pull(1))
+        self.conn.protocol.connectionLost(Failure(ConnectionDone()))
+        self.factory.store.release()
+        self.assertEqual(self.conn.transport.value(), b"")
+
+
+class BadInputTests(SynchronousTestCase):
+    """
+    Garbage, unknown types and oversize frames get a typed error and a
+    closed connection.
+    """
+
+    def setUp(self):
+        self.factory = make_factory()
+        self.conn = Connection(self.factory)
+
+    def test_malformed(self):
+        """
+        A malformed frame is MALFORMED with its id, then the connection
+        closes and later input is ignored.
+        """
+        self.conn.protocol.dataReceived(b"\x00\x00\x00\x06\x08\x00\x00\x00\x05!")
+        self.assertEqual([shape(a) for a in self.conn.answers()], [error(ErrorCode.MALFORMED, 5)])
+        self.assertTrue(self.conn.transport.disconnecting)
+        self.conn.send(api.Ping())
+        self.assertEqual(self.conn.answers(), [])
+        self.assertEqual(self.factory.counters.get("client_api.error", "malformed"), 1)
+
+    def test_unknown_type(self):
+        """
+        An unknown type is UNKNOWN_TYPE echoing the id, then closed.
+        """
+        self.conn.protocol.dataReceived(b"\x00\x00\x00\x05\x42\x00\x00\x00\x07")
+        self.assertEqual([shape(a) for a in self.conn.answers()], [error(ErrorCode.UNKNOWN_TYPE, 7)])
+        self.assertTrue(self.conn.transport.disconnecting)
+
+    def test_too_short(self):
+        """
+        A frame too short for its header is MALFORMED with id 0.
+        """
+        self.conn.protocol.dataReceived(b"\x00\x00\x00\x02\x08\x00")
+        self.assertEqual([shape(a) for a in self.conn.answers()], [error(ErrorCode.MALFORMED, 0)])
+
+    def test_oversize(self):
+        """
+        A length above 65,536 is FRAME_TOO_LARGE before the body is read;
+        further input is dropped unbuffered; a peer that does not let the
+        connection close is aborted after the grace period.
+        """
+        self.conn.protocol.dataReceived((65537).to_bytes(4, "big") + b"x" * 1000)
+        self.assertEqual([shape(a) for a in self.conn.answers()],
+                         [error(ErrorCode.FRAME_TOO_LARGE, 0)])
+        self.assertTrue(self.conn.transport.disconnecting)
+        self.conn.protocol.dataReceived(b"x" * 100000)
+        self.assertLess(len(self.conn.protocol._unprocessed), 2000)
+        self.assertFalse(self.conn.transport.disconnected)
+        self.factory.clock.advance(CLOSE_GRACE)
+        self.assertTrue(self.conn.transport.disconnected)
+
+    def test_error_after_pending(self):
+        """
+        A malformed frame behind a slow request is answered after it, and
+        the connection closes after both.
+        """
+        self.factory.store.hold = True
+        key = SigningKey(b"k" * 32)
+        self.conn.send(api.Auth(bytes(key.verify_key), bytes(32), request_id=1))
+        self.conn.protocol.dataReceived(b"\x00\x00\x00\x05\x42\x00\x00\x00\x02")
+        self.assertEqual(self.conn.transport.value(), b"")
+        self.assertFalse(self.conn.transport.disconnecting)
+        self.factory.store.release()
+        self.assertEqual([shape(a) for a in self.conn.answers()],
+                         [error(ErrorCode.BAD_TOKEN, 1), error(ErrorCode.UNKNOWN_TYPE, 2)])
+        self.assertTrue(self.conn.transport.disconnecting)
+
+    @settings(max_examples=150)
+    @given(st.binary(max_size=300), st.integers(1, 64))
+    def test_garbage(self, garbage, chunk):
+        """
+        Any bytes, in any chunking, get decodable answers only; after an
+        error that closes, the connection is closing; nothing raises.
+        """
+        conn = Connection(make_factory())
+        for i in range(0, len(garbage), chunk):
+            conn.protocol.dataReceived(garbage[i : i + chunk])
+        answers = conn.answers()
+        closing = [a for a in answers if isinstance(a, api.Error) and a.code in api.CLOSING_ERRORS]
+        if closing:
+            self.assertIs(answers[-1], closing[0])
+            self.assertTrue(conn.transport.disconnecting)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """
+    The connection limit and the idle timeout.
+    """
+
+    def test_busy(self):
+        """
+        Beyond max_connections a connection gets BUSY and is closed; a
+        closed connection frees its place.
+        """
+        factory = make_factory(max_connections=1)
+        first = Connection(factory)
+        second = Connection(factory)
+        self.assertEqual([shape(a) for a in second.answers()], [error(ErrorCode.BUSY, 0)])
+        self.assertTrue(second.transport.disconnecting)
+        second.protocol.connectionLost(Failure(ConnectionDone()))
+        first.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(factory.connections, 0)
+        third = Connection(factory)
+        self.assertEqual(third.ask(api.Ping()), api.Pong())
+
+    def test_idle_timeout(self):
+        """
+        A connection with no complete frame for idle_timeout is aborted;
+        each frame restarts the timer.
+        """
+        factory = make_factory(idle_timeout=30.0)
+        conn = Connection(factory)
+        factory.clock.advance(29)
+        conn.ask(api.Ping())
+        factory.clock.advance(29)
+        self.assertFalse(conn.transport.disconnected)
+        factory.clock.advance(1)
+        self.assertTrue(conn.transport.disconnected)
+        self.assertEqual(factory.counters.get("client_api.timeout"), 1)
+
+    def test_timer_cancelled_on_loss(self):
+        """
+        A lost connection leaves no timer behind.
+        """
+        factory = make_factory()
+        conn = Connection(factory)
+        conn.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(factory.clock.getDelayedCalls(), [])
+
+    def test_bad_limits(self):
+        """
+        A pull that could not fit 16 MiB is refused at construction.
+        """
+        self.assertRaises(ValueError, make_factory, pull_max=1024, slot_size=32768)
+        self.assertRaises(ValueError, make_factory, pull_max=0)
+
+
+class PrivacyTests(SynchronousTestCase):
+    """
+    Logs never carry tokens or full addresses.
+    """
+
+    def test_no_secrets_logged(self):
+        """
+        Events of a whole session name neither the token nor the address.
+        """
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory = make_factory()
+        conn = Connection(factory)
+        key = SigningKey(b"c" * 32)
+        token = conn.register(key).token
+        conn.ask(api.Auth(bytes(key.verify_key), b"x" * 32))
+        conn.protocol.dataReceived(b"\x00\x00\x00\x05\x42\x00\x00\x00\x02")
+        text = repr(events)
+        self.assertTrue(events)
+        for secret in (token, bytes(key.verify_key)):
+            self.assertNotIn(secret.hex(), text)
+            self.assertNotIn(repr(secret), text)
+
+
+class RealStoreTests(SynchronousTestCase):
+    """
+    The protocol against the real in-memory store.
+    """
+
+    def test_session(self):
+        """
+        Register, deliver into the store, pull, ack, pull again: empty.
+        """
+        from zope.interface.verify import verifyObject
+
+        from nymprov.interfaces import IInboxStore
+        from nymprov.storage.memory import MemoryStore
+
+        clock = Clock()
+        store = MemoryStore(clock)
+        verifyObject(IInboxStore, store)
+        factory = make_factory(store=store, clock=clock)
+        conn = Connection(factory)
+        key = SigningKey(b"c" * 32)
+        token = conn.register(key).token
+        address = bytes(key.verify_key)
+        store.append(address, b"hello", clock.seconds())
+        store.append(address, b"world", clock.seconds())
+        other = Connection(factory)
+        self.assertIsInstance(other.ask(api.Auth(address, token)), api.AuthOk)
+        batch = other.ask(api.Pull(10, pad=True))
+        self.assertEqual(batch.messages, (b"hello", b"world"))
+        self.assertEqual(len(batch.slots), 10)
+        self.assertEqual(other.ask(api.Ack(batch.lease_id)).deleted, 2)
+        self.assertEqual(other.ask(api.Pull(10)).lease_id, 0)
+        self.assertEqual(shape(other.ask(api.Ack(batch.lease_id))), error(ErrorCode.UNKNOWN_LEASE, 0))
