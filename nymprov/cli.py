@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from nymprov._version import __version__
-from nymprov.config import InvalidOption, RunOptions, load_config
+from nymprov.config import InvalidOption, RunOptions
 from nymprov.errors import ConfigError
 
 PROGRAM = "nym-provider"

@@ -462,5 +462,5 @@ def load_config(options):
     try:
         return ProviderConfig(**values)
     except InvalidSetting as e:
-        where = f" (in {path})" if e.field in from_file and e.field not in from_command_line else ""
-        raise InvalidOption(f"{e}{where}")
+        from_the_file = e.field in from_file and e.field not in from_command_line
+        raise InvalidOption(f"{e} (in {path})" if from_the_file else str(e))

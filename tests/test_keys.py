@@ -166,6 +166,16 @@ class LoadOrCreateTests(SynchronousTestCase):
         with self.assertRaises(ConfigError):
             keys.load_or_create_keys(self.data_dir)
 
+    def test_refuses_fifo_without_hanging(self):
+        """A FIFO planted as a key file is refused at once, not read from."""
+        keys.load_or_create_keys(self.data_dir)
+        path = os.path.join(self.data_dir, keys.SPHINX_KEY_FILE)
+        os.unlink(path)
+        os.mkfifo(path, 0o600)
+        with self.assertRaises(ConfigError) as caught:
+            keys.load_or_create_keys(self.data_dir)
+        self.assertIn("not a regular file", str(caught.exception))
+
     def test_missing_keys(self):
         """load_keys on an empty directory raises ConfigError and creates nothing."""
         os.mkdir(self.data_dir)
