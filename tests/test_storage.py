@@ -255,6 +255,21 @@ class _StoreContract:
         self.assertEqual((yield store.lease(ALICE, 10, T0, 30)), (0, []))
 
     @inlineCallbacks
+    def test_forget_with_appends_in_flight(self):
+        """
+        Appends accepted before a forget still fire, and the forget then
+        deletes their messages too.
+        """
+        store = yield self.registered_store()
+        pending = [store.append(ALICE, b"m%d" % i, T0) for i in range(3)]
+        forgotten = store.forget(ALICE)
+        yield gatherResults(pending)
+        yield forgotten
+        self.assertEqual((yield store.sizes()), {"clients": 0, "messages": 0, "bytes": 0})
+        yield store.register(ALICE, token_hash(ALICE), T0)
+        self.assertEqual((yield store.lease(ALICE, 10, T0, 30)), (0, []))
+
+    @inlineCallbacks
     def test_expire(self):
         """
         Expiry deletes messages older than the TTL, keeps younger ones,
@@ -294,6 +309,8 @@ class _StoreContract:
         yield self.assertFailure(store.append(ALICE, "text", T0), TypeError)
         yield self.assertFailure(store.append("alice", b"x", T0), TypeError)
         yield self.assertFailure(store.register(BOB, "hash", T0), TypeError)
+        yield self.assertFailure(store.append(ALICE, b"x", "now"), TypeError)
+        yield self.assertFailure(store.expire(None), TypeError)
         yield self.assertFailure(store.check_and_record(b"short"), ValueError)
         yield self.assertFailure(store.check_and_record("x" * 16), ValueError)
         self.assertEqual((yield store.sizes()), before)
@@ -339,6 +356,20 @@ class _StoreContract:
         yield store.close()
         yield self.assertFailure(store.append(ALICE, b"late", T0), StoreError)
         yield self.assertFailure(store.check_and_record(tag(1)), StoreError)
+
+
+class _FailingSQLiteStore(SQLiteStore):
+    """
+    A store whose next batch write fails as a full disk would.
+    """
+
+    fail_next_write = False
+
+    def _write_batch(self, messages, tags):
+        if self.fail_next_write:
+            self.fail_next_write = False
+            raise sqlite3.OperationalError("database or disk is full")
+        return SQLiteStore._write_batch(self, messages, tags)
 
 
 class MemoryStoreTests(_StoreContract, TestCase):
@@ -553,6 +584,31 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
         self.assertEqual(db.execute("SELECT version FROM version").fetchall(), [(1,)])
+
+    @inlineCallbacks
+    def test_failed_batch(self):
+        """
+        When a batch cannot be written its appends fail with StoreError,
+        their quota is freed, and its replay tags are written with the next
+        batch.
+        """
+        store = _FailingSQLiteStore(reactor, self.path, StoreLimits(max_messages=2))
+        yield store.start()
+        self.addCleanup(store.close)
+        yield store.register(ALICE, token_hash(ALICE), T0)
+        store.fail_next_write = True
+        self.assertTrue((yield store.check_and_record(tag(1))))
+        failed = [store.append(ALICE, b"lost%d" % i, T0) for i in range(2)]
+        for d in failed:
+            yield self.assertFailure(d, StoreError)
+        self.flushLoggedErrors(sqlite3.OperationalError, StoreError)
+        self.assertEqual((yield store.sizes())["messages"], 0)
+        self.assertFalse((yield store.check_and_record(tag(1))))
+        yield gatherResults([store.append(ALICE, b"kept%d" % i, T0) for i in range(2)])
+        store = yield self.reopen(store)
+        _, messages = yield store.lease(ALICE, 10, T0, 30)
+        self.assertEqual([b for _, b in messages], [b"kept0", b"kept1"])
+        self.assertFalse((yield store.check_and_record(tag(1))))
 
     def test_bad_arguments(self):
         """

@@ -14,7 +14,7 @@ from nymprov.interfaces import IInboxStore, IReplayCache
 from nymprov.storage.bloom import TAG_SIZE
 from nymprov.storage.leases import check_lease_id, check_lease_request, new_lease_id
 from nymprov.storage.limits import StoreLimits
-from nymprov.storage.quota import InboxQuotas, check_bytes
+from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
 
 
 class _Stored:
@@ -80,9 +80,10 @@ class MemoryStore(Service):
 
     def register(self, address, token_hash, now):
         """IInboxStore API"""
-        return self._run(self._register, address, token_hash)
+        return self._run(self._register, address, token_hash, now)
 
-    def _register(self, address, token_hash):
+    def _register(self, address, token_hash, now):
+        check_time(now)
         check_bytes("address", address)
         check_bytes("token_hash", token_hash)
         self._tokens[address] = token_hash
@@ -107,6 +108,7 @@ class MemoryStore(Service):
         return self._run(self._append, address, message, now)
 
     def _append(self, address, message, now):
+        check_time(now)
         self._quotas.reserve(address, message)
         self._inboxes[address][next(self._message_ids)] = _Stored(message, now)
 
@@ -116,6 +118,7 @@ class MemoryStore(Service):
 
     def _lease(self, address, max_count, now, lease_seconds):
         check_lease_request(max_count, lease_seconds)
+        check_time(now)
         inbox = self._inboxes.get(address, {})
         free = (
             (message_id, stored)
@@ -161,6 +164,7 @@ class MemoryStore(Service):
         return self._run(self._expire, now)
 
     def _expire(self, now):
+        check_time(now)
         oldest_kept = now - self._limits.message_ttl
         deleted = 0
         for address, inbox in self._inboxes.items():

@@ -13,6 +13,15 @@ def check_bytes(name, value):
         raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
 
 
+def check_time(now):
+    """
+    Refuse a ``now`` that is not a number of seconds with a ``TypeError``;
+    it would otherwise reach the database and fail a whole batch.
+    """
+    if type(now) not in (int, float):
+        raise TypeError(f"now must be a number, not {type(now).__name__}")
+
+
 class InboxQuotas:
     """
     Registered clients and how many messages and bytes each inbox holds.

@@ -19,7 +19,7 @@ from nymprov.storage import schema
 from nymprov.storage.bloom import TAG_SIZE, TagFilter
 from nymprov.storage.leases import check_lease_id, check_lease_request, new_lease_id
 from nymprov.storage.limits import StoreLimits
-from nymprov.storage.quota import InboxQuotas, check_bytes
+from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 DEFAULT_FILTER_BYTES = 4 * 1024 * 1024
@@ -33,10 +33,6 @@ _FREE_MESSAGES = (
 
 # Store states; operations are accepted only while OPEN.
 NEW, STARTING, OPEN, CLOSING, CLOSED = "new", "starting", "open", "closing", "closed"
-
-
-def _is_time(now):
-    return type(now) in (int, float)
 
 
 @implementer(IInboxStore, IReplayCache)
@@ -111,7 +107,12 @@ class SQLiteStore(Service):
         return self.close()
 
     def _run(self, operation, *args):
-        return deferToThreadPool(self._reactor, self._pool, operation, *args)
+        """
+        Run ``operation`` on the DB thread; SQLite's own errors come back
+        as ``StoreError``.
+        """
+        d = deferToThreadPool(self._reactor, self._pool, operation, *args)
+        return d.addErrback(_as_store_error)
 
     def start(self):
         """IInboxStore API"""
@@ -305,8 +306,7 @@ class SQLiteStore(Service):
         try:
             check_bytes("address", address)
             check_bytes("token_hash", token_hash)
-            if not _is_time(now):
-                raise TypeError("now must be a number")
+            check_time(now)
         except TypeError as error:
             return fail(error)
         d = self._run(self._register, address, token_hash, now)
@@ -350,9 +350,8 @@ class SQLiteStore(Service):
         """IInboxStore API"""
         if self._state != OPEN:
             return fail(StoreError(f"store is {self._state}"))
-        if not _is_time(now):
-            return fail(TypeError("now must be a number"))
         try:
+            check_time(now)
             self._quotas.reserve(address, message)
         except Exception as error:
             return fail(error)
@@ -369,8 +368,7 @@ class SQLiteStore(Service):
             return refused
         try:
             check_lease_request(max_count, lease_seconds)
-            if not _is_time(now):
-                raise TypeError("now must be a number")
+            check_time(now)
         except (TypeError, ValueError) as error:
             return fail(error)
         if address not in self._quotas or max_count == 0:
@@ -454,8 +452,10 @@ class SQLiteStore(Service):
         refused = self._refuse()
         if refused:
             return refused
-        if not _is_time(now):
-            return fail(TypeError("now must be a number"))
+        try:
+            check_time(now)
+        except TypeError as error:
+            return fail(error)
 
         def expired(per_client):
             for address, count, size in per_client:
@@ -524,6 +524,12 @@ class SQLiteStore(Service):
 
     def _tag_stored(self, tag):
         return self._db.execute("SELECT 1 FROM replay_tags WHERE tag = ?", (tag,)).fetchone() is not None
+
+
+def _as_store_error(failure):
+    if failure.check(sqlite3.Error):
+        raise StoreError(f"database error: {failure.getErrorMessage()}") from failure.value
+    return failure
 
 
 class _Transaction:
