@@ -9,7 +9,7 @@ def makeService(config, reactor=None):
     """
     Build the provider service that ``config`` describes.
 
-    :param RunOptions config: parsed options.
+    :param config: parsed :class:`RunOptions` (or a mapping with its keys).
     :param reactor: the reactor to run on; the global one if ``None``.
     :rtype: twisted.application.service.IService
     """
@@ -19,7 +19,8 @@ def makeService(config, reactor=None):
     # should not load just to list its plugins.
     from nymprov.service import make_provider_service
 
-    provider_config = config.provider_config
+    # RunOptions checked the settings while parsing; a plain mapping has not.
+    provider_config = getattr(config, "provider_config", None)
     if provider_config is None:
         provider_config = load_config(config)
     return make_provider_service(provider_config, reactor)

@@ -69,3 +69,12 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertFalse(service.running)
         # The service made the keys where the options said.
         self.assertTrue(os.path.exists(os.path.join(data_dir, "identity.key")))
+
+    def test_builds_from_mapping(self):
+        """makeService also takes a plain mapping of option names, checking it."""
+        data_dir = os.path.abspath(self.mktemp())
+        service = tap.makeService({"data-dir": data_dir, "store": "memory"},
+                                  MemoryReactorClock())
+        self.assertTrue(IService.providedBy(service))
+        with self.assertRaises(usage.UsageError):
+            tap.makeService({"data-dir": data_dir, "pull-max": "-1"}, MemoryReactorClock())
