@@ -13,6 +13,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
+from OpenSSL import SSL, crypto
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -27,6 +28,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov.errors import PacketRefused, StoreError, UnknownLease
@@ -860,3 +862,271 @@ class RealStoreTests(SynchronousTestCase):
         self.assertEqual(other.ask(api.Ack(batch.lease_id)).deleted, 2)
         self.assertEqual(other.ask(api.Pull(10)).lease_id, 0)
         self.assertEqual(shape(other.ask(api.Ack(batch.lease_id))), error(ErrorCode.UNKNOWN_LEASE, 0))
+
+
+class ClientProtocolTests(SynchronousTestCase):
+    """
+    ClientApiClientProtocol matches answers to requests.
+    """
+
+    def setUp(self):
+        self.transport = StringTransport()
+        self.client = ClientApiClientProtocol()
+        self.client.makeConnection(self.transport)
+
+    def sent(self):
+        """Decode and clear the requests the client wrote."""
+        data = self.transport.value()
+        self.transport.clear()
+        out = []
+        while data:
+            length = int.from_bytes(data[:4], "big")
+            out.append(api.decode_request(data[4 : 4 + length]))
+            data = data[4 + length :]
+        return out
+
+    def answer(self, *responses):
+        self.client.dataReceived(b"".join(api.encode(r) for r in responses))
+
+    def test_ids_and_matching(self):
+        """
+        Requests get ids 1, 2, ...; in-order answers fire their Deferreds.
+        """
+        d1 = self.client.request(api.Ping())
+        d2 = self.client.request(api.Challenge())
+        self.assertEqual([r.request_id for r in self.sent()], [1, 2])
+        self.assertNoResult(d1)
+        self.answer(api.Pong(request_id=1), api.ChallengeOk(b"p" * 32, b"n" * 32, request_id=2))
+        self.assertEqual(self.successResultOf(d1), api.Pong(request_id=1))
+        self.assertEqual(self.successResultOf(d2).nonce, b"n" * 32)
+
+    def test_error_answer(self):
+        """
+        An ERROR answer fails the request with RemoteError; others go on.
+        """
+        d1 = self.client.request(api.Pull(1))
+        d2 = self.client.request(api.Ping())
+        self.answer(api.Error(ErrorCode.NOT_AUTHENTICATED, "no", request_id=1), api.Pong(request_id=2))
+        failure = self.failureResultOf(d1, api.RemoteError)
+        self.assertEqual(failure.value.code, ErrorCode.NOT_AUTHENTICATED)
+        self.successResultOf(d2)
+
+    def test_out_of_order(self):
+        """
+        An answer to a later request first breaks the connection: every
+        pending request fails.
+        """
+        d1 = self.client.request(api.Ping())
+        d2 = self.client.request(api.Ping())
+        self.answer(api.Pong(request_id=2))
+        self.failureResultOf(d1, api.MalformedResponse)
+        self.failureResultOf(d2, api.MalformedResponse)
+        self.assertTrue(self.transport.disconnecting)
+        self.failureResultOf(self.client.request(api.Ping()), api.MalformedResponse)
+
+    def test_wrong_type(self):
+        """
+        An answer of the wrong type fails the request and the connection.
+        """
+        d = self.client.request(api.Ping())
+        self.answer(api.Sent(request_id=1))
+        self.failureResultOf(d, api.MalformedResponse)
+        self.assertTrue(self.transport.disconnecting)
+
+    def test_unparsed_error(self):
+        """
+        An ERROR with id 0 (the provider could not parse a frame) fails all.
+        """
+        d = self.client.request(api.Ping())
+        self.answer(api.Error(ErrorCode.MALFORMED, "bad", request_id=0))
+        self.assertEqual(self.failureResultOf(d, api.RemoteError).value.code, ErrorCode.MALFORMED)
+
+    def test_garbage_answer(self):
+        """
+        An undecodable answer fails pending requests with a typed error.
+        """
+        d = self.client.request(api.Ping())
+        self.client.dataReceived(b"\x00\x00\x00\x05\x01\x00\x00\x00\x01")
+        self.failureResultOf(d, api.UnknownType)
+
+    def test_connection_lost(self):
+        """
+        Losing the connection fails pending and later requests.
+        """
+        d = self.client.request(api.Ping())
+        self.client.connectionLost(Failure(ConnectionDone()))
+        self.failureResultOf(d, ConnectionDone)
+        self.failureResultOf(self.client.request(api.Ping()), ConnectionDone)
+
+    def test_against_server(self):
+        """
+        Client and server protocols talk over StringTransports.
+        """
+        factory = make_factory()
+        conn = Connection(factory)
+        d = self.client.request(api.Ping())
+        conn.protocol.dataReceived(self.transport.value())
+        self.client.dataReceived(conn.transport.value())
+        self.assertEqual(self.successResultOf(d), api.Pong(request_id=1))
+
+
+def self_signed(directory):
+    """
+    Write a self-signed P-256 certificate and key under ``directory``.
+
+    :returns: ``(key_path, cert_path, der_bytes)``.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nymprov test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    directory.makedirs()
+    key_path = directory.child("key.pem")
+    cert_path = directory.child("cert.pem")
+    key_path.setContent(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert_path.setContent(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path.path, cert_path.path, cert.public_bytes(serialization.Encoding.DER)
+
+
+class _TrackedServerProtocol(ClientApiProtocol):
+    """Fires the factory's ``lost`` Deferred when the connection ends."""
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.lost.callback(None)
+
+
+class _TrackedClientProtocol(ClientApiClientProtocol):
+    """Fires ``lost`` when the connection ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.lost = Deferred()
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.lost.callback(None)
+
+
+class LoopbackTLSTests(TestCase):
+    """
+    A real TLS connection on 127.0.0.1, with a pinned certificate.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.key_path, self.cert_path, self.der = self_signed(FilePath(self.mktemp()))
+        self.store = FakeStore()
+        self.factory = make_factory(store=self.store, clock=reactor)
+        self.factory.protocol = _TrackedServerProtocol
+        self.factory.lost = Deferred()
+        endpoint = serverFromString(
+            reactor,
+            f"ssl:0:interface=127.0.0.1:privateKey={self.key_path}:certKey={self.cert_path}",
+        )
+        d = endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port):
+        self.port = port
+        self.addCleanup(port.stopListening)
+
+    def connect(self, fingerprint):
+        endpoint = wrapClientTLS(
+            pinned_tls_options(fingerprint),
+            TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port.getHost().port),
+        )
+        return connectProtocol(endpoint, _TrackedClientProtocol())
+
+    @defer.inlineCallbacks
+    def test_session(self):
+        """
+        With the right pin: challenge, register with a real signature,
+        auth on the same connection, send and pull.
+        """
+        client = yield self.connect(certificate_fingerprint(self.der))
+        try:
+            key = SigningKey(b"c" * 32)
+            address = bytes(key.verify_key)
+            challenge = yield client.request(api.Challenge())
+            self.assertEqual(challenge.provider_identity, self.factory.provider_identity)
+            signed = api.register_signed_bytes(challenge.provider_identity, challenge.nonce, address)
+            registered = yield client.request(api.Register(address, key.sign(signed).signature))
+            self.store.inboxes[address].append(b"waiting for you")
+            auth = client.request(api.Auth(address, registered.token))
+            send = client.request(api.Send(FIRST_HOP, PACKET))
+            pull = client.request(api.Pull(4, pad=True))
+            self.assertIsInstance((yield auth), api.AuthOk)
+            self.assertIsInstance((yield send), api.Sent)
+            batch = yield pull
+            self.assertEqual(batch.messages, (b"waiting for you",))
+            self.assertEqual(len(batch.slots), 4)
+            self.assertEqual(self.factory.node.sent, [(FIRST_HOP, PACKET)])
+        finally:
+            client.transport.loseConnection()
+            yield client.lost
+            yield self.factory.lost
+
+    @defer.inlineCallbacks
+    def test_wrong_pin(self):
+        """
+        With another certificate's pin the handshake fails and no request
+        reaches the provider.
+        """
+        client = yield self.connect(hashlib.sha256(b"some other certificate").digest())
+        d = client.request(api.Ping())
+        yield self.assertFailure(d, SSL.Error)
+        yield client.lost
+        yield self.factory.lost
+        self.assertEqual(self.factory.counters.get("client_api.request", "ping"), 0)
+
+    def test_handshake_done_check(self):
+        """
+        The second check, when the handshake completes, fails verification
+        for a certificate that is not the pinned one and passes the pinned.
+        """
+        cert = crypto.X509.from_cryptography(x509.load_der_x509_certificate(self.der))
+        failures = []
+
+        class TLSProtocol:
+            def failVerification(self, reason):
+                failures.append(reason)
+
+        class Connection:
+            def get_peer_certificate(self):
+                return cert
+
+            def get_app_data(self):
+                return TLSProtocol()
+
+        pinned = pinned_tls_options(certificate_fingerprint(self.der))
+        pinned._info(Connection(), SSL.SSL_CB_HANDSHAKE_DONE, 1)
+        self.assertEqual(failures, [])
+        other = pinned_tls_options(hashlib.sha256(b"other").digest())
+        other._info(Connection(), SSL.SSL_CB_HANDSHAKE_DONE, 1)
+        self.assertEqual(len(failures), 1)
+        failures[0].trap(CertificatePinMismatch)
+
+    def test_bad_fingerprint(self):
+        """
+        A pin that is no SHA-256 digest is refused.
+        """
+        self.assertRaises(ValueError, pinned_tls_options, b"short")
