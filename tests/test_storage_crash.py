@@ -62,14 +62,36 @@ reactor.callWhenRunning(main)
 reactor.run()
 """
 
+# Appends ten messages that would wait a minute for their batch, then stops
+# the reactor without closing the store.
+STOPPER = r"""
+import sys
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from nymprov.storage.limits import StoreLimits
+from nymprov.storage.sqlite import SQLiteStore
+
+@inlineCallbacks
+def main():
+    store = SQLiteStore(reactor, sys.argv[1], StoreLimits(commit_delay=60))
+    yield store.start()
+    yield store.register(b"C" * 32, b"h" * 32, 0)
+    for number in range(10):
+        store.append(b"C" * 32, b"%d" % number, 0)
+    reactor.stop()
+
+reactor.callWhenRunning(main)
+reactor.run()
+"""
+
 KILL_AFTER = 3000  # reported messages
 DEADLINE = 60.0  # seconds; the test gives up (and kills) after this
 
 
 class _Appender(ProcessProtocol):
     """
-    Collects the numbers the appender reports and kills it with SIGKILL
-    once it has reported ``KILL_AFTER`` of them.
+    Collects the numbers a child reports and kills it with SIGKILL once it
+    has reported ``KILL_AFTER`` of them.
     """
 
     def __init__(self):
@@ -100,8 +122,40 @@ class _Appender(ProcessProtocol):
 
 class CrashTests(TestCase):
     """
-    A store process killed mid-write loses nothing it reported committed.
+    A store process killed mid-write loses nothing it reported committed;
+    one that stops its reactor commits everything pending.
     """
+
+    def spawn(self, script_text, path):
+        """
+        Run ``script_text`` with the database ``path`` in a new Python.
+        """
+        script = os.path.abspath(self.mktemp())
+        with open(script, "w") as f:
+            f.write(script_text)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
+        env = dict(os.environ, PYTHONPATH=root)
+        child = _Appender()
+        reactor.spawnProcess(child, sys.executable, [sys.executable, script, path], env=env)
+        give_up = reactor.callLater(DEADLINE, child.kill)
+        child.ended.addBoth(lambda result: (give_up.cancel() if give_up.active() else None, result)[1])
+        return child
+
+    @inlineCallbacks
+    def test_reactor_stop_flushes(self):
+        """
+        Stopping the reactor without closing the store still commits the
+        pending appends, and the process exits.
+        """
+        path = os.path.abspath(self.mktemp())
+        child = self.spawn(STOPPER, path)
+        ended = yield child.ended
+        self.assertEqual(getattr(ended, "exitCode", None), 0, child.errors)
+        db = sqlite3.connect(path)
+        try:
+            self.assertEqual(db.execute("SELECT count(*) FROM messages").fetchone(), (10,))
+        finally:
+            db.close()
 
     @inlineCallbacks
     def test_kill_keeps_committed(self):
@@ -110,17 +164,8 @@ class CrashTests(TestCase):
         message whose append had fired, and opens as a store again.
         """
         path = os.path.abspath(self.mktemp())
-        script = os.path.abspath(self.mktemp())
-        with open(script, "w") as f:
-            f.write(APPENDER)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
-        env = dict(os.environ, PYTHONPATH=root)
-        appender = _Appender()
-        reactor.spawnProcess(appender, sys.executable, [sys.executable, script, path], env=env)
-        give_up = reactor.callLater(DEADLINE, appender.kill)
+        appender = self.spawn(APPENDER, path)
         ended = yield appender.ended
-        if give_up.active():
-            give_up.cancel()
         self.assertEqual(getattr(ended, "signal", None), signal.SIGKILL, appender.errors)
         self.assertGreaterEqual(len(appender.reported), KILL_AFTER)
 

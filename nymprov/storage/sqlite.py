@@ -80,6 +80,7 @@ class SQLiteStore(Service):
         self._db = None  # lives on the DB thread only
         self._state = NEW
         self._close_waiters = []
+        self._shutdown_trigger = None
         self._start_waiters = []
         self._quotas = InboxQuotas(limits)
         self._forgetting = {}
@@ -120,6 +121,10 @@ class SQLiteStore(Service):
             return fail(StoreError(f"store is {self._state}"))
         self._state = STARTING
         self._pool.start()
+        # Even when not run as a service, a reactor shutdown commits what
+        # is pending and stops the DB thread (which would otherwise keep
+        # the process alive).
+        self._shutdown_trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
         d = self._run(self._open, self._path, self._synchronous, self._replay_key_id, self._filter)
         d.addCallbacks(self._opened, self._open_failed)
         return d
@@ -144,6 +149,7 @@ class SQLiteStore(Service):
     def _open_failed(self, failure):
         self._state = CLOSED
         self._pool.stop()
+        self._remove_shutdown_trigger()
         self._notify_started()
         if failure.check(StoreError):
             return failure
@@ -211,6 +217,7 @@ class SQLiteStore(Service):
 
         def closed(result):
             self._pool.stop()
+            self._remove_shutdown_trigger()
             self._state = CLOSED
             self.log.info("store closed")
             waiters, self._close_waiters = self._close_waiters, []
@@ -222,6 +229,14 @@ class SQLiteStore(Service):
 
         self._run(self._close).addBoth(closed)
         return waiter
+
+    def _remove_shutdown_trigger(self):
+        if self._shutdown_trigger is not None:
+            try:
+                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            except ValueError:
+                pass  # already run: this close is the shutdown's own
+            self._shutdown_trigger = None
 
     def _close(self):
         db, self._db = self._db, None
