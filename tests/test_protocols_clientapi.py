@@ -735,6 +735,24 @@ class BadInputTests(SynchronousTestCase):
                          [error(ErrorCode.BAD_TOKEN, 1), error(ErrorCode.UNKNOWN_TYPE, 2)])
         self.assertTrue(self.conn.transport.disconnecting)
 
+    @settings(max_examples=50)
+    @given(st.lists(st.sampled_from([api.Ping(), api.Challenge(), api.Pull(1)]), min_size=1,
+                    max_size=8), st.data())
+    def test_split_requests(self, requests, data):
+        """
+        Valid requests split anywhere get the same answers, in order, as
+        when they arrive in one read.
+        """
+        wire = b"".join(api.encode(replace_id(m, i)) for i, m in enumerate(requests))
+        cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=6)))
+        conn = Connection(make_factory())
+        for start, end in zip([0] + cuts, cuts + [len(wire)]):
+            conn.protocol.dataReceived(wire[start:end])
+        answers = conn.answers()
+        self.assertEqual([a.request_id for a in answers], list(range(len(requests))))
+        expected = {api.Ping: api.Pong, api.Challenge: api.ChallengeOk, api.Pull: api.Error}
+        self.assertEqual([type(a) for a in answers], [expected[type(m)] for m in requests])
+
     @settings(max_examples=150)
     @given(st.binary(max_size=300), st.integers(1, 64))
     def test_garbage(self, garbage, chunk):
@@ -787,6 +805,20 @@ class ConnectionLimitTests(SynchronousTestCase):
         factory.clock.advance(1)
         self.assertTrue(conn.transport.disconnected)
         self.assertEqual(factory.counters.get("client_api.timeout"), 1)
+
+    def test_no_delay(self):
+        """
+        The server turns off Nagle's algorithm on TCP transports.
+        """
+        calls = []
+
+        class TCPStringTransport(StringTransport):
+            def setTcpNoDelay(self, enabled):
+                calls.append(enabled)
+
+        protocol = make_factory().buildProtocol(None)
+        protocol.makeConnection(TCPStringTransport())
+        self.assertEqual(calls, [True])
 
     def test_timer_cancelled_on_loss(self):
         """
