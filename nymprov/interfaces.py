@@ -174,3 +174,11 @@ class ITopology(Interface):
         :returns: ``True`` if ``address`` is a mix node of the first layer,
             to which a client's packet may be relayed unchanged.
         """
+
+    def is_known_node(address):
+        """
+        :param bytes address: a 32-byte Nym node address.
+        :returns: ``True`` if ``address`` is any node of the mixnet (a mix
+            node of any layer or a provider), to which a mix node may send
+            a packet on.
+        """

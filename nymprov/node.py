@@ -14,10 +14,10 @@ import itertools
 from twisted.internet.defer import (
     CancelledError,
     fail,
-    maybeDeferred,
     succeed,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
@@ -55,6 +55,9 @@ class NodeCore:
     :param clock: an ``IReactorTime``.
     :param counters: a :class:`nymprov.metrics.Counters`.
     :param float max_delay: cap on a forward hop's delay, in seconds.
+    :param str role: ``"provider"`` (packets from the mix link must be final
+        hops here) or ``"mix"`` (they must be forward hops to a known node,
+        sent on after their delay).
     """
 
     log = Logger()
@@ -72,7 +75,10 @@ class NodeCore:
         max_delay=30.0,
         deliver_timeout=DEFAULT_DELIVER_TIMEOUT,
         max_delayed=DEFAULT_MAX_DELAYED,
+        role="provider",
     ):
+        if role not in ("provider", "mix"):
+            raise ValueError(f"unknown role {role!r}")
         assert IReplayCache.providedBy(replay_cache), replay_cache
         assert IProvider.providedBy(provider), provider
         assert IMixSender.providedBy(mix_sender), mix_sender
@@ -90,7 +96,12 @@ class NodeCore:
         self._delayed = {}  # key -> (IDelayedCall, next_address, packet)
         self._keys = itertools.count()
         self._own_addresses = set()
+        # Deliveries waiting on the backend: key -> (deadline, Deferred).
+        self._deliveries = {}
+        self._sweep_interval = max(deliver_timeout / 30.0, 0.001)
+        self._sweep_call = None
         self._stopped = False
+        self._role = role
 
     # -- configuration -----------------------------------------------------
 
@@ -122,6 +133,8 @@ class NodeCore:
             (already counted).
         """
         self._counters.incr("packets.received", "mix")
+        if self._role == "mix":
+            return self._mix_hop(packet)
         try:
             hop = process_packet(packet, self._keypair)
             if not isinstance(hop, FinalHop):
@@ -135,36 +148,64 @@ class NodeCore:
         d.addCallback(self._deliver_if_new, hop, message)
         return d
 
+    def _mix_hop(self, packet):
+        arrived = self._clock.seconds()
+        if self._stopped or len(self._delayed) >= self._max_delayed:
+            return self._refuse(PacketRefused("busy", "too many delayed packets"))
+        try:
+            hop = process_packet(packet, self._keypair)
+            if not isinstance(hop, ForwardHop):
+                raise PacketRefused("route_refused", "final hop at a mix node")
+            if not self._topology.is_known_node(hop.next_address):
+                raise PacketRefused("unknown_next_hop")
+        except (SphinxError, PacketRefused) as e:
+            return self._refuse(e)
+        d = self._replay.check_and_record(hop.replay_tag)
+        d.addCallback(self._schedule_if_new, hop, arrived)
+        return d
+
     def _deliver_if_new(self, is_new, hop, message):
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
-        d = maybeDeferred(self._provider.deliver, hop.destination, hop.surb_id, message)
-        timed_out = []
-        timer = self._clock.callLater(
-            self._deliver_timeout, lambda: (timed_out.append(True), d.cancel())
-        )
+        try:
+            d = self._provider.deliver(hop.destination, hop.surb_id, message)
+        except Exception:
+            d = fail()
+        key = next(self._keys)
+        self._deliveries[key] = (self._clock.seconds() + self._deliver_timeout, d)
+        if self._sweep_call is None:
+            self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
+        d.addBoth(self._delivery_done, key)
+        return d
 
-        def delivered(result):
+    def _delivery_done(self, result, key):
+        timed_out = self._deliveries.pop(key, None) is None
+        if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
             return None
+        if timed_out and result.check(CancelledError):
+            return self._refuse(BackendTimeout())
+        if result.check(DeliveryError):
+            return self._refuse(result.value)
+        self._counters.incr("packets.dropped", "backend_error")
+        self.log.failure("backend {backend} failed", result, backend=self._provider.name)
+        return result
 
-        def failed(failure):
-            if failure.check(CancelledError) and timed_out:
-                return self._refuse(BackendTimeout())
-            if failure.check(DeliveryError):
-                return self._refuse(failure.value)
-            self._counters.incr("packets.dropped", "backend_error")
-            self.log.failure("backend {backend} failed", failure, backend=self._provider.name)
-            return failure
-
-        def cancel_timer(result):
-            if timer.active():
-                timer.cancel()
-            return result
-
-        d.addBoth(cancel_timer)
-        d.addCallbacks(delivered, failed)
-        return d
+    def _sweep_deliveries(self):
+        # One timer for all deliveries instead of one per packet: entries
+        # are in arrival order, so the overdue ones are at the front.
+        self._sweep_call = None
+        now = self._clock.seconds()
+        overdue = []
+        for key, (deadline, d) in self._deliveries.items():
+            if deadline > now:
+                break
+            overdue.append((key, d))
+        for key, d in overdue:
+            del self._deliveries[key]
+            d.cancel()
+        if self._deliveries:
+            self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
 
     # -- packets from clients ----------------------------------------------
 

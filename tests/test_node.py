@@ -28,6 +28,7 @@ from nymprov.topology import StaticTopology
 PROVIDER_ADDRESS = encode_address("127.0.0.1", 1789)
 MIX_ADDRESS = encode_address("127.0.0.1", 1790)
 OTHER_ADDRESS = encode_address("127.0.0.1", 1791)
+OTHER_PROVIDER = encode_address("127.0.0.1", 1792)
 CLIENT = b"\x11" * 32
 SURB_ID = b"\x22" * 16
 
@@ -78,7 +79,7 @@ class SlowReplayCache:
 class NodeFixture:
     """A node core on a Clock with a real in-memory store."""
 
-    def make_node(self, provider=None, replay=None, sender=None, max_delay=30.0):
+    def make_node(self, provider=None, replay=None, sender=None, max_delay=30.0, role="provider"):
         self.clock = Clock()
         self.counters = Counters()
         self.keypair = KeyPair.generate()
@@ -91,10 +92,11 @@ class NodeFixture:
             replay or self.store,
             self.provider,
             self.sender,
-            StaticTopology([MIX_ADDRESS]),
+            StaticTopology([MIX_ADDRESS], [OTHER_PROVIDER]),
             self.clock,
             self.counters,
             max_delay=max_delay,
+            role=role,
         )
         self.node.add_own_address(PROVIDER_ADDRESS)
         self.mix_key = KeyPair.generate()
@@ -385,3 +387,59 @@ class FromClientTests(NodeFixture, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
         failure = self.failureResultOf(node.send_from_client(MIX_ADDRESS, self.loopix_packet()), PacketRefused)
         self.assertEqual(failure.value.reason, "busy")
+
+
+class MixRoleTests(NodeFixture, SynchronousTestCase):
+    """
+    As a mix node, the core sends forward hops on to known nodes after
+    their delay and refuses final hops.
+    """
+
+    def test_forward_hop_sent_after_delay(self):
+        """
+        A forward hop from the mix link is sent on to the next node, a
+        provider known from the topology, no sooner than its delay.
+        """
+        node = self.make_node(role="mix")
+        packet = self.loopix_packet(delay_ns=250_000_000, next_address=OTHER_PROVIDER)
+        self.successResultOf(node.receive_from_mix(packet))
+        self.clock.advance(0.249)
+        self.assertEqual(self.sender.sent, [])
+        self.clock.advance(0.002)
+        [(address, _packet)] = self.sender.sent
+        self.assertEqual(address, OTHER_PROVIDER)
+
+    def test_final_hop_refused(self):
+        """
+        A mix node delivers nothing: a final hop is refused and counted.
+        """
+        node = self.make_node(role="mix")
+        failure = self.failureResultOf(node.receive_from_mix(self.final_packet()), PacketRefused)
+        self.assertEqual(failure.value.reason, "route_refused")
+        self.assertEqual(self.inbox(), [])
+
+    def test_unknown_next_node_refused(self):
+        """
+        A mix node does not send packets to addresses outside the topology.
+        """
+        node = self.make_node(role="mix")
+        packet = self.loopix_packet(next_address=OTHER_ADDRESS)
+        failure = self.failureResultOf(node.receive_from_mix(packet), PacketRefused)
+        self.assertEqual(failure.value.reason, "unknown_next_hop")
+
+    def test_replay_refused(self):
+        """
+        A mix node forwards one packet once.
+        """
+        node = self.make_node(role="mix")
+        packet = self.loopix_packet(next_address=MIX_ADDRESS)
+        self.successResultOf(node.receive_from_mix(packet))
+        self.failureResultOf(node.receive_from_mix(packet), ReplayedPacket)
+        self.clock.advance(1)
+        self.assertEqual(len(self.sender.sent), 1)
+
+    def test_unknown_role(self):
+        """
+        A role other than provider or mix is a programming error.
+        """
+        self.assertRaises(ValueError, self.make_node, role="gateway")
