@@ -180,6 +180,9 @@ class NodeCore:
 
     def _delivery_done(self, result, key):
         timed_out = self._deliveries.pop(key, None) is None
+        if not self._deliveries and self._sweep_call is not None:
+            self._sweep_call.cancel()
+            self._sweep_call = None
         if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
             return None

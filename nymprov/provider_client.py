@@ -4,17 +4,31 @@ with a pinned certificate, or plain TCP), register, authenticate, send,
 pull and ack.
 """
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol, wrapClientTLS
 
 from nymprov.protocols.clientapi import ClientApiClientProtocol, pinned_tls_options
 from nymprov.wire import clientapi as api
 
 
+class _SessionProtocol(ClientApiClientProtocol):
+    """The client protocol, telling its session when the connection ends."""
+
+    def __init__(self):
+        ClientApiClientProtocol.__init__(self)
+        self.closed = Deferred()
+
+    def connectionLost(self, reason):
+        ClientApiClientProtocol.connectionLost(self, reason)
+        self.closed.callback(None)
+
+
 class ProviderSession:
     """
     Typed calls over one client-API connection.
 
-    :param protocol: a connected :class:`ClientApiClientProtocol`.
+    :param protocol: a connected client-API protocol whose ``closed``
+        Deferred fires when the connection ends.
     """
 
     def __init__(self, protocol):
@@ -57,8 +71,16 @@ class ProviderSession:
         return self.protocol.request(api.Forget())
 
     def close(self):
-        """Close the connection."""
-        self.protocol.transport.loseConnection()
+        """
+        Close the connection.
+
+        :returns: a Deferred firing once it is closed.
+        """
+        if not self.protocol.closed.called:
+            self.protocol.transport.loseConnection()
+        d = Deferred()
+        self.protocol.closed.addBoth(lambda result: (d.callback(None), result)[1])
+        return d
 
 
 async def connect(reactor, host, port, fingerprint=None):
@@ -74,5 +96,5 @@ async def connect(reactor, host, port, fingerprint=None):
     endpoint = endpoint_type(reactor, host, port, timeout=10)
     if fingerprint is not None:
         endpoint = wrapClientTLS(pinned_tls_options(fingerprint), endpoint)
-    protocol = await connectProtocol(endpoint, ClientApiClientProtocol())
+    protocol = await connectProtocol(endpoint, _SessionProtocol())
     return ProviderSession(protocol)

@@ -6,11 +6,12 @@ started and stopped in the right order.
 import hashlib
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from nymprov.backends.inbox import InboxProvider
@@ -24,10 +25,51 @@ from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
 from nymprov.topology import StaticTopology
 
+#: How long stopping waits for open connections to close before aborting.
+CLOSE_GRACE = 5.0  # seconds
+
 #: How often expired messages and leases are swept.
 EXPIRY_INTERVAL = 60.0  # seconds
 
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+class _ConnectionTracker(WrappingFactory):
+    """
+    Knows the live connections of one listener, so that stopping the
+    service can close them and wait until they are gone.
+    """
+
+    def __init__(self, wrapped):
+        WrappingFactory.__init__(self, wrapped)
+        self._emptied = []
+
+    def unregisterProtocol(self, protocol):
+        WrappingFactory.unregisterProtocol(self, protocol)
+        if not self.protocols:
+            waiting, self._emptied = self._emptied, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self, clock, grace):
+        """
+        Close every connection, aborting those still open after ``grace``.
+
+        :returns: a Deferred firing once none is left.
+        """
+        if not self.protocols:
+            return succeed(None)
+        d = Deferred()
+        self._emptied.append(d)
+        for protocol in list(self.protocols):
+            protocol.transport.loseConnection()
+
+        def abort_stragglers():
+            for protocol in list(self.protocols):
+                protocol.transport.abortConnection()
+
+        timer = clock.callLater(grace, abort_stragglers)
+        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
 
 
 def parse_host_port(value):
@@ -114,6 +156,7 @@ class ProviderService(Service):
         self.mix_ports = []
         self.client_ports = []
         self._chores = []
+        self._trackers = []
         self._start_outcome = None
         self._start_waiters = []
 
@@ -195,7 +238,7 @@ class ProviderService(Service):
     @inlineCallbacks
     def _start(self):
         yield maybeDeferred(self.store.start)
-        mix_factory = self._mix_factory()
+        mix_factory = self._tracked(self._mix_factory())
         for description in self.config.mix_listen:
             port = yield serverFromString(self._reactor, description).listen(mix_factory)
             self.mix_ports.append(port)
@@ -203,7 +246,7 @@ class ProviderService(Service):
             self.log.info("Listening on {address} (mix link)", address=_show(address))
             if address.host not in _WILDCARD_HOSTS:
                 self.node.add_own_address(encode_address(address.host, address.port))
-        client_factory = self._client_factory()
+        client_factory = self._tracked(self._client_factory())
         for description in self.config.client_listen:
             port = yield serverFromString(self._reactor, description).listen(client_factory)
             self.client_ports.append(port)
@@ -215,6 +258,11 @@ class ProviderService(Service):
         self._start_chore(EXPIRY_INTERVAL, self._expire)
         if self.config.stats_interval > 0:
             self._start_chore(self.config.stats_interval, self._log_stats)
+
+    def _tracked(self, factory):
+        tracker = _ConnectionTracker(factory)
+        self._trackers.append(tracker)
+        return tracker
 
     def _start_chore(self, interval, chore):
         loop = LoopingCall(chore)
@@ -230,6 +278,8 @@ class ProviderService(Service):
                 loop.stop()
         ports, self.mix_ports, self.client_ports = self.mix_ports + self.client_ports, [], []
         yield DeferredList([maybeDeferred(p.stopListening) for p in ports])
+        yield DeferredList([t.close_all(self._reactor, CLOSE_GRACE) for t in self._trackers])
+        self._trackers = []
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
