@@ -3,7 +3,10 @@
 import ipaddress
 import math
 import os
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from dataclasses import dataclass, fields
 
 from twisted.internet.endpoints import serverFromString
