@@ -484,4 +484,8 @@ def main(argv=None, stdout=None, stderr=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, not this copy's, so that log lines
+    # name nymprov.mixnode rather than __main__.
+    from nymprov.mixnode import main as _main
+
+    sys.exit(_main())
