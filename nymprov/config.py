@@ -89,6 +89,7 @@ class ProviderConfig:
     idle_timeout: float = 300.0  # seconds
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
+    topology: str = None  # topology file (JSON); None: --first-layer only
 
     def __post_init__(self):
         for field in fields(self):
@@ -250,6 +251,21 @@ def _check_first_layer_node(field, value):
     raise InvalidSetting(field, f"expected ip:port, got {_describe(value)}")
 
 
+def _check_topology_file(field, value):
+    if value is None:
+        return None
+    path = _check_path(field, value)
+    # Read now, so that a bad file is a usage error naming the field in it
+    # rather than a failure to start.
+    from nymprov.topology import TopologyError, load_topology
+
+    try:
+        load_topology(path)
+    except TopologyError as e:
+        raise InvalidSetting(field, str(e))
+    return path
+
+
 _CHECKS = {
     "data_dir": _check_path,
     "mix_listen": _list_of(_check_endpoint, non_empty=True),
@@ -274,6 +290,7 @@ _CHECKS = {
     "idle_timeout": _float(0.0, exclusive=True),
     "mix_queue": _int(1),
     "stats_interval": _float(0.0),
+    "topology": _check_topology_file,
 }
 
 _DEFAULTS = ProviderConfig.__dataclass_fields__
@@ -303,6 +320,7 @@ _HELP = {
     "idle_timeout": "seconds before an idle connection is closed",
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",
+    "topology": "topology file (JSON): its first layer is added to --first-layer",
 }
 
 

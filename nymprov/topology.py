@@ -80,6 +80,25 @@ class StaticTopology:
         return address in self._known
 
 
+def provider_topology(first_layer=(), topology_path=None):
+    """
+    What a provider knows: the ``first_layer`` addresses it was given and,
+    with a topology file, that file's first layer and every node in it.
+
+    :param first_layer: iterable of 32-byte first-layer node addresses.
+    :param topology_path: a topology file, or ``None``.
+    :rtype: StaticTopology
+    :raises TopologyError: if the file is malformed.
+    """
+    first_layer = list(first_layer)
+    others = []
+    if topology_path is not None:
+        topology = load_topology(topology_path)
+        first_layer += [node.address for node in topology.first_layer]
+        others = [node.address for node in topology.nodes]
+    return StaticTopology(first_layer, others)
+
+
 def _host_port_text(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

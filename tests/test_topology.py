@@ -9,6 +9,9 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from twisted.python.usage import UsageError
+
+from nymprov.config import RunOptions
 from nymprov.errors import ConfigError
 from nymprov.interfaces import ITopology
 from nymprov.sphinx import Node, encode_address
@@ -20,6 +23,7 @@ from nymprov.topology import (
     TopologyError,
     dump_topology,
     load_topology,
+    provider_topology,
 )
 
 
@@ -348,3 +352,44 @@ class StaticTopologyTests(SynchronousTestCase):
         self.assertFalse(topology.is_first_layer(other))
         self.assertTrue(topology.is_known_node(other))
         self.assertFalse(topology.is_known_node(encode_address("127.0.0.1", 3)))
+
+
+class ProviderTopologyTests(SynchronousTestCase):
+    """A provider's topology: --first-layer plus the topology file."""
+
+    def write(self, document):
+        """Write ``document`` to a new file; return its path."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(encoded(document))
+        return path
+
+    def test_file_adds_first_layer_and_nodes(self):
+        """The file's layer 1 becomes first layer; all its nodes become known."""
+        given = encode_address("10.0.0.1", 1)
+        topology = provider_topology([given], self.write(sample_document()))
+        self.assertTrue(verifyObject(ITopology, topology))
+        self.assertTrue(topology.is_first_layer(given))
+        self.assertTrue(topology.is_first_layer(encode_address("127.0.0.1", 1790)))
+        self.assertFalse(topology.is_first_layer(encode_address("::1", 1791)))
+        self.assertTrue(topology.is_known_node(encode_address("127.0.0.1", 1789)))
+
+    def test_without_file(self):
+        """Without a file only the given first layer is known."""
+        given = encode_address("10.0.0.1", 1)
+        topology = provider_topology([given])
+        self.assertTrue(topology.is_first_layer(given))
+        self.assertFalse(topology.is_known_node(encode_address("127.0.0.1", 1789)))
+
+    def test_provider_option(self):
+        """--topology is checked while parsing: a bad file is a usage error naming the field."""
+        options = RunOptions()
+        good = self.write(sample_document())
+        options.parseOptions(["--topology", good])
+        self.assertEqual(options.provider_config.topology, os.path.abspath(good))
+        document = sample_document()
+        document["mixnodes"][0]["layer"] = 0
+        with self.assertRaises(UsageError) as caught:
+            RunOptions().parseOptions(["--topology", self.write(document)])
+        message = str(caught.exception)
+        self.assertTrue(message.startswith("--topology: mixnodes[0].layer: "), message)
