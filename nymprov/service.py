@@ -23,7 +23,7 @@ from nymprov.protocols.mixlink import MixLinkFactory
 from nymprov.protocols.mixsender import MixSenderPool
 from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
-from nymprov.topology import StaticTopology
+from nymprov.topology import provider_topology
 
 #: How long stopping waits for open connections to close before aborting.
 CLOSE_GRACE = 5.0  # seconds
@@ -135,8 +135,9 @@ class ProviderService(Service):
         self.store = make_store(config, reactor, self.keys)
         self.backend = InboxProvider(self.store, reactor)
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
-        self.topology = StaticTopology(
-            encode_address(*parse_host_port(v)) for v in config.first_layer
+        self.topology = provider_topology(
+            (encode_address(*parse_host_port(v)) for v in config.first_layer),
+            getattr(config, "topology", None),
         )
         self.node = NodeCore(
             self.keys.sphinx,

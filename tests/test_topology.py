@@ -393,3 +393,15 @@ class ProviderTopologyTests(SynchronousTestCase):
             RunOptions().parseOptions(["--topology", self.write(document)])
         message = str(caught.exception)
         self.assertTrue(message.startswith("--topology: mixnodes[0].layer: "), message)
+
+    def test_provider_service_uses_file(self):
+        """A provider built with --topology relays to the file's first layer."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        from nymprov.config import ProviderConfig
+        from nymprov.service import ProviderService
+
+        config = ProviderConfig(data_dir=self.mktemp(), topology=self.write(sample_document()))
+        service = ProviderService(config, MemoryReactorClock())
+        self.assertTrue(service.topology.is_first_layer(encode_address("127.0.0.1", 1790)))
+        self.assertFalse(service.topology.is_first_layer(encode_address("::1", 1791)))
