@@ -28,6 +28,7 @@ COMMANDS = (
     ("run", "run the provider in the foreground (Ctrl-C stops it)"),
     ("init", "create the data directory, keys and certificate; print the keys"),
     ("bench", "measure packet processing and ingest speed"),
+    ("testnet", "run a whole mixnet on this machine: mix layers and providers"),
     ("help", "list the commands, or describe one: help COMMAND"),
     ("--version", "print the version"),
 )
@@ -105,6 +106,10 @@ def _help_text(command):
         return _BENCH_HELP
     if command == "help":
         return _HELP_HELP
+    if command == "testnet":
+        from nymprov.testnet import TestnetOptions
+
+        return str(TestnetOptions())
     if command == "--version":
         return f"Usage: {PROGRAM} --version\n\nPrint the version."
     return None
@@ -236,6 +241,12 @@ def _run_service(options, stderr):
     return outcome["code"]
 
 
+def _testnet(args, stdout, stderr):
+    from nymprov.testnet import main as testnet_main
+
+    return testnet_main(args, stdout, stderr)
+
+
 def _help(args, stdout, stderr):
     if not args:
         print(_command_list(), file=stdout)
@@ -249,7 +260,7 @@ def _help(args, stdout, stderr):
     return EXIT_OK
 
 
-_DISPATCH = {"run": _run, "init": _init, "bench": _bench, "help": _help}
+_DISPATCH = {"run": _run, "init": _init, "bench": _bench, "testnet": _testnet, "help": _help}
 
 
 def main(argv=None, stdout=None, stderr=None):

@@ -420,6 +420,13 @@ class TestnetOptions(usage.Options):
         ["base-port", None, None, "first port to use [default: free ports]", int],
     ]
 
+    def opt_version(self):
+        """Print the version and exit."""
+        from nymprov._version import __version__
+
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
+
 
 def main(args, stdout=None, stderr=None):
     """

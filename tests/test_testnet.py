@@ -13,7 +13,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nymprov import testnet
+from nymprov import cli, testnet
 from nymprov.keys import load_keys
 from nymprov.testnet import Testnet
 from nymprov.tls import certificate_fingerprint, load_certificate
@@ -91,6 +91,27 @@ class LayoutTests(SynchronousTestCase):
         stderr = io.StringIO()
         self.assertEqual(testnet.main(["--layers", "many"], io.StringIO(), stderr), 2)
         self.assertIn("--layers", stderr.getvalue())
+
+
+class ProviderCommandTests(SynchronousTestCase):
+    """nym-provider testnet and nym-provider help testnet."""
+
+    def test_dispatch(self):
+        """nym-provider testnet runs the testnet command (a bad option: exit 2)."""
+        stderr = io.StringIO()
+        self.assertEqual(cli.main(["testnet", "--providers", "x"], io.StringIO(), stderr), 2)
+        self.assertIn("--providers", stderr.getvalue())
+
+    def test_help(self):
+        """help testnet lists its options; the command list names it."""
+        stdout = io.StringIO()
+        self.assertEqual(cli.main(["help", "testnet"], stdout, io.StringIO()), 0)
+        for option in ("--layers", "--per-layer", "--providers", "--dir", "--mean-delay-ms",
+                       "--base-port"):
+            self.assertIn(option, stdout.getvalue())
+        stdout = io.StringIO()
+        cli.main(["help"], stdout, io.StringIO())
+        self.assertIn("  testnet ", stdout.getvalue())
 
 
 def _name_of(net, topology_node):
