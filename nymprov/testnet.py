@@ -232,11 +232,9 @@ class Testnet:
                      "--mix-listen", listen,
                      "--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
                      "--register-rate", str(TESTNET_REGISTER_RATE), "--stats-interval", "0"]
-        for mix in self.topology.first_layer:
-            arguments += ["--first-layer", mix.mix_address]
-        if _provider_takes_topology():
-            arguments += ["--topology", self.topology_path]
-        return arguments
+        # The provider relays its clients' packets to the topology's first
+        # layer; the same file tells the mixes where everyone is.
+        return arguments + ["--topology", self.topology_path]
 
     def _spawn(self, node):
         env = dict(os.environ)
@@ -389,14 +387,6 @@ class Testnet:
             "See doc/testnet.md. Ctrl-C stops every node.",
         ]
         return "\n".join(lines)
-
-
-def _provider_takes_topology():
-    # The provider learns --topology in a later change; until then the
-    # testnet gives it the first layer with --first-layer alone.
-    from nymprov.config import ProviderConfig
-
-    return "topology" in ProviderConfig.__dataclass_fields__
 
 
 # -- the testnet command ------------------------------------------------------------

@@ -5,15 +5,20 @@ import json
 import os
 import signal
 import sys
+import time
+
+from nacl.signing import SigningKey
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ProcessProtocol, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nymprov import cli, testnet
+from nymprov import cli, provider_client, testnet
+from nymprov.sphinx import Destination, build_packet
 from nymprov.keys import load_keys
 from nymprov.testnet import Testnet
 from nymprov.tls import certificate_fingerprint, load_certificate
@@ -141,6 +146,7 @@ class ProcessTests(TestCase):
                 self.assertTrue(await accepts(port), f"{node.name} on {port}")
         with open(os.path.join(net.directory, "testnet.json")) as f:
             self.assertEqual(sorted(n["pid"] for n in json.load(f)["nodes"]), sorted(pids))
+        await self.check_packet_crosses(net)
 
         middle = net.nodes["mix-2-1"]
         old_pid = middle.pid
@@ -159,6 +165,41 @@ class ProcessTests(TestCase):
             self.assertTrue(process_gone(pid), pid)
         with open(middle.log_path) as f:
             self.assertIn("nym-mixnode stopped", f.read())
+
+
+    async def check_packet_crosses(self, net):
+        """
+        A packet handed to provider-1 for the first layer crosses the three
+        mixes to provider-2, where its recipient pulls it over pinned TLS.
+        """
+        topology = load_topology(net.topology_path)
+        sender_at, recipient_at = topology.providers
+        recipient_key, sender_key = SigningKey.generate(), SigningKey.generate()
+        inbox = await self.session(recipient_at)
+        await inbox.register(recipient_key)
+        outbox = await self.session(sender_at)
+        await outbox.register(sender_key)
+        route = [layer[0].route_node for layer in topology.layers.values()]
+        route.append(recipient_at.route_node)
+        recipient = bytes(recipient_key.verify_key)
+        packet = build_packet(b"across the testnet", route, [int(1e7)] * 4,
+                              Destination(recipient, b"\0" * 16))
+        await outbox.send(route[0].address, packet)
+        deadline = time.monotonic() + 30
+        while True:
+            batch = await inbox.pull(8)
+            if batch.messages or time.monotonic() > deadline:
+                break
+            await deferLater(reactor, 0.05, lambda: None)
+        self.assertEqual(batch.messages, (b"across the testnet",))
+
+    async def session(self, provider):
+        """A client-API session with ``provider``, pinning its certificate."""
+        session = await provider_client.connect(
+            reactor, provider.client_host, provider.client_port, provider.certificate_fingerprint
+        )
+        self.addCleanup(session.close)
+        return session
 
 
 class _Collector(ProcessProtocol):
