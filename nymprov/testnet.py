@@ -11,7 +11,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.defer import Deferred, DeferredList, FirstError, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol, Protocol
@@ -59,6 +59,8 @@ class TestnetNode:
     :ivar client_port: the port of its client API (providers only).
     :ivar log_path: the file that receives its output.
     :ivar pid: its process id while it runs, else ``None``.
+    :ivar exit_status: how its last process ended: the exit code, or minus
+        the signal that killed it; ``None`` before it ended.
     """
 
     name: str
@@ -68,8 +70,10 @@ class TestnetNode:
     client_port: int = None
     log_path: str = None
     pid: int = None
+    exit_status: int = None
     _process: object = field(default=None, repr=False)
     _ended: Deferred = field(default=None, repr=False)
+    _log_start: int = field(default=0, repr=False)  # log size when last started
 
     @property
     def ports(self):
@@ -242,6 +246,7 @@ class Testnet:
         env["PYTHONUNBUFFERED"] = "1"
         protocol = _NodeProcessProtocol()
         with open(node.log_path, "ab") as log:
+            node._log_start = log.seek(0, os.SEEK_END)
             # The child writes straight to its log file: nothing passes
             # through this process, which may be busy or gone.
             process = self._reactor.spawnProcess(
@@ -255,24 +260,41 @@ class Testnet:
         self.log.info("started {name} (pid {pid})", name=node.name, pid=node.pid)
 
     def _ended(self, reason, node, process):
+        # The exit status is kept and logged, not raised: a node that dies
+        # is the caller's news through ``running`` and ``exit_status``.
+        status = reason.value
+        node.exit_status = status.signal and -status.signal or status.exitCode
+        self.log.info("{name} exited with status {status}", name=node.name, status=node.exit_status)
         if node._process is process:
             node._process = None
             node.pid = None
-        return reason
 
     @inlineCallbacks
     def _wait_listening(self, node):
+        # Ready means: the node itself logged that it listens on each port
+        # (another process on a port would fool a connection alone), and a
+        # connection to each port succeeds.
         deadline = time.monotonic() + self._ready_timeout
         for port in node.ports:
             while True:
                 if not node.running:
                     raise TestnetError(f"{node.name} exited while starting; see {node.log_path}")
-                if (yield self._probe(port)):
+                if self._logged_listening(node, port) and (yield self._probe(port)):
                     break
                 if time.monotonic() > deadline:
                     raise TestnetError(f"{node.name} not listening on port {port} after"
                                        f" {self._ready_timeout:g} s; see {node.log_path}")
                 yield deferLater(self._reactor, _PROBE_INTERVAL, lambda: None)
+
+    @staticmethod
+    def _logged_listening(node, port):
+        try:
+            with open(node.log_path, "rb") as log:
+                log.seek(node._log_start)
+                text = log.read()
+        except OSError:
+            return False
+        return f"Listening on {LOOPBACK}:{port} ".encode("ascii") in text
 
     def _probe(self, port):
         endpoint = TCP4ClientEndpoint(self._reactor, LOOPBACK, port, timeout=1)
@@ -298,15 +320,14 @@ class Testnet:
             if not node.running:
                 self._spawn(node)
         self._write_state()
+        waits = [self._wait_listening(n) for n in order]
         try:
-            yield DeferredList([self._wait_listening(n) for n in order], fireOnOneErrback=True,
-                               consumeErrors=True)
-        except Exception as e:
-            error = getattr(e, "subFailure", None)
+            yield DeferredList(waits, fireOnOneErrback=True, consumeErrors=True)
+        except FirstError as e:
             yield self.stop()
-            if error is not None:
-                error.raiseException()
-            raise
+            # The other waits end at their next look, now that no node runs.
+            yield DeferredList(waits, consumeErrors=True)
+            e.subFailure.raiseException()
         return self
 
     def start_node(self, name):
@@ -335,7 +356,7 @@ class Testnet:
             return
         self._signal(process, "TERM")
         timer = self._reactor.callLater(self._stop_timeout, self._kill, node, process)
-        yield ended.addErrback(lambda _: None)
+        yield ended
         if timer.active():
             timer.cancel()
         self._write_state()

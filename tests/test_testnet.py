@@ -4,6 +4,7 @@ import io
 import json
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -20,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymprov import cli, provider_client, testnet
 from nymprov.sphinx import Destination, build_packet
 from nymprov.keys import load_keys
-from nymprov.testnet import Testnet
+from nymprov.testnet import Testnet, TestnetError
 from nymprov.tls import certificate_fingerprint, load_certificate
 from nymprov.topology import load_topology
 
@@ -163,9 +164,31 @@ class ProcessTests(TestCase):
         self.assertFalse(net.running)
         for pid in pids:
             self.assertTrue(process_gone(pid), pid)
+        self.assertEqual({n.name: n.exit_status for n in net.nodes.values()},
+                         {n.name: 0 for n in net.nodes.values()})
         with open(middle.log_path) as f:
             self.assertIn("nym-mixnode stopped", f.read())
 
+
+    async def test_start_fails_cleanly(self):
+        """
+        A node that cannot listen (its port is taken) fails start with
+        TestnetError naming it, and no node is left running.
+        """
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        self.addCleanup(taken.close)
+        net = Testnet(self.mktemp(), layers=1, per_layer=1, providers=1,
+                      base_port=taken.getsockname()[1])
+        self.addCleanup(net.stop)
+        with self.assertRaises(TestnetError) as caught:
+            await net.start()
+        self.assertIn("mix-1-1", str(caught.exception))
+        self.assertFalse(net.running)
+        with open(os.path.join(net.directory, "testnet.json")) as f:
+            for node in json.load(f)["nodes"]:
+                self.assertTrue(node["pid"] is None or process_gone(node["pid"]), node)
 
     async def check_packet_crosses(self, net):
         """
