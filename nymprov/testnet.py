@@ -403,8 +403,8 @@ class Testnet:
         lines += [f"    {path}" for path in self.client_config_paths]
         lines += [
             "",
-            "Use a client config with the client library or command, for example:",
-            f"  nym-client --config {self.client_config_paths[0]} init",
+            "Point a client (the client library or command, see doc/client.md) at one of",
+            "the client configs, or at topology.json and a provider's identity.",
             "See doc/testnet.md. Ctrl-C stops every node.",
         ]
         return "\n".join(lines)

@@ -6,10 +6,9 @@ import os
 import base58
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
-
-from twisted.python.usage import UsageError
 
 from nymprov.config import RunOptions
 from nymprov.errors import ConfigError
