@@ -161,9 +161,15 @@ async def _node_benchmark(reactor, args, figures):
          "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])",
          mix_port.host, str(mix_port.port), *paths]
     )
+    # The clock starts with the first packet in, not with the generator's
+    # interpreter start-up, and stops with the last one stored.
+    deadline = time.perf_counter() + args.timeout
+    while counters.get("packets.received", "mix") == 0:
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the load generator sent nothing")
+        await deferLater(reactor, 0.002, lambda: None)
     start = time.perf_counter()
     next_sample = 0
-    deadline = start + args.timeout
     while time.perf_counter() < deadline:
         done = counters.get("packets.delivered") + sum(
             v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")
@@ -173,7 +179,7 @@ async def _node_benchmark(reactor, args, figures):
             next_sample += max(1, args.packets // 10)
         if done >= args.packets:
             break
-        await deferLater(reactor, 0.05, lambda: None)
+        await deferLater(reactor, 0.005, lambda: None)
     elapsed = time.perf_counter() - start
     generator.kill()
     generator.wait()

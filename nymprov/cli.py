@@ -185,6 +185,29 @@ def _run(args, stdout, stderr):
     return _run_service(options, stderr)
 
 
+def _stop_once_on_signals(reactor):
+    """
+    Replace the reactor's SIGINT and SIGTERM handlers with ones that stop it
+    once: a second signal during the orderly shutdown (an impatient Ctrl-C,
+    or a supervisor repeating its SIGTERM) must not interrupt the flush.
+    """
+    import signal
+
+    stopping = []
+
+    def stop():
+        if not stopping and reactor.running:
+            stopping.append(True)
+            _log.info("stopping: closing connections and flushing the store")
+            reactor.stop()
+
+    def handler(signum, frame):
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _run_service(options, stderr):
     """
     Log to ``stderr``, build the service, run the global reactor until a
@@ -222,8 +245,12 @@ def _run_service(options, stderr):
 
     def start():
         d = maybeDeferred(service.startService)
+        when_started = getattr(service, "when_started", None)
+        if when_started is not None:
+            d.addCallback(lambda _: when_started())
         d.addErrback(failed, "The provider failed to start")
-        d.addErrback(lambda _: reactor.stop())
+        d.addErrback(lambda _: reactor.running and reactor.stop())
+        _stop_once_on_signals(reactor)
 
     def stop():
         # A "before shutdown" trigger that returns a Deferred holds the

@@ -43,6 +43,24 @@ DEFAULT_MAX_DELAYED = 100_000
 _PACKET_LENGTHS = frozenset(size.packet_size for size in PacketSize)
 
 
+def unwrap_final(packet, keypair):
+    """
+    Unwrap a packet that must be a final hop here.
+
+    :returns: ``(FinalHop, message)``, or the typed error (returned, not
+        raised, so that a batch can carry it back from a worker thread).
+    """
+    try:
+        hop = process_packet(packet, keypair)
+        if not isinstance(hop, FinalHop):
+            # A provider is not a mix layer: letting forward hops through
+            # here would let a sender skip the mixing.
+            raise PacketRefused("route_refused", "forward hop from the mix link")
+        return hop, hop.message()
+    except (SphinxError, PacketRefused) as e:
+        return e
+
+
 class NodeCore:
     """
     Unwraps packets and decides their fate.
@@ -129,21 +147,33 @@ class NodeCore:
         Handle a packet that arrived over the mix link.
 
         :returns: a Deferred that fires with ``None`` once the backend took
-            responsibility for the message, or fails with the typed reason
-            (already counted).
+            responsibility for the message (a provider) or the packet was
+            scheduled for its next node (a mix), or fails with the typed
+            reason (already counted).
         """
-        self._counters.incr("packets.received", "mix")
+        [d] = self.receive_many_from_mix([packet])
+        return d
+
+    def receive_many_from_mix(self, packets):
+        """
+        Handle packets that arrived together over the mix link, in order.
+
+        (Unwrapping a batch on a worker thread, so that X25519 runs without
+        the GIL on the second core, was measured: ingest fell from about
+        60% to 55% of the unwrap-only rate, GIL hand-offs costing more than
+        the parallel X25519 gains, so it all runs on the reactor thread.)
+
+        :returns: one Deferred per packet, as :meth:`receive_from_mix`.
+        """
+        self._counters.incr("packets.received", "mix", len(packets))
         if self._role == "mix":
-            return self._mix_hop(packet)
-        try:
-            hop = process_packet(packet, self._keypair)
-            if not isinstance(hop, FinalHop):
-                # A provider is not a mix layer: letting forward hops through
-                # here would let a sender skip the mixing.
-                raise PacketRefused("route_refused", "forward hop from the mix link")
-            message = hop.message()
-        except (SphinxError, PacketRefused) as e:
-            return self._refuse(e)
+            return [self._mix_hop(packet) for packet in packets]
+        return [self._after_unwrap(unwrap_final(packet, self._keypair)) for packet in packets]
+
+    def _after_unwrap(self, outcome):
+        if isinstance(outcome, Exception):
+            return self._refuse(outcome)
+        hop, message = outcome
         d = self._replay.check_and_record(hop.replay_tag)
         d.addCallback(self._deliver_if_new, hop, message)
         return d

@@ -40,6 +40,8 @@ class _ConnectionTracker(WrappingFactory):
     service can close them and wait until they are gone.
     """
 
+    noisy = False
+
     def __init__(self, wrapped):
         WrappingFactory.__init__(self, wrapped)
         self._emptied = []
@@ -194,6 +196,7 @@ class ProviderService(Service):
             from nymprov.tls import server_tls_options
 
             factory = TLSMemoryBIOFactory(server_tls_options(self.certificate), False, factory)
+            factory.noisy = False
         return factory
 
     # -- life cycle ----------------------------------------------------------

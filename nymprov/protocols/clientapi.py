@@ -401,6 +401,8 @@ class ClientApiFactory(ServerFactory):
     """
 
     protocol = ClientApiProtocol
+    # Connections come and go all day; each one logged would be noise.
+    noisy = False
 
     def __init__(self, store, node, identity_key, clock, counters, *,
                  registration="open", invite_codes=(), register_rate=(5, 3600.0),

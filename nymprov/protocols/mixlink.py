@@ -53,10 +53,10 @@ class MixLinkProtocol(Protocol, TimeoutMixin):
             self.log.warn("mix link peer sent a bad frame ({reason}); disconnecting", reason=e.reason)
             self.transport.abortConnection()
             return
-        node = self.factory.node
-        for frame in frames:
-            self._in_flight += 1
-            node.receive_from_mix(frame.packet).addBoth(self._packet_done)
+        if frames:
+            self._in_flight += len(frames)
+            for d in self.factory.node.receive_many_from_mix([frame.packet for frame in frames]):
+                d.addBoth(self._packet_done)
         if self._in_flight >= HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
@@ -92,6 +92,8 @@ class MixLinkFactory(Factory):
     """
 
     protocol = MixLinkProtocol
+    # Connections come and go all day; each one logged would be noise.
+    noisy = False
 
     def __init__(self, node, counters, clock, *, max_connections=1024, idle_timeout=600.0):
         self.node = node

@@ -21,6 +21,12 @@ from nymprov.wire.frames import encode_frame
 DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds
 
 
+def _fire_all(deferreds):
+    for d in deferreds:
+        if not d.called:
+            d.callback(None)
+
+
 @implementer(IPushProducer)
 class _OutboundProtocol(Protocol):
     """
@@ -66,6 +72,7 @@ class _Neighbour:
         self._counters = counters
         self._protocol = None
         self._drained = []
+        self._clock = clock
         factory = Factory.forProtocol(lambda: _OutboundProtocol(self))
         self._service = ClientService(
             endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=clock
@@ -92,10 +99,12 @@ class _Neighbour:
         protocol = self._protocol
         while self._queue and protocol is not None and not protocol.paused:
             protocol.transport.write(self._queue.popleft())
-        if not self._queue:
+        if not self._queue and self._drained:
             waiting, self._drained = self._drained, []
-            for d in waiting:
-                d.callback(None)
+            # Fired from the reactor, not from inside connectionMade: a
+            # waiter that stops the pool must not re-enter the connection
+            # attempt that is still completing.
+            self._clock.callLater(0, _fire_all, waiting)
 
     def when_drained(self):
         if not self._queue:

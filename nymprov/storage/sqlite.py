@@ -3,6 +3,7 @@ The durable inbox store and replay cache, in one SQLite file.
 """
 
 import hmac
+import os
 import sqlite3
 
 from twisted.application.service import Service
@@ -157,8 +158,12 @@ class SQLiteStore(Service):
 
     def _open(self, path, synchronous, replay_key_id, tag_filter):
         try:
+            if path != ":memory:":
+                # Messages and token hashes are private: create the file
+                # 0600; SQLite gives its -wal and -shm files the same mode.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
             db = sqlite3.connect(path, isolation_level=None)
-        except sqlite3.Error as error:
+        except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open the store: {error}") from error
         try:
             # The version check comes first: a file we do not understand
