@@ -167,7 +167,11 @@ class NodeCore:
         """
         self._counters.incr("packets.received", "mix", len(packets))
         if self._role == "mix":
-            return [self._mix_hop(packet) for packet in packets]
+            # A mix sends forward hops on to any node of the mixnet.
+            return [
+                self._forward_hop(packet, self._topology.is_known_node, "final hop at a mix node")
+                for packet in packets
+            ]
         return [self._after_unwrap(unwrap_final(packet, self._keypair)) for packet in packets]
 
     def _after_unwrap(self, outcome):
@@ -176,22 +180,6 @@ class NodeCore:
         hop, message = outcome
         d = self._replay.check_and_record(hop.replay_tag)
         d.addCallback(self._deliver_if_new, hop, message)
-        return d
-
-    def _mix_hop(self, packet):
-        arrived = self._clock.seconds()
-        if self._stopped or len(self._delayed) >= self._max_delayed:
-            return self._refuse(PacketRefused("busy", "too many delayed packets"))
-        try:
-            hop = process_packet(packet, self._keypair)
-            if not isinstance(hop, ForwardHop):
-                raise PacketRefused("route_refused", "final hop at a mix node")
-            if not self._topology.is_known_node(hop.next_address):
-                raise PacketRefused("unknown_next_hop")
-        except (SphinxError, PacketRefused) as e:
-            return self._refuse(e)
-        d = self._replay.check_and_record(hop.replay_tag)
-        d.addCallback(self._schedule_if_new, hop, arrived)
         return d
 
     def _deliver_if_new(self, is_new, hop, message):
@@ -258,7 +246,10 @@ class NodeCore:
         if self._stopped:
             return self._refuse(PacketRefused("busy", "node is stopping"))
         if first_hop in self._own_addresses:
-            return self._loopix_route(packet)
+            # The Loopix route: this provider is the client's first hop and
+            # sends the packet on to the first layer; a client packet ending
+            # here would bypass the mixnet.
+            return self._forward_hop(packet, self._topology.is_first_layer, "final hop from a client")
         if not self._topology.is_first_layer(first_hop):
             return self._refuse(PacketRefused("unknown_first_hop"))
         if not self._sender.send(first_hop, packet):
@@ -266,16 +257,22 @@ class NodeCore:
         self._counters.incr("packets.relayed")
         return succeed(None)
 
-    def _loopix_route(self, packet):
+    def _forward_hop(self, packet, next_allowed, ending_here):
+        """
+        Unwrap a packet that must be a forward hop to a node for which
+        ``next_allowed(address)`` holds, and schedule it for its delay.
+
+        :param str ending_here: what a final hop here would mean, for the
+            refusal's detail.
+        """
         arrived = self._clock.seconds()
-        if len(self._delayed) >= self._max_delayed:
+        if self._stopped or len(self._delayed) >= self._max_delayed:
             return self._refuse(PacketRefused("busy", "too many delayed packets"))
         try:
             hop = process_packet(packet, self._keypair)
             if not isinstance(hop, ForwardHop):
-                # A client's own packet ending here would bypass the mixnet.
-                raise PacketRefused("route_refused", "final hop from a client")
-            if not self._topology.is_first_layer(hop.next_address):
+                raise PacketRefused("route_refused", ending_here)
+            if not next_allowed(hop.next_address):
                 raise PacketRefused("unknown_next_hop")
         except (SphinxError, PacketRefused) as e:
             return self._refuse(e)
