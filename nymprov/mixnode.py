@@ -9,12 +9,9 @@ import os
 import sys
 from dataclasses import dataclass, fields
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, inlineCallbacks, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import fail, inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 # Reused so that both nodes check and word their settings alike.
@@ -33,10 +30,9 @@ from nymprov.interfaces import IProvider
 from nymprov.keys import load_or_create_keys
 from nymprov.metrics import Counters
 from nymprov.node import NodeCore
+from nymprov.nodeservice import NodeService
 from nymprov.protocols.mixlink import MixLinkFactory
 from nymprov.protocols.mixsender import MixSenderPool
-from nymprov.service import CLOSE_GRACE, _ConnectionTracker, _show, _WILDCARD_HOSTS
-from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
 from nymprov.topology import load_topology
 
@@ -189,7 +185,7 @@ class _NoFinalHops:
         return fail(DeliveryError("a mix node delivers nothing"))
 
 
-class MixNodeService(Service):
+class MixNodeService(NodeService):
     """
     A mix node: replay cache, node core, mix link in and out.
 
@@ -215,8 +211,7 @@ class MixNodeService(Service):
             topology = load_topology(config.topology)
         self.config = config
         self.topology = topology
-        self._reactor = reactor
-        self._stop_reactor_on_failure = stop_reactor_on_failure
+        NodeService.__init__(self, reactor, stop_reactor_on_failure)
         self.counters = Counters()
         self.keys = load_or_create_keys(config.data_dir)
         # The store is used only as the persistent IReplayCache; tags are
@@ -241,39 +236,6 @@ class MixNodeService(Service):
             role="mix",
         )
         self.mix_ports = []
-        self._tracker = None
-        self._stats = None
-        self._start_outcome = None
-        self._start_waiters = []
-
-    def startService(self):
-        Service.startService(self)
-        self._start_outcome = None
-        self._start().addBoth(self._started)
-
-    def _started(self, outcome):
-        if isinstance(outcome, Failure):
-            self.log.failure("nym-mixnode could not start", outcome)
-            if self._stop_reactor_on_failure and self._reactor.running:
-                self._reactor.stop()
-        else:
-            outcome = self
-        self._start_outcome = outcome
-        waiters, self._start_waiters = self._start_waiters, []
-        for d in waiters:
-            _fire(d, outcome)
-
-    def when_started(self):
-        """
-        :returns: a Deferred firing with this service once every port
-            listens, or failing with the reason it could not start.
-        """
-        d = Deferred()
-        if self._start_outcome is None:
-            self._start_waiters.append(d)
-        else:
-            _fire(d, self._start_outcome)
-        return d
 
     @inlineCallbacks
     def _start(self):
@@ -288,33 +250,17 @@ class MixNodeService(Service):
             max_connections=self.config.max_connections,
             idle_timeout=self.config.idle_timeout,
         )
-        self._tracker = _ConnectionTracker(factory)
-        for description in self.config.mix_listen:
-            port = yield serverFromString(self._reactor, description).listen(self._tracker)
-            self.mix_ports.append(port)
-            address = port.getHost()
-            self.log.info("Listening on {address} (mix link)", address=_show(address))
-            if address.host not in _WILDCARD_HOSTS:
-                self.node.add_own_address(encode_address(address.host, address.port))
+        self.mix_ports = yield self.listen(self.config.mix_listen, factory, "mix link", self.node)
         if self.config.stats_interval > 0:
-            from twisted.internet.task import LoopingCall
-
-            self._stats = LoopingCall(self._log_stats)
-            self._stats.clock = self._reactor
-            self._stats.start(self.config.stats_interval, now=False)
+            self.add_chore(self.config.stats_interval, self._log_stats)
 
     def _log_stats(self):
         self.log.info("stats: {counters}", counters=self.counters.snapshot())
 
     @inlineCallbacks
     def stopService(self):
-        Service.stopService(self)
-        if self._stats is not None and self._stats.running:
-            self._stats.stop()
-        ports, self.mix_ports = self.mix_ports, []
-        yield DeferredList([maybeDeferred(p.stopListening) for p in ports])
-        if self._tracker is not None:
-            yield self._tracker.close_all(self._reactor, CLOSE_GRACE)
+        yield self._stop_listening()
+        self.mix_ports = []
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
@@ -323,11 +269,6 @@ class MixNodeService(Service):
         self.log.info("nym-mixnode stopped; counters: {counters}", counters=self.counters.snapshot())
 
 
-def _fire(d, outcome):
-    if isinstance(outcome, Failure):
-        d.errback(outcome)
-    else:
-        d.callback(outcome)
 
 
 # -- the nym-mixnode command ----------------------------------------------------

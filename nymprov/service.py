@@ -5,19 +5,15 @@ started and stopped in the right order.
 
 import hashlib
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import LoopingCall
+from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
-from twisted.python.failure import Failure
-from twisted.protocols.policies import WrappingFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from nymprov.backends.inbox import InboxProvider
 from nymprov.keys import load_or_create_keys
 from nymprov.metrics import Counters
 from nymprov.node import NodeCore
+from nymprov.nodeservice import NodeService
 from nymprov.protocols.clientapi import ClientApiFactory
 from nymprov.protocols.mixlink import MixLinkFactory
 from nymprov.protocols.mixsender import MixSenderPool
@@ -25,68 +21,8 @@ from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
 from nymprov.topology import provider_topology
 
-#: How long stopping waits for open connections to close before aborting.
-CLOSE_GRACE = 5.0  # seconds
-
 #: How often expired messages and leases are swept.
 EXPIRY_INTERVAL = 60.0  # seconds
-
-_WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
-
-
-class _ConnectionTracker(WrappingFactory):
-    """
-    Knows the live connections of one listener, so that stopping the
-    service can close them and wait until they are gone.
-    """
-
-    noisy = False
-
-    def __init__(self, wrapped):
-        WrappingFactory.__init__(self, wrapped)
-        self._emptied = []
-
-    def unregisterProtocol(self, protocol):
-        WrappingFactory.unregisterProtocol(self, protocol)
-        if not self.protocols:
-            waiting, self._emptied = self._emptied, []
-            for d in waiting:
-                d.callback(None)
-
-    def close_all(self, clock, grace):
-        """
-        Close every connection, aborting those still open after ``grace``.
-
-        :returns: a Deferred firing once none is left.
-        """
-        if not self.protocols:
-            return succeed(None)
-        d = Deferred()
-        self._emptied.append(d)
-        for protocol in list(self.protocols):
-            protocol.transport.loseConnection()
-
-        def abort_stragglers():
-            for protocol in list(self.protocols):
-                protocol.transport.abortConnection()
-
-        timer = clock.callLater(grace, abort_stragglers)
-        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
-
-
-def parse_host_port(value):
-    """
-    :param value: ``"host:port"``, ``"[v6]:port"`` or a ``(host, port)`` pair.
-    :returns: ``(host, port)``.
-    :raises ValueError: if ``value`` is neither.
-    """
-    if isinstance(value, (tuple, list)):
-        host, port = value
-        return str(host), int(port)
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"not host:port: {value!r}")
-    return host.strip("[]"), int(port)
 
 
 def make_store(config, reactor, keys):
@@ -112,7 +48,7 @@ def make_store(config, reactor, keys):
     )
 
 
-class ProviderService(Service):
+class ProviderService(NodeService):
     """
     A whole provider node: store, node core, mix link in and out, client API
     and the periodic chores.
@@ -129,16 +65,15 @@ class ProviderService(Service):
     name = "nym-provider"
 
     def __init__(self, config, reactor, *, stop_reactor_on_failure=False):
+        NodeService.__init__(self, reactor, stop_reactor_on_failure)
         self.config = config
-        self._reactor = reactor
-        self._stop_reactor_on_failure = stop_reactor_on_failure
         self.counters = Counters()
         self.keys = load_or_create_keys(config.data_dir)
         self.store = make_store(config, reactor, self.keys)
         self.backend = InboxProvider(self.store, reactor)
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         self.topology = provider_topology(
-            (encode_address(*parse_host_port(v)) for v in config.first_layer),
+            (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
         self.node = NodeCore(
@@ -158,10 +93,6 @@ class ProviderService(Service):
             self.certificate = load_or_create_certificate(config.data_dir)
         self.mix_ports = []
         self.client_ports = []
-        self._chores = []
-        self._trackers = []
-        self._start_outcome = None
-        self._start_waiters = []
 
     # -- factories -----------------------------------------------------------
 
@@ -201,89 +132,22 @@ class ProviderService(Service):
 
     # -- life cycle ----------------------------------------------------------
 
-    def startService(self):
-        Service.startService(self)
-        self._start_outcome = None
-        self._start_waiters = []
-        self._start().addBoth(self._started)
-
-    def _started(self, outcome):
-        if isinstance(outcome, Failure):
-            self.log.failure("nym-provider could not start", outcome)
-            if self._stop_reactor_on_failure and self._reactor.running:
-                self._reactor.stop()
-        else:
-            outcome = self
-        self._start_outcome = outcome
-        waiters, self._start_waiters = self._start_waiters, []
-        for d in waiters:
-            self._fire(d, outcome)
-
-    @staticmethod
-    def _fire(d, outcome):
-        if isinstance(outcome, Failure):
-            d.errback(outcome)
-        else:
-            d.callback(outcome)
-
-    def when_started(self):
-        """
-        :returns: a Deferred firing with this service once every port
-            listens, or failing with the reason it could not start (tests
-            use it to learn the ports bound to port 0).
-        """
-        d = Deferred()
-        if self._start_outcome is None:
-            self._start_waiters.append(d)
-        else:
-            self._fire(d, self._start_outcome)
-        return d
-
     @inlineCallbacks
     def _start(self):
         yield maybeDeferred(self.store.start)
-        mix_factory = self._tracked(self._mix_factory())
-        for description in self.config.mix_listen:
-            port = yield serverFromString(self._reactor, description).listen(mix_factory)
-            self.mix_ports.append(port)
-            address = port.getHost()
-            self.log.info("Listening on {address} (mix link)", address=_show(address))
-            if address.host not in _WILDCARD_HOSTS:
-                self.node.add_own_address(encode_address(address.host, address.port))
-        client_factory = self._tracked(self._client_factory())
-        for description in self.config.client_listen:
-            port = yield serverFromString(self._reactor, description).listen(client_factory)
-            self.client_ports.append(port)
-            self.log.info(
-                "Listening on {address} (client API, {security})",
-                address=_show(port.getHost()),
-                security="TLS" if self.certificate is not None else "plain TCP",
-            )
-        self._start_chore(EXPIRY_INTERVAL, self._expire)
+        self.mix_ports = yield self.listen(self.config.mix_listen, self._mix_factory(), "mix link", self.node)
+        security = "TLS" if self.certificate is not None else "plain TCP"
+        self.client_ports = yield self.listen(
+            self.config.client_listen, self._client_factory(), f"client API, {security}"
+        )
+        self.add_chore(EXPIRY_INTERVAL, self._expire)
         if self.config.stats_interval > 0:
-            self._start_chore(self.config.stats_interval, self._log_stats)
-
-    def _tracked(self, factory):
-        tracker = _ConnectionTracker(factory)
-        self._trackers.append(tracker)
-        return tracker
-
-    def _start_chore(self, interval, chore):
-        loop = LoopingCall(chore)
-        loop.clock = self._reactor
-        loop.start(interval, now=False)
-        self._chores.append(loop)
+            self.add_chore(self.config.stats_interval, self._log_stats)
 
     @inlineCallbacks
     def stopService(self):
-        Service.stopService(self)
-        for loop in self._chores:
-            if loop.running:
-                loop.stop()
-        ports, self.mix_ports, self.client_ports = self.mix_ports + self.client_ports, [], []
-        yield DeferredList([maybeDeferred(p.stopListening) for p in ports])
-        yield DeferredList([t.close_all(self._reactor, CLOSE_GRACE) for t in self._trackers])
-        self._trackers = []
+        yield self._stop_listening()
+        self.mix_ports, self.client_ports = [], []
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
@@ -310,14 +174,6 @@ class ProviderService(Service):
         )
         d.addErrback(lambda f: self.log.failure("stats failed", f))
         return d
-
-
-def _show(address):
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is None:
-        return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def make_provider_service(config, reactor=None):
