@@ -70,12 +70,13 @@ class ProviderService(NodeService):
         self.counters = Counters()
         self.keys = load_or_create_keys(config.data_dir)
         self.store = make_store(config, reactor, self.keys)
-        self.backend = InboxProvider(self.store, reactor)
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         self.topology = provider_topology(
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
+        # The inbox sends SURB-ACKs to first-layer mixes once a message is stored.
+        self.backend = InboxProvider(self.store, reactor, self.sender, self.topology)
         self.node = NodeCore(
             self.keys.sphinx,
             self.store,

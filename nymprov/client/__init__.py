@@ -1,0 +1,25 @@
+"""
+``nymprov.client``: a Twisted mixnet client library (see ``doc/client.md``).
+"""
+
+from nymprov.client.core import (
+    DeliveryFailed,
+    NotEnoughSurbs,
+    NymClient,
+    ReceivedMessage,
+    UnknownProvider,
+)
+from nymprov.client.identity import (
+    ClientAddress,
+    ClientKeys,
+    InvalidClientAddress,
+    load_or_create_client_keys,
+    load_token,
+    save_token,
+)
+
+__all__ = [
+    "ClientAddress", "ClientKeys", "DeliveryFailed", "InvalidClientAddress", "NotEnoughSurbs",
+    "NymClient", "ReceivedMessage", "UnknownProvider", "load_or_create_client_keys",
+    "load_token", "save_token",
+]

@@ -1,0 +1,428 @@
+"""
+The client: register with its provider, send messages reliably through the
+mixnet, receive them by pulling, reply through SURBs, and send loop cover.
+"""
+
+import os
+import random
+from dataclasses import dataclass
+
+from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, succeed
+from twisted.logger import Logger
+
+from nymprov.client.fragments import Fragment, MalformedFragment, Reassembler, split_message
+from nymprov.client.identity import ClientAddress, load_token, save_token
+from nymprov.client.routes import Router
+from nymprov.client.sealing import (
+    ACK_ID_LENGTH,
+    CHUNK_SIZE,
+    HINT_LENGTH,
+    KIND_COVER,
+    KIND_MESSAGE,
+    KIND_REPLY,
+    Record,
+    UnreadableBody,
+    open_body,
+    reply_private_key,
+    seal,
+)
+from nymprov.metrics import Counters
+from nymprov.sphinx import SURB, SphinxError
+from nymprov.wire import clientapi as api
+from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
+
+#: Most messages one PULL asks for (the provider's default ``pull_max``).
+DEFAULT_PULL_BATCH = 64
+
+
+class DeliveryFailed(Exception):
+    """No ACK came back for a fragment after every attempt."""
+
+    reason = "delivery_failed"
+
+
+class NotEnoughSurbs(ValueError):
+    """A reply needs more SURBs than the message came with."""
+
+    reason = "not_enough_surbs"
+
+
+class UnknownProvider(ValueError):
+    """An address names a provider that the topology does not list."""
+
+    reason = "unknown_provider"
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    """
+    A whole message that arrived.
+
+    :ivar data: its bytes.
+    :ivar message_id: the sender's 16-byte id of it.
+    :ivar is_reply: whether it answers one of this client's messages.
+    :ivar in_reply_to: for a reply, the hint of the message it answers
+        (the ``reply_hint`` :meth:`NymClient.send` returned); else ``None``.
+    :ivar surbs: SURBs to reply through (consumed by :meth:`NymClient.reply`).
+    """
+
+    data: bytes
+    message_id: bytes
+    is_reply: bool = False
+    in_reply_to: bytes = None
+    surbs: list = None
+    reply_hint: bytes = None
+    reply_public: bytes = None
+
+
+class _Outgoing:
+    """One fragment in flight until its ACK comes back."""
+
+    def __init__(self, fragment_bytes, seal_key, hint, make_packet):
+        self.fragment_bytes = fragment_bytes
+        self.seal_key = seal_key
+        self.hint = hint
+        self.make_packet = make_packet  # envelope -> (first_hop, packet), or None when out of routes
+        self.attempts = 0
+        self.timer = None
+        self.done = Deferred()
+
+
+class NymClient:
+    """
+    A mixnet client of one provider.
+
+    :param keys: a :class:`nymprov.client.identity.ClientKeys`.
+    :param topology: a :class:`nymprov.topology.Topology`.
+    :param provider_identity: its provider's identity (bytes or base58).
+    :param connect: ``() -> Deferred[ProviderSession]``; by default a TLS
+        connection pinned to the topology's certificate fingerprint.
+    :param data_dir: where the access token is kept (0600); ``None`` keeps
+        it in memory.
+    :param float mean_delay: mean per-hop delay in seconds.
+    :param bool loopix: first hop is the own provider (Loopix) instead of a
+        first-layer mix (Nym).
+    :param float pull_interval: seconds between pulls of the inbox.
+    :param float ack_timeout: seconds to wait for an ACK before sending the
+        fragment again over a fresh route; derived from the delays if ``None``.
+    :param int max_attempts: sends of one fragment before giving up.
+    :param float cover_rate: loop cover packets per second (Poisson); 0 is off.
+    :param int reply_surbs: SURBs attached to each message by default.
+    """
+
+    log = Logger()
+
+    def __init__(self, keys, topology, provider_identity, *, reactor=None, clock=None,
+                 connect=None, data_dir=None, mean_delay=0.05, loopix=False, pull_interval=1.0,
+                 ack_timeout=None, max_attempts=10, cover_rate=0.0, reply_surbs=0,
+                 pull_batch=DEFAULT_PULL_BATCH, rng=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.keys = keys
+        self.topology = topology
+        self.provider = topology.provider(provider_identity)
+        self.address = keys.address(self.provider.identity)
+        self._reactor = reactor
+        self._clock = clock or reactor
+        self._connect = connect or self._connect_pinned
+        self._data_dir = data_dir
+        self._rng = rng or random.SystemRandom()
+        self.router = Router(topology, self.provider, mean_delay, loopix, self._rng)
+        self._pull_interval = pull_interval
+        if ack_timeout is None:
+            # Out and back through every hop with generous room for the
+            # exponential tail, plus a pull at each end.
+            ack_timeout = 3.0 + 2 * pull_interval + 6 * mean_delay * 2 * self.router.hops
+        self.ack_timeout = ack_timeout
+        self._max_attempts = max_attempts
+        self._cover_rate = cover_rate
+        self._reply_surbs = reply_surbs
+        self._pull_batch = pull_batch
+        self.counters = Counters()
+        self.reassembler = Reassembler()
+        #: Whole messages as they arrive; ``await client.inbox.get()``.
+        self.inbox = DeferredQueue()
+        self._token = None
+        self._session = None
+        self._connecting = None
+        self._pending = {}  # ack id -> _Outgoing
+        self._pull_call = None
+        self._cover_call = None
+        self._running = False
+
+    # -- connection ---------------------------------------------------------
+
+    def _connect_pinned(self):
+        from nymprov import provider_client
+
+        fingerprint = self.provider.certificate_fingerprint if self.provider.client_tls else None
+        return Deferred.fromCoroutine(provider_client.connect(
+            self._reactor, self.provider.client_host, self.provider.client_port, fingerprint))
+
+    async def _open_session(self):
+        session = await self._connect()
+        if self._token is None and self._data_dir is not None:
+            self._token = load_token(self._data_dir)
+        if self._token is not None:
+            try:
+                await session.authenticate(self.keys.identity_public_bytes, self._token)
+                return session
+            except api.RemoteError as e:
+                if e.code != api.ErrorCode.BAD_TOKEN:
+                    raise
+        self._token = await session.register(self.keys.identity)
+        if self._data_dir is not None:
+            save_token(self._data_dir, self._token)
+        return session
+
+    def session(self):
+        """
+        :returns: a Deferred firing with an authenticated session,
+            connecting (and registering on first use) if there is none.
+        """
+        if self._session is not None and not self._session.protocol.closed.called:
+            return succeed(self._session)
+        if self._connecting is None:
+            self._connecting = Deferred.fromCoroutine(self._open_session())
+
+            def connected(session):
+                self._session, self._connecting = session, None
+                return session
+
+            def failed(failure):
+                self._connecting = None
+                return failure
+
+            self._connecting.addCallbacks(connected, failed)
+        d = Deferred()
+        self._connecting.addBoth(lambda result: (d.callback(result), result)[1])
+        return d
+
+    async def start(self):
+        """Connect, register (or authenticate), and start pulling and cover."""
+        await self.session()
+        self._running = True
+        self._schedule_pull(0)
+        self._schedule_cover()
+
+    async def stop(self):
+        """
+        Stop timers and close the connection.  Sends still waiting for their
+        ACKs are neither retried nor failed.
+        """
+        self._running = False
+        for call in (self._pull_call, self._cover_call):
+            if call is not None and call.active():
+                call.cancel()
+        for outgoing in self._pending.values():
+            if outgoing.timer is not None and outgoing.timer.active():
+                outgoing.timer.cancel()
+        self._pending.clear()
+        if self._connecting is not None:
+            try:
+                await self._connecting
+            except Exception:
+                pass
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, recipient, data, reply_surbs=None):
+        """
+        Send ``data`` (any length) to ``recipient``, end-to-end encrypted.
+
+        :param recipient: a :class:`ClientAddress` or its text.
+        :param int reply_surbs: SURBs to attach for replies (default: the
+            client's ``reply_surbs``).
+        :returns: a Deferred firing with the message's reply hint (the
+            ``in_reply_to`` of its replies) once every fragment is
+            acknowledged, or failing with :class:`DeliveryFailed`.
+        :raises InvalidClientAddress, UnknownProvider: for a bad recipient.
+        """
+        if isinstance(recipient, str):
+            recipient = ClientAddress.parse(recipient)
+        try:
+            provider = self.topology.provider(recipient.provider)
+        except KeyError:
+            raise UnknownProvider(str(recipient)) from None
+        count = self._reply_surbs if reply_surbs is None else reply_surbs
+        hint = self._rng.randbytes(HINT_LENGTH)
+        surbs = tuple(self.router.surb_to_self(self.keys.identity_public_bytes).to_bytes()
+                      for _ in range(count))
+        reply_public = bytes(reply_private_key(self.keys.encryption, hint).public_key) if count else None
+        record = Record(KIND_MESSAGE, bytes(data), surbs, hint if count else None, reply_public)
+
+        def make_packet(envelope):
+            return self.router.forward(envelope, recipient.identity, provider)
+
+        d = self._send_record(record, recipient.encryption, self._rng.randbytes(HINT_LENGTH),
+                              lambda: make_packet)
+        return d.addCallback(lambda _: hint)
+
+    def reply(self, message, data):
+        """
+        Answer ``message`` through the SURBs it came with; each fragment and
+        each retransmission uses up one SURB.
+
+        :returns: a Deferred as :meth:`send` (firing with ``None``).
+        :raises NotEnoughSurbs: if the reply needs more SURBs than are left.
+        """
+        surbs = message.surbs if message.surbs is not None else []
+        record = Record(KIND_REPLY, bytes(data))
+        needed = len(split_message(bytes(16), record.to_bytes(), CHUNK_SIZE))
+        if needed > len(surbs):
+            raise NotEnoughSurbs(f"needs {needed} SURBs, {len(surbs)} left")
+
+        def next_route():
+            if not surbs:
+                return None
+            surb = SURB.from_bytes(surbs.pop(0))
+            return surb.use
+
+        d = self._send_record(record, message.reply_public, message.reply_hint, next_route)
+        return d.addCallback(lambda _: None)
+
+    def _send_record(self, record, seal_key, hint, next_route):
+        message_id = self._rng.randbytes(16)
+        outgoing = [
+            _Outgoing(fragment.to_bytes(), seal_key, hint, next_route)
+            for fragment in split_message(message_id, record.to_bytes(), CHUNK_SIZE)
+        ]
+        for item in outgoing:
+            self._transmit(item)
+        d = DeferredList([item.done for item in outgoing], fireOnOneErrback=True, consumeErrors=True)
+        d.addErrback(lambda failure: failure.value.subFailure)
+        return d
+
+    def _transmit(self, outgoing):
+        make_packet = outgoing.make_packet()
+        if make_packet is None or outgoing.attempts >= self._max_attempts:
+            outgoing.done.errback(DeliveryFailed(f"no ACK after {outgoing.attempts} attempts"))
+            return
+        outgoing.attempts += 1
+        ack_id = self._rng.randbytes(ACK_ID_LENGTH)
+        ack_hop, ack_packet = self.router.ack(self.keys.identity_public_bytes, encode_envelope(ack_id))
+        body = seal(outgoing.seal_key, outgoing.hint, outgoing.fragment_bytes)
+        first_hop, packet = make_packet(encode_envelope(body, ack_hop, ack_packet))
+        self._pending[ack_id] = outgoing
+        outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, ack_id)
+        self.counters.incr("packets.sent", "retransmission" if outgoing.attempts > 1 else "first")
+        self._submit(first_hop, packet)
+
+    def _ack_timed_out(self, ack_id):
+        outgoing = self._pending.pop(ack_id, None)
+        if outgoing is not None:
+            self._transmit(outgoing)
+
+    def _submit(self, first_hop, packet):
+        d = self.session()
+        d.addCallback(lambda session: session.send(first_hop, packet))
+        # A packet the provider refuses, or a dropped connection, is a lost
+        # packet like any other: the ACK timer sends it again.
+        d.addErrback(self._submit_failed)
+        return d
+
+    def _submit_failed(self, failure):
+        self.counters.incr("packets.send_failed")
+        self.log.debug("sending a packet failed: {error}", error=failure.getErrorMessage())
+
+    # -- cover --------------------------------------------------------------
+
+    def _schedule_cover(self):
+        if self._running and self._cover_rate > 0:
+            self._cover_call = self._clock.callLater(self._rng.expovariate(self._cover_rate), self._cover)
+
+    def _cover(self):
+        self._cover_call = None
+        record = Record(KIND_COVER, b"")
+        fragment = split_message(self._rng.randbytes(16), record.to_bytes(), CHUNK_SIZE)[0]
+        body = seal(self.keys.encryption_public_bytes, self._rng.randbytes(HINT_LENGTH), fragment.to_bytes())
+        # With a SURB-ACK like every data packet, so that the provider
+        # cannot tell loops apart; its ACK id is unknown and ignored.
+        ack_hop, ack_packet = self.router.ack(
+            self.keys.identity_public_bytes, encode_envelope(self._rng.randbytes(ACK_ID_LENGTH)))
+        first_hop, packet = self.router.forward(
+            encode_envelope(body, ack_hop, ack_packet), self.keys.identity_public_bytes, self.provider)
+        self.counters.incr("cover.sent")
+        self._submit(first_hop, packet)
+        self._schedule_cover()
+
+    # -- receiving ----------------------------------------------------------
+
+    def _schedule_pull(self, delay):
+        if self._running:
+            self._pull_call = self._clock.callLater(delay, self._pull_tick)
+
+    def _pull_tick(self):
+        self._pull_call = None
+        d = self.pull()
+        d.addErrback(lambda f: self.log.debug("pull failed: {error}", error=f.getErrorMessage()))
+        d.addBoth(lambda _: self._schedule_pull(self._pull_interval))
+
+    def pull(self):
+        """
+        Pull the inbox until it is empty, handle what came, ack each batch.
+
+        :returns: a Deferred firing with the number of stored messages handled.
+        """
+        return Deferred.fromCoroutine(self._pull())
+
+    async def _pull(self):
+        handled = 0
+        while True:
+            session = await self.session()
+            batch = await session.pull(self._pull_batch)
+            if not batch.lease_id:
+                return handled
+            for stored in batch.messages:
+                self.handle_stored(stored)
+            handled += len(batch.messages)
+            await session.ack(batch.lease_id)
+            if len(batch.messages) < self._pull_batch:
+                return handled
+
+    def handle_stored(self, stored):
+        """
+        Handle one message from the inbox: an ACK, a fragment, or neither
+        (counted and dropped).  Never raises for bad bytes.
+        """
+        try:
+            body = decode_envelope(stored).body
+        except MalformedEnvelope:
+            self.counters.incr("received.dropped", "not_envelope")
+            return
+        if len(body) == ACK_ID_LENGTH:
+            self._ack_received(body)
+            return
+        try:
+            fragment_bytes, hint, is_reply = open_body(self.keys.encryption, body)
+            fragment = Fragment.from_bytes(fragment_bytes)
+            whole = self.reassembler.add(fragment)
+            if whole is None:
+                return
+            record = Record.from_bytes(whole)
+        except (UnreadableBody, MalformedFragment) as e:
+            self.counters.incr("received.dropped", e.reason)
+            return
+        if record.kind == KIND_COVER:
+            self.counters.incr("cover.received")
+            return
+        self.counters.incr("messages.received", "reply" if is_reply else "message")
+        self.inbox.put(ReceivedMessage(
+            record.data, fragment.message_id, is_reply, hint if is_reply else None,
+            list(record.surbs), record.reply_hint, record.reply_public,
+        ))
+
+    def _ack_received(self, ack_id):
+        outgoing = self._pending.pop(ack_id, None)
+        if outgoing is None:
+            # A cover loop's ACK, or a late ACK of a retransmitted fragment.
+            self.counters.incr("acks.received", "unknown")
+            return
+        self.counters.incr("acks.received", "pending")
+        if outgoing.timer is not None and outgoing.timer.active():
+            outgoing.timer.cancel()
+        if not outgoing.done.called:
+            outgoing.done.callback(None)
