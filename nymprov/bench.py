@@ -32,13 +32,15 @@ def _generate(job):
     Write ``count`` framed one-hop packets for the provider into ``path``.
     """
     from nymprov.sphinx import Destination, Node, build_packet
+    from nymprov.wire.envelope import encode_envelope
     from nymprov.wire.frames import encode_frame
 
     path, count, node_address, node_public, clients, seed = job
     with open(path, "wb") as out:
         for i in range(count):
             client = clients[(seed + i) % len(clients)]
-            message = hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 8
+            # A client's message: an envelope around ~2 KB of ciphertext.
+            message = encode_envelope(hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 60)
             packet = build_packet(message, [Node(node_address, node_public)], [0], Destination(client, bytes(16)))
             out.write(encode_frame(packet))
     return path
