@@ -182,3 +182,35 @@ class ITopology(Interface):
             node of any layer or a provider), to which a mix node may send
             a packet on.
         """
+
+
+class IProviderMaker(Interface):
+    """
+    Makes a provider backend; found with ``twisted.plugin.getPlugins`` in the
+    ``nymprov.plugins`` package and chosen with ``--backend NAME``.  A plugin
+    is an object providing ``twisted.plugin.IPlugin`` and this interface.
+    """
+
+    name = Attribute("The backend's name, as given to --backend.")
+    description = Attribute("One line saying what the backend does.")
+    options = Attribute(
+        "A nymprov.plugins.BackendOptions subclass (a twisted.python.usage.Options"
+        " whose optParameters are the backend's options, each given on the"
+        " command line as --backend-option NAME=VALUE)."
+    )
+
+    def make(config, options, sender, topology, reactor, **context):
+        """
+        Make the backend.
+
+        :param config: the node's :class:`nymprov.config.ProviderConfig`.
+        :param options: a parsed instance of ``options``.
+        :param sender: the node's ``IMixSender``, for replies through SURBs.
+        :param topology: the node's ``ITopology``: a SURB's first hop must be
+            a first-layer mix node in it.
+        :param reactor: the reactor.
+        :param context: more of the node's parts by name; today ``store``
+            (its ``IInboxStore``).  Ignore what you do not use.
+        :returns: an ``IProvider``; if it also provides ``IService`` it is
+            started after the store opens and stopped before it closes.
+        """
