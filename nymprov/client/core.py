@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nymprov.client.fragments import Fragment, MalformedFragment, Reassembler, split_message
 from nymprov.client.identity import ClientAddress, load_token, save_token
@@ -182,20 +183,20 @@ class NymClient:
         """
         if self._session is not None and not self._session.protocol.closed.called:
             return succeed(self._session)
-        if self._connecting is None:
-            self._connecting = Deferred.fromCoroutine(self._open_session())
+        connecting = self._connecting
+        if connecting is None:
+            # Everyone who asks while connecting waits on the same attempt.
+            connecting = self._connecting = Deferred.fromCoroutine(self._open_session())
 
-            def connected(session):
-                self._session, self._connecting = session, None
-                return session
-
-            def failed(failure):
+            def done(result):
                 self._connecting = None
-                return failure
+                if not isinstance(result, Failure):
+                    self._session = result
+                return result
 
-            self._connecting.addCallbacks(connected, failed)
+            connecting.addBoth(done)
         d = Deferred()
-        self._connecting.addBoth(lambda result: (d.callback(result), result)[1])
+        connecting.addBoth(lambda result: (d.callback(result), None)[1])
         return d
 
     async def start(self):
