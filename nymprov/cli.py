@@ -79,7 +79,8 @@ def _command_list():
     width = max(len(name) for name, _ in COMMANDS)
     lines = [f"Usage: {PROGRAM} COMMAND [options]", "", "Commands:"]
     lines += [f"  {name:<{width}}  {summary}" for name, summary in COMMANDS]
-    lines += ["", f"'{PROGRAM} help COMMAND' describes a command."]
+    lines += ["", f"'{PROGRAM} help COMMAND' describes a command;"
+              f" '{PROGRAM} help backends' lists the provider backends."]
     return "\n".join(lines)
 
 
@@ -112,6 +113,10 @@ def _help_text(command):
         return str(TestnetOptions())
     if command == "--version":
         return f"Usage: {PROGRAM} --version\n\nPrint the version."
+    if command == "backends":
+        from nymprov.plugins import describe_backends
+
+        return describe_backends()
     return None
 
 

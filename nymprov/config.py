@@ -90,6 +90,8 @@ class ProviderConfig:
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
     topology: str = None  # topology file (JSON); None: --first-layer only
+    backend: str = "inbox"  # an IProviderMaker plugin's name
+    backend_option: tuple = ()  # (name, value) pairs for the backend's options
 
     def __post_init__(self):
         for field in fields(self):
@@ -103,6 +105,7 @@ class ProviderConfig:
             raise InvalidSetting(
                 "invite_code", "at least one is needed when --registration=invite"
             )
+        _check_backend_options(self.backend, self.backend_option)
         if self.client_tls:
             for description in self.client_listen:
                 if description.split(":", 1)[0] == "ssl":
@@ -266,6 +269,54 @@ def _check_topology_file(field, value):
     return path
 
 
+def _check_backend_name(field, value):
+    if not isinstance(value, str) or not value:
+        raise InvalidSetting(field, f"expected a backend name, got {_describe(value)}")
+    return value
+
+
+def _check_backend_option_pairs(field, value):
+    # A TOML table gives a dict; the command line gives "name=value" text.
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            if isinstance(item, str):
+                name, equals, text = item.partition("=")
+                if not equals or not name:
+                    raise InvalidSetting(field, f"expected name=value, got {item!r}")
+                items.append((name, text))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                items.append(tuple(item))
+            else:
+                raise InvalidSetting(field, f"expected name=value, got {_describe(item)}")
+    else:
+        raise InvalidSetting(field, f"expected name=value pairs, got {_describe(value)}")
+    pairs = []
+    for name, text in items:
+        if isinstance(text, (list, tuple)):
+            text = ",".join(map(str, text))
+        elif isinstance(text, bool):
+            text = str(text).lower()
+        pairs.append((str(name), str(text)))
+    return tuple(pairs)
+
+
+def _check_backend_options(backend, pairs):
+    """The backend's plugin exists and accepts ``pairs``."""
+    from nymprov.plugins import UnknownBackend, find_maker, parse_backend_options
+
+    try:
+        maker = find_maker(backend)
+    except UnknownBackend as e:
+        raise InvalidSetting("backend", str(e).split(": ", 1)[1])
+    try:
+        parse_backend_options(maker, pairs)
+    except usage.UsageError as e:
+        raise InvalidSetting("backend_option", str(e).split(": ", 1)[1])
+
+
 _CHECKS = {
     "data_dir": _check_path,
     "mix_listen": _list_of(_check_endpoint, non_empty=True),
@@ -291,13 +342,15 @@ _CHECKS = {
     "mix_queue": _int(1),
     "stats_interval": _float(0.0),
     "topology": _check_topology_file,
+    "backend": _check_backend_name,
+    "backend_option": _check_backend_option_pairs,
 }
 
 _DEFAULTS = ProviderConfig.__dataclass_fields__
 
 # Fields set by a repeatable option (a list) and by a flag; the rest take
 # one value each.
-_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "invite_code")
+_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "invite_code", "backend_option")
 _INTEGER = {field.name for field in fields(ProviderConfig) if field.type is int}
 _FLOAT = {field.name for field in fields(ProviderConfig) if field.type is float}
 
@@ -321,6 +374,7 @@ _HELP = {
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",
     "topology": "topology file (JSON): its first layer is added to --first-layer",
+    "backend": "what happens to delivered messages ('nym-provider help backends')",
 }
 
 
@@ -380,6 +434,10 @@ class RunOptions(usage.Options):
     def opt_invite_code(self, code):
         """invite code accepted when --registration=invite, repeatable"""
         self["invite-code"].append(code)
+
+    def opt_backend_option(self, pair):
+        """NAME=VALUE option of the chosen backend, repeatable ('nym-provider help backends')"""
+        self["backend-option"].append(pair)
 
     def opt_version(self):
         """Print the version and exit."""

@@ -5,11 +5,11 @@ started and stopped in the right order.
 
 import hashlib
 
+from twisted.application.service import IService
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from nymprov.backends.inbox import InboxProvider
 from nymprov.keys import load_or_create_keys
 from nymprov.metrics import Counters
 from nymprov.node import NodeCore
@@ -48,6 +48,18 @@ def make_store(config, reactor, keys):
     )
 
 
+def make_backend(config, sender, topology, reactor, **context):
+    """
+    :returns: the ``IProvider`` made by the ``--backend`` plugin with the
+        ``--backend-option`` values; ``context`` is passed on to ``make``.
+    """
+    from nymprov.plugins import find_maker, parse_backend_options
+
+    maker = find_maker(config.backend)
+    options = parse_backend_options(maker, config.backend_option)
+    return maker.make(config, options, sender, topology, reactor, **context)
+
+
 class ProviderService(NodeService):
     """
     A whole provider node: store, node core, mix link in and out, client API
@@ -75,8 +87,9 @@ class ProviderService(NodeService):
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
-        # The inbox sends SURB-ACKs to first-layer mixes once a message is stored.
-        self.backend = InboxProvider(self.store, reactor, self.sender, self.topology)
+        # Made by the --backend plugin (the inbox by default, which sends
+        # SURB-ACKs to first-layer mixes once a message is stored).
+        self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store)
         self.node = NodeCore(
             self.keys.sphinx,
             self.store,
@@ -136,6 +149,8 @@ class ProviderService(NodeService):
     @inlineCallbacks
     def _start(self):
         yield maybeDeferred(self.store.start)
+        if IService.providedBy(self.backend):
+            yield maybeDeferred(self.backend.startService)
         self.mix_ports = yield self.listen(self.config.mix_listen, self._mix_factory(), "mix link", self.node)
         security = "TLS" if self.certificate is not None else "plain TCP"
         self.client_ports = yield self.listen(
@@ -152,6 +167,9 @@ class ProviderService(NodeService):
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
+        if IService.providedBy(self.backend) and self.backend.running:
+            # Before the sender: a backend may still send replies.
+            yield maybeDeferred(self.backend.stopService)
         yield self.sender.stopService()
         yield self.store.close()
         self.log.info("nym-provider stopped; counters: {counters}", counters=self.counters.snapshot())

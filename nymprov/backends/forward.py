@@ -31,6 +31,8 @@ from nymprov.backends.surbreply import (
     ServiceRequest,
     decode_fragment,
     decode_request,
+    open_message,
+    send_ack,
     send_reply,
 )
 from nymprov.errors import DeliveryError, StoreError
@@ -207,7 +209,8 @@ class ForwardProvider(Service):
     def deliver(self, destination, surb_id, message):
         """IProvider API: fires once the payload is committed to the queue."""
         try:
-            request = self._decode(message)
+            fragment, ack = open_message(message, self.topology)
+            request = self._decode(fragment)
             if not self._open:
                 raise ServiceBusy("the queue is not open")
             if self.queued_count >= self._max_queue:
@@ -221,6 +224,7 @@ class ForwardProvider(Service):
         def committed(row_id):
             self._due[row_id] = now
             self._pump()
+            send_ack(self.sender, ack)
 
         def failed(failure):
             self.log.failure("forward: cannot queue a payload", failure)

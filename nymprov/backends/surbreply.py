@@ -15,15 +15,17 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 
 from nymprov.errors import DeliveryError
 from nymprov.sphinx import SURB, PacketSize, SphinxError
+from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope, is_envelope
 
 FRAGMENT_VERSION = 1
 _FRAGMENT_HEADER = struct.Struct(">B16sHH")  # version, request id, index, count
 FRAGMENT_HEADER_SIZE = _FRAGMENT_HEADER.size  # 21 bytes
 
-#: Replies travel in regular packets: the requester's provider stores them
-#: in its inbox, whose slots are sized for regular packets.
+#: Replies travel in regular packets (the requester's provider stores them
+#: in its inbox, whose slots are sized for regular packets), each fragment
+#: in an envelope without ACK (one byte).
 REPLY_PLAINTEXT_SIZE = PacketSize.REGULAR.plaintext
-REPLY_CHUNK_SIZE = REPLY_PLAINTEXT_SIZE - FRAGMENT_HEADER_SIZE
+REPLY_CHUNK_SIZE = REPLY_PLAINTEXT_SIZE - 1 - FRAGMENT_HEADER_SIZE
 
 NO_REPLY_KEY = bytes(32)
 SEAL_OVERHEAD = 48  # a SealedBox adds an ephemeral key and a MAC
@@ -223,7 +225,7 @@ def reply_packets(request, body):
     if len(fragments) > len(request.surbs):
         raise ValueError(f"{len(body)} bytes need {len(fragments)} SURBs, have {len(request.surbs)}")
     return [
-        surb.use(fragment, PacketSize.REGULAR.payload_size)
+        surb.use(encode_envelope(fragment), PacketSize.REGULAR.payload_size)
         for surb, fragment in zip(request.surbs, fragments)
     ]
 
@@ -259,6 +261,36 @@ def new_reply_key():
     return PrivateKey.generate()
 
 
+def open_message(message, topology):
+    """
+    Take a delivered message out of its envelope, if it has one.
+
+    :returns: ``(fragment_bytes, ack)``, ``ack`` being the SURB-ACK's
+        ``(first_hop, packet)`` to send once the message is accepted, or
+        ``None``.
+    :raises MalformedRequest: for a bad envelope or an ACK whose first hop
+        is not a first-layer mix node.
+    """
+    if not is_envelope(message):
+        return message, None
+    try:
+        envelope = decode_envelope(message)
+    except MalformedEnvelope as e:
+        raise MalformedRequest(str(e))
+    if not envelope.has_ack:
+        return envelope.body, None
+    if not topology.is_first_layer(envelope.ack_first_hop):
+        raise SurbRefused("SURB-ACK first hop is not a first-layer mix node")
+    return envelope.body, (envelope.ack_first_hop, envelope.ack_packet)
+
+
+def send_ack(sender, ack):
+    """Send a SURB-ACK (``None``: nothing to send); the result is ignored."""
+    if ack is not None:
+        sender.send(*ack)
+    return None
+
+
 # -- a base for backends that answer -------------------------------------------
 
 
@@ -268,8 +300,10 @@ class ReplyingBackend:
     fragments, decodes the request, checks its SURBs, then hands it to
     :meth:`handle`.
 
-    ``deliver`` fires once the fragment is kept (an incomplete request) or
-    ``handle`` has accepted the whole request; it fails with a
+    A message may come in an envelope (:mod:`nymprov.wire.envelope`); its
+    SURB-ACK is sent once the message is accepted.  ``deliver`` fires once
+    the fragment is kept (an incomplete request) or ``handle`` has accepted
+    the whole request; it fails with a
     ``DeliveryError`` subclass, changing nothing, otherwise.
 
     :param sender: the ``IMixSender`` for replies.
@@ -286,13 +320,15 @@ class ReplyingBackend:
     def deliver(self, destination, surb_id, message):
         """IProvider API"""
         try:
-            whole = self._reassembler.add(message)
+            fragment, ack = open_message(message, self.topology)
+            whole = self._reassembler.add(fragment)
             if whole is None:
-                return succeed(None)
+                return succeed(send_ack(self.sender, ack))
             request = decode_request(whole[0], whole[1], self.topology)
         except DeliveryError as e:
             return fail(e)
-        return maybeDeferred(self.handle, request)
+        d = maybeDeferred(self.handle, request)
+        return d.addCallback(lambda _: send_ack(self.sender, ack))
 
     def handle(self, request):
         """

@@ -25,7 +25,7 @@ class InboxMaker:
         """IProviderMaker API"""
         from nymprov.backends.inbox import InboxProvider
 
-        return InboxProvider(context["store"], reactor)
+        return InboxProvider(context["store"], reactor, sender, topology)
 
 
 inbox = InboxMaker()
