@@ -3,7 +3,6 @@ The client: register with its provider, send messages reliably through the
 mixnet, receive them by pulling, reply through SURBs, and send loop cover.
 """
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from nymprov.client.sealing import (
     seal,
 )
 from nymprov.metrics import Counters
-from nymprov.sphinx import SURB, SphinxError
+from nymprov.sphinx import SURB
 from nymprov.wire import clientapi as api
 from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
 
