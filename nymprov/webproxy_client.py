@@ -1,0 +1,162 @@
+"""
+The requester's side of service backends: send a request with reply
+blocks to a service provider through a :class:`nymprov.client.NymClient`,
+and collect the answer that comes back through them (``fetch(url)`` for
+the web proxy).
+"""
+
+import os
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from nymprov.backends.surbreply import (
+    FRAGMENT_HEADER_SIZE,
+    MalformedReply,
+    decode_fragment,
+    encode_request,
+    new_reply_key,
+    open_reply,
+    split_fragments,
+)
+from nymprov.backends.webproxy import ProxyError, decode_reply, encode_http_request
+from nymprov.sphinx import PacketSize
+from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
+
+#: Request bytes per regular packet: the envelope's byte and the fragment
+#: header come off the plaintext.
+REQUEST_CHUNK_SIZE = PacketSize.REGULAR.plaintext - 1 - FRAGMENT_HEADER_SIZE
+
+
+class ServiceTimeout(Exception):
+    """No complete answer came back in time."""
+
+
+class _Waiting:
+    """One request waiting for its answer's fragments."""
+
+    def __init__(self, reply_key):
+        self.reply_key = reply_key
+        self.parts = {}
+        self.count = None
+        self.done = Deferred()
+
+
+class ServiceClient:
+    """
+    Requests to one service provider, over ``client`` (started or not).
+
+    It takes the replies out of the client's inbox before the client sees
+    them, by wrapping ``client.handle_stored`` (the client library offers
+    no hook for this yet), and pulls the inbox itself while it waits.
+
+    :param client: a :class:`nymprov.client.NymClient`.
+    :param service_identity: the service provider's identity (bytes or
+        base58); requests are addressed to it.
+    :param reactor: the reactor.
+    :param float poll_interval: seconds between pulls while waiting.
+    """
+
+    log = Logger()
+
+    def __init__(self, client, service_identity, reactor, poll_interval=0.1):
+        self._client = client
+        self._service = client.topology.provider(service_identity)
+        self._reactor = reactor
+        self._poll_interval = poll_interval
+        self._waiting = {}  # request id -> _Waiting
+        passed_on = client.handle_stored
+
+        def handle_stored(stored):
+            if not self._take(stored):
+                passed_on(stored)
+
+        client.handle_stored = handle_stored
+
+    def _take(self, stored):
+        try:
+            request_id, index, count, data = decode_fragment(
+                decode_envelope(stored).body, error=MalformedReply
+            )
+        except (MalformedEnvelope, MalformedReply):
+            return False
+        waiting = self._waiting.get(request_id)
+        if waiting is None:
+            return False
+        if waiting.count not in (None, count):
+            self.log.debug("service reply fragment disagrees with its siblings; dropped")
+            return True
+        waiting.count = count
+        waiting.parts[index] = data
+        if len(waiting.parts) == count:
+            del self._waiting[request_id]
+            sealed = b"".join(waiting.parts[i] for i in range(count))
+            try:
+                waiting.done.callback(open_reply(sealed, waiting.reply_key))
+            except MalformedReply as e:
+                waiting.done.errback(e)
+        return True
+
+    async def _send(self, request_id, body, surbs, reply_key):
+        client = self._client
+        blocks = [client.router.surb_to_self(client.keys.identity_public_bytes) for _ in range(surbs)]
+        data = encode_request(blocks, body, bytes(reply_key.public_key))
+        session = await client.session()
+        for fragment in split_fragments(request_id, data, REQUEST_CHUNK_SIZE):
+            first_hop, packet = client.router.forward(
+                encode_envelope(fragment), self._service.identity, self._service
+            )
+            await session.send(first_hop, packet)
+
+    async def request(self, body, surbs=8, timeout=60.0):
+        """
+        Send ``body`` with ``surbs`` reply blocks and wait for the answer.
+
+        :returns: the answer's bytes.
+        :raises ServiceTimeout: if no complete answer came within ``timeout``.
+        """
+        request_id = os.urandom(16)
+        reply_key = new_reply_key()
+        waiting = self._waiting[request_id] = _Waiting(reply_key)
+        try:
+            await self._send(request_id, body, surbs, reply_key)
+            deadline = self._reactor.seconds() + timeout
+            while not waiting.done.called:
+                if self._reactor.seconds() > deadline:
+                    raise ServiceTimeout(f"no answer within {timeout:g} s")
+                await self._client.pull()
+                if not waiting.done.called:
+                    await deferLater(self._reactor, self._poll_interval, lambda: None)
+            return await waiting.done
+        finally:
+            self._waiting.pop(request_id, None)
+
+    async def submit(self, payload):
+        """
+        Hand ``payload`` to a ``forward`` service provider, without asking
+        for its status (use ``request(payload, surbs=1)`` and
+        :func:`nymprov.backends.forward.decode_status` for that).  A payload
+        must fit one regular packet.
+
+        :returns: once the own provider accepted the packet.
+        """
+        await self._send(os.urandom(16), payload, 0, new_reply_key())
+
+    async def fetch(self, url, method=b"GET", headers=(), body=b"", surbs=32, timeout=60.0):
+        """
+        Fetch ``url`` through a ``webproxy`` service provider.
+
+        :param headers: ``(name, value)`` byte pairs.
+        :param int surbs: reply blocks sent along; the response is cut to
+            what they carry (about 2 KB each) and marked ``truncated``.
+        :returns: a :class:`nymprov.backends.webproxy.HttpResponse`.
+        :raises ProxyError: the proxy's typed refusal or failure
+            (``not_allowed``, ``timeout``, ...).
+        :raises ServiceTimeout: if no answer came back in time.
+        """
+        answer = await self.request(encode_http_request(method, url, headers, body), surbs, timeout)
+        reply = decode_reply(answer)
+        if isinstance(reply, ProxyError):
+            raise reply
+        return reply
