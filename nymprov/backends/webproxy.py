@@ -17,6 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -312,7 +313,10 @@ class WebProxyProvider(ReplyingBackend, Service):
         producer = FileBodyProducer(BytesIO(body)) if body else None
         d = self._agent.request(method, url.encode("ascii", "ignore"), kept, producer)
         d.addCallback(self._read, limit)
-        d.addTimeout(self._timeout, self._reactor)
+        # Cancelling the Agent's request fails it with ResponseNeverReceived
+        # or ResponseFailed, not CancelledError: whatever the outcome of a
+        # cancel by the timeout, it is a timeout.
+        d.addTimeout(self._timeout, self._reactor, onTimeoutCancel=_timed_out)
         return d
 
     def _read(self, response, limit):
@@ -363,6 +367,10 @@ class WebProxyProvider(ReplyingBackend, Service):
         for d in list(self._in_flight):
             d.cancel()
         return self._pool.closeCachedConnections()
+
+
+def _timed_out(result, timeout):
+    return Failure(TimeoutError(f"no answer within {timeout:g} s"))
 
 
 def _raw_headers(headers):
