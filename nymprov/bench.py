@@ -143,64 +143,71 @@ async def _node_benchmark(reactor, args, figures):
     )
     service = ProviderService(config, reactor)
     service.startService()
-    await service.when_started()
-    mix_port = service.mix_ports[0].getHost()
-    client_port = service.client_ports[0].getHost()
-    [node_address] = service.node.own_addresses
+    paths = []
+    generator = None
+    try:
+        await service.when_started()
+        mix_port = service.mix_ports[0].getHost()
+        client_port = service.client_ports[0].getHost()
+        [node_address] = service.node.own_addresses
 
-    clients = await register_clients(reactor, client_port, service.certificate, CLIENTS)
-    print(f"generating {args.packets} packets in 2 processes ...", flush=True)
-    paths = await _in_thread(
-        reactor, generate_packets, workdir, args.packets, node_address,
-        service.keys.sphinx.public_bytes, [c.address for c in clients],
-    )
-
-    counters = service.counters
-    base_rss = _rss_mib()
-    samples = []
-    generator = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from nymprov.bench import _stream; "
-         "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])",
-         mix_port.host, str(mix_port.port), *paths]
-    )
-    # The clock starts with the first packet in, not with the generator's
-    # interpreter start-up, and stops with the last one stored.
-    deadline = time.perf_counter() + args.timeout
-    while counters.get("packets.received", "mix") == 0:
-        if time.perf_counter() > deadline:
-            raise RuntimeError("the load generator sent nothing")
-        await deferLater(reactor, 0.002, lambda: None)
-    start = time.perf_counter()
-    next_sample = 0
-    while time.perf_counter() < deadline:
-        done = counters.get("packets.delivered") + sum(
-            v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")
+        clients = await register_clients(reactor, client_port, service.certificate, CLIENTS)
+        print(f"generating {args.packets} packets in 2 processes ...", flush=True)
+        paths = await _in_thread(
+            reactor, generate_packets, workdir, args.packets, node_address,
+            service.keys.sphinx.public_bytes, [c.address for c in clients],
         )
-        if done >= next_sample:
-            samples.append((done, _rss_mib()))
-            next_sample += max(1, args.packets // 10)
-        if done >= args.packets:
-            break
-        await deferLater(reactor, 0.005, lambda: None)
-    elapsed = time.perf_counter() - start
-    generator.kill()
-    generator.wait()
-    delivered = counters.get("packets.delivered")
-    figures["ingest_packets"] = delivered
-    figures["ingest_pps"] = delivered / elapsed
-    figures["ingest_dropped"] = {k: v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")}
-    figures["rss_samples"] = samples
-    figures["rss_base_mib"] = base_rss
 
-    start = time.perf_counter()
-    pulled = await pull_and_ack_all(reactor, client_port, service.certificate, clients)
-    elapsed = time.perf_counter() - start
-    figures["pulled"] = pulled
-    figures["pull_ack_mps"] = pulled / elapsed
+        counters = service.counters
+        base_rss = _rss_mib()
+        samples = []
+        generator = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from nymprov.bench import _stream; "
+             "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])",
+             mix_port.host, str(mix_port.port), *paths]
+        )
+        # The clock starts with the first packet in, not with the generator's
+        # interpreter start-up, and stops with the last one stored.
+        deadline = time.perf_counter() + args.timeout
+        while counters.get("packets.received", "mix") == 0:
+            if time.perf_counter() > deadline:
+                raise RuntimeError("the load generator sent nothing")
+            await deferLater(reactor, 0.002, lambda: None)
+        start = time.perf_counter()
+        next_sample = 0
+        while time.perf_counter() < deadline:
+            done = counters.get("packets.delivered") + sum(
+                v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")
+            )
+            if done >= next_sample:
+                samples.append((done, _rss_mib()))
+                next_sample += max(1, args.packets // 10)
+            if done >= args.packets:
+                break
+            await deferLater(reactor, 0.005, lambda: None)
+        elapsed = time.perf_counter() - start
+        delivered = counters.get("packets.delivered")
+        figures["ingest_packets"] = delivered
+        figures["ingest_pps"] = delivered / elapsed
+        figures["ingest_dropped"] = {k: v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")}
+        figures["rss_samples"] = samples
+        figures["rss_base_mib"] = base_rss
 
-    await service.stopService()
-    for path in paths:
-        os.unlink(path)
+        start = time.perf_counter()
+        pulled = await pull_and_ack_all(reactor, client_port, service.certificate, clients)
+        elapsed = time.perf_counter() - start
+        figures["pulled"] = pulled
+        figures["pull_ack_mps"] = pulled / elapsed
+    finally:
+        # Stopped whatever happened: a live store thread or generator would
+        # keep the benchmark from exiting after an error.
+        if generator is not None:
+            generator.kill()
+            generator.wait()
+        if service.running:
+            await service.stopService()
+        for path in paths:
+            os.unlink(path)
     figures["peak_rss_mib"] = _peak_rss_mib()
 
 
