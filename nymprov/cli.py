@@ -120,9 +120,10 @@ def _help_text(command):
     return None
 
 
-def _parse(options, args, stdout, stderr):
+def parse_command_options(options, args, stdout, stderr, program=PROGRAM):
     """
-    Parse ``args`` into ``options``; on failure, say why on ``stderr``.
+    Parse ``args`` into ``options``; on failure, say why on ``stderr``
+    (as ``program``).  Shared by the commands of nymprov.
 
     :returns: ``None`` if parsed, else the exit code.
     """
@@ -132,10 +133,10 @@ def _parse(options, args, stdout, stderr):
             options.parseOptions(args)
     except InvalidOption as e:
         # A bad value: one line, no wall of usage text.
-        print(f"{PROGRAM}: {e}", file=stderr)
+        print(f"{program}: {e}", file=stderr)
         return EXIT_USAGE
     except usage.UsageError as e:
-        print(f"{PROGRAM}: {e}\n\n{options}", file=stderr)
+        print(f"{program}: {e}\n\n{options}", file=stderr)
         return EXIT_USAGE
     except SystemExit as e:
         # --help and --version exit once they have printed.
@@ -150,7 +151,7 @@ def _init(args, stdout, stderr):
     from nymprov.tls import certificate_fingerprint, load_or_create_certificate
 
     options = InitOptions()
-    failed = _parse(options, args, stdout, stderr)
+    failed = parse_command_options(options, args, stdout, stderr)
     if failed is not None:
         return failed
     data_dir = options.provider_config.data_dir
@@ -184,7 +185,7 @@ def _bench(args, stdout, stderr):
 
 def _run(args, stdout, stderr):
     options = RunCommandOptions()
-    failed = _parse(options, args, stdout, stderr)
+    failed = parse_command_options(options, args, stdout, stderr)
     if failed is not None:
         return failed
     return _run_service(options, stderr)

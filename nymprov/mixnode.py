@@ -3,7 +3,6 @@ A mix node: the provider's node core and mix link without a client API or
 inbox, as a Twisted service and the ``nym-mixnode`` command.
 """
 
-import contextlib
 import hashlib
 import os
 import sys
@@ -15,6 +14,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 # Reused so that both nodes check and word their settings alike.
+from nymprov.cli import parse_command_options
 from nymprov.config import (
     InvalidOption,
     InvalidSetting,
@@ -303,24 +303,9 @@ def _command_list():
     return "\n".join(lines + ["", f"'{PROGRAM} help COMMAND' describes a command."])
 
 
-def _parse(options, args, stdout, stderr):
-    try:
-        with contextlib.redirect_stdout(stdout):
-            options.parseOptions(args)
-    except InvalidOption as e:
-        print(f"{PROGRAM}: {e}", file=stderr)
-        return EXIT_USAGE
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: {e}\n\n{options}", file=stderr)
-        return EXIT_USAGE
-    except SystemExit as e:
-        return e.code or EXIT_OK
-    return None
-
-
 def _init(args, stdout, stderr):
     options = InitOptions()
-    failed = _parse(options, args, stdout, stderr)
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
     if failed is not None:
         return failed
     data_dir = options.mixnode_config.data_dir
@@ -346,7 +331,7 @@ def _run(args, stdout, stderr):
     )
 
     options = RunCommandOptions()
-    failed = _parse(options, args, stdout, stderr)
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
     if failed is not None:
         return failed
     try:
