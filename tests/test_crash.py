@@ -24,7 +24,9 @@ from nymprov.sphinx import Destination, Node, build_packet, encode_address
 from nymprov.storage.sqlite import SQLiteStore
 from nymprov.wire.frames import encode_frame
 
-WAIT_LIMIT = 30.0  # seconds
+from tests.support import wait_for
+
+from tests.support import WAIT_LIMIT
 PACKETS = 1500
 
 _LISTENING = re.compile(r"Listening on ([0-9.]+):(\d+) \((mix link|client API)")
@@ -48,14 +50,6 @@ class ProviderProcess(ProcessProtocol):
     def processEnded(self, reason):
         # The reason is a Failure even for a clean exit; hand on its value.
         self.ended.callback(reason.value)
-
-
-async def wait_for(predicate, what):
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class CrashTests(TestCase):

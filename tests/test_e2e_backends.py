@@ -5,11 +5,10 @@ backend and hands payloads to the ``forward`` backend.
 """
 
 import os
-import time
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.task import deferLater
+
 from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -25,17 +24,9 @@ from nymprov.testnet import _free_ports
 from nymprov.topology import MixNode, ProviderNode, Topology, dump_topology
 from nymprov.webproxy_client import ServiceClient
 
-WAIT_LIMIT = 30.0  # seconds
+from tests.support import wait_for
+
 BODY_SIZE = 50 * 1024
-
-
-async def wait_for(predicate, what):
-    """Poll ``predicate`` until it holds, for at most WAIT_LIMIT seconds."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.02, lambda: None)
 
 
 class Page(Resource):

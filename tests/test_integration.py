@@ -2,7 +2,6 @@
 The whole provider over real loopback TCP and TLS, with a real SQLite file.
 """
 
-import time
 
 from nacl.signing import SigningKey
 from twisted.internet import reactor
@@ -20,17 +19,7 @@ from nymprov.tls import certificate_fingerprint
 from nymprov.wire import clientapi as api
 from nymprov.wire.frames import FrameDecoder, encode_frame
 
-#: Upper bound for any wait in these tests; they normally take milliseconds.
-WAIT_LIMIT = 20.0  # seconds
-
-
-async def wait_for(predicate, what):
-    """Poll ``predicate`` until it holds, for at most WAIT_LIMIT seconds."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
+from tests.support import wait_for
 
 
 class Recorder(Protocol):

@@ -3,7 +3,6 @@
 import hashlib
 import io
 import os
-import time
 
 from nacl.signing import SigningKey
 from twisted.application.service import IServiceMaker
@@ -11,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
@@ -26,8 +25,8 @@ from nymprov.sphinx import Destination, Node, build_packet
 from nymprov.topology import ProviderNode, Topology, dump_topology
 from nymprov.wire.frames import encode_frame
 
-#: Upper bound for any wait here; they normally take milliseconds.
-WAIT_LIMIT = 20.0  # seconds
+from tests.support import wait_for
+
 LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
@@ -36,15 +35,6 @@ def run_main(argv):
     stdout, stderr = io.StringIO(), io.StringIO()
     code = mixnode.main(argv, stdout=stdout, stderr=stderr)
     return code, stdout.getvalue(), stderr.getvalue()
-
-
-async def wait_for(predicate, what):
-    """Poll ``predicate`` until it holds, for at most WAIT_LIMIT seconds."""
-    deadline = time.monotonic() + WAIT_LIMIT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
 
 
 class ConfigTests(SynchronousTestCase):

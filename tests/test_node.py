@@ -2,7 +2,7 @@
 Tests for nymprov.node: the fate of each packet, with a Clock for time.
 """
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
