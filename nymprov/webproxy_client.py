@@ -48,8 +48,8 @@ class ServiceClient:
     Requests to one service provider, over ``client`` (started or not).
 
     It takes the replies out of the client's inbox before the client sees
-    them, by wrapping ``client.handle_stored`` (the client library offers
-    no hook for this yet), and pulls the inbox itself while it waits.
+    them (``NymClient.add_stored_handler``), and pulls the inbox itself
+    while it waits.
 
     :param client: a :class:`nymprov.client.NymClient`.
     :param service_identity: the service provider's identity (bytes or
@@ -66,13 +66,7 @@ class ServiceClient:
         self._reactor = reactor
         self._poll_interval = poll_interval
         self._waiting = {}  # request id -> _Waiting
-        passed_on = client.handle_stored
-
-        def handle_stored(stored):
-            if not self._take(stored):
-                passed_on(stored)
-
-        client.handle_stored = handle_stored
+        client.add_stored_handler(self._take)
 
     def _take(self, stored):
         try:

@@ -207,6 +207,25 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(len(self.alice.inbox.pending), 0)
         self.assertGreater(self.alice.counters.get("received.dropped", "unreadable"), 0)
 
+    def test_stored_handler_sees_messages_first(self):
+        """
+        A stored handler takes the messages it claims; the rest go on to
+        the client's own handling.
+        """
+        taken = []
+
+        def take_plain(stored):
+            if stored.startswith(b"mine:"):
+                taken.append(stored)
+                return True
+            return False
+
+        self.alice.add_stored_handler(take_plain)
+        self.alice.handle_stored(b"mine: a service reply")
+        self.alice.handle_stored(b"plain")
+        self.assertEqual(taken, [b"mine: a service reply"])
+        self.assertEqual(self.alice.counters.get("received.dropped", "not_envelope"), 1)
+
     def test_loopix_route_starts_at_the_own_provider(self):
         """With loopix=True the first hop is the client's own provider."""
         client = NymClient(ClientKeys.generate(), self.topology, self.topology.providers[0].identity,

@@ -140,6 +140,7 @@ class NymClient:
         self._pull_batch = pull_batch
         self.counters = Counters()
         self.reassembler = Reassembler()
+        self._stored_handlers = []
         #: Whole messages as they arrive; ``await client.inbox.get()``.
         self.inbox = DeferredQueue()
         self._token = None
@@ -383,11 +384,24 @@ class NymClient:
             if len(batch.messages) < self._pull_batch:
                 return handled
 
+    def add_stored_handler(self, handler):
+        """
+        Let ``handler(stored) -> bool`` see each pulled message first; a
+        message it takes (returns ``True`` for) goes no further.  Services
+        built on the client (``nymprov.webproxy_client``) take their
+        replies this way.
+        """
+        self._stored_handlers.append(handler)
+
     def handle_stored(self, stored):
         """
-        Handle one message from the inbox: an ACK, a fragment, or neither
-        (counted and dropped).  Never raises for bad bytes.
+        Handle one message from the inbox: one a stored handler takes, an
+        ACK, a fragment, or neither (counted and dropped).  Never raises for
+        bad bytes.
         """
+        for handler in self._stored_handlers:
+            if handler(stored):
+                return
         try:
             body = decode_envelope(stored).body
         except MalformedEnvelope:
