@@ -204,10 +204,16 @@ class NodeCore:
         if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
             return None
+        # Counted by backend too, so that an operator can tell which
+        # backend fails or hangs, and why.
+        failures = f"backend.{self._provider.name}.failed"
         if timed_out and result.check(CancelledError):
+            self._counters.incr(failures, BackendTimeout.reason)
             return self._refuse(BackendTimeout())
         if result.check(DeliveryError):
+            self._counters.incr(failures, result.value.reason)
             return self._refuse(result.value)
+        self._counters.incr(failures, "backend_error")
         self._counters.incr("packets.dropped", "backend_error")
         self.log.failure("backend {backend} failed", result, backend=self._provider.name)
         return result

@@ -196,6 +196,7 @@ class FromMixTests(NodeFixture, SynchronousTestCase):
         packet = self.final_packet(destination=b"\x44" * 32)
         self.failureResultOf(node.receive_from_mix(packet), UnknownDestination)
         self.assertEqual(self.counters.get("packets.dropped", "unknown_destination"), 1)
+        self.assertEqual(self.counters.get("backend.inbox.failed", "unknown_destination"), 1)
 
     def test_backend_timeout(self):
         """
@@ -209,6 +210,7 @@ class FromMixTests(NodeFixture, SynchronousTestCase):
         self.clock.advance(30)
         self.failureResultOf(d, BackendTimeout)
         self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 1)
+        self.assertEqual(self.counters.get("backend.scripted.failed", "backend_timeout"), 1)
 
     def test_backend_crash_is_counted_and_logged(self):
         """
@@ -222,6 +224,7 @@ class FromMixTests(NodeFixture, SynchronousTestCase):
         self.failureResultOf(node.receive_from_mix(self.final_packet()), RuntimeError)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(self.counters.get("packets.dropped", "backend_error"), 1)
+        self.assertEqual(self.counters.get("backend.scripted.failed", "backend_error"), 1)
 
     def test_garbage_is_typed(self):
         """
