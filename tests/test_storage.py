@@ -425,6 +425,29 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         self.assertEqual([b for _, b in messages], [b"m%d" % i for i in range(2000)])
 
     @inlineCallbacks
+    def test_commits_paced(self):
+        """
+        While appends keep arriving, commits start at most once per
+        commit_delay, so a steady trickle does not become an fsync each.
+        """
+        from twisted.internet.task import deferLater
+
+        store = yield self.registered_store(StoreLimits(commit_delay=0.05))
+        before = store.transactions
+        appends = []
+        started = reactor.seconds()
+        # A few every millisecond: some always arrive while the previous
+        # commit runs, as under load.
+        for tick in range(300):
+            for i in range(5):
+                appends.append(store.append(ALICE, b"t%d.%d" % (tick, i), T0))
+            yield deferLater(reactor, 0.001, lambda: None)
+        yield gatherResults(appends)
+        elapsed = reactor.seconds() - started
+        self.assertLessEqual(store.transactions - before, elapsed / 0.05 + 2)
+        self.assertEqual((yield store.sizes())["messages"], 1500)
+
+    @inlineCallbacks
     def test_appends_fire_after_commit(self):
         """
         An append's Deferred fires only once its transaction has committed.

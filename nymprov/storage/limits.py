@@ -20,7 +20,9 @@ class StoreLimits:
         refused with ``MessageTooLarge``.
     :ivar commit_batch: most appends written in one transaction.
     :ivar commit_delay: seconds the first append of a batch may wait for
-        company before its transaction starts.
+        company before its transaction starts; also the least time between
+        the starts of two commits while appends keep coming (unless a batch
+        is full), which bounds the fsyncs per second.
     """
 
     max_messages: int = 10_000
@@ -28,7 +30,7 @@ class StoreLimits:
     message_ttl: float = 7 * DAY
     slot_size: int = 2048
     commit_batch: int = 512
-    commit_delay: float = 0.002
+    commit_delay: float = 0.01
 
     def __post_init__(self):
         for field in fields(self):
