@@ -33,7 +33,7 @@ class StoreLimitsTests(SynchronousTestCase):
             (limits.max_messages, limits.max_bytes, limits.message_ttl, limits.slot_size),
             (10_000, 64 * 1024 * 1024, 7 * 86400, 2048),
         )
-        self.assertEqual((limits.commit_batch, limits.commit_delay), (512, 0.01))
+        self.assertEqual((limits.commit_batch, limits.commit_delay), (512, 0.03))
 
     def test_frozen(self):
         """

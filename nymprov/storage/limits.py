@@ -30,7 +30,10 @@ class StoreLimits:
     message_ttl: float = 7 * DAY
     slot_size: int = 2048
     commit_batch: int = 512
-    commit_delay: float = 0.01
+    # 30 ms: at 6,000 appends/s, ~200 per commit; beside 10 ms it measured
+    # 4-14% more ingest in three paired runs, and an append waits at most
+    # this long before its commit starts (its SURB-ACK waits with it).
+    commit_delay: float = 0.03
 
     def __post_init__(self):
         for field in fields(self):
