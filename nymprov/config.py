@@ -75,6 +75,7 @@ class ProviderConfig:
     db_synchronous: str = "FULL"
     max_delay: float = 30.0  # seconds: the cap on a forward hop's delay
     first_layer: tuple = ()
+    announce: tuple = ()  # ip:port this node's mix link is reached at, if not its bound address
     inbox_max_messages: int = 10000
     inbox_max_bytes: int = 64 * MiB
     message_ttl: int = 7 * DAY  # seconds
@@ -327,6 +328,7 @@ _CHECKS = {
     "db_synchronous": _choice(*DB_SYNCHRONOUS_MODES),
     "max_delay": _float(0.0),
     "first_layer": _list_of(_check_first_layer_node),
+    "announce": _list_of(_check_first_layer_node),
     "inbox_max_messages": _int(1),
     "inbox_max_bytes": _int(1),
     "message_ttl": _int(1),
@@ -350,7 +352,7 @@ _DEFAULTS = ProviderConfig.__dataclass_fields__
 
 # Fields set by a repeatable option (a list) and by a flag; the rest take
 # one value each.
-_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "invite_code", "backend_option")
+_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "announce", "invite_code", "backend_option")
 _INTEGER = {field.name for field in fields(ProviderConfig) if field.type is int}
 _FLOAT = {field.name for field in fields(ProviderConfig) if field.type is float}
 
@@ -430,6 +432,10 @@ class RunOptions(usage.Options):
     def opt_first_layer(self, address):
         """ip:port ([ipv6]:port) of a first-layer mix node for clients' packets, repeatable"""
         self["first-layer"].append(address)
+
+    def opt_announce(self, address):
+        """ip:port at which others reach this node's mix link (for a wildcard listen), repeatable"""
+        self["announce"].append(address)
 
     def opt_invite_code(self, code):
         """invite code accepted when --registration=invite, repeatable"""

@@ -152,6 +152,10 @@ class ProviderService(NodeService):
         if IService.providedBy(self.backend):
             yield maybeDeferred(self.backend.startService)
         self.mix_ports = yield self.listen(self.config.mix_listen, self._mix_factory(), "mix link", self.node)
+        for host, port in self.config.announce:
+            # The address clients put in their routes, where the bound one
+            # is a wildcard or not the one the world sees.
+            self.node.add_own_address(encode_address(host, port))
         security = "TLS" if self.certificate is not None else "plain TCP"
         self.client_ports = yield self.listen(
             self.config.client_listen, self._client_factory(), f"client API, {security}"

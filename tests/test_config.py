@@ -91,6 +91,7 @@ class CommandLineTests(SynchronousTestCase):
                 "--max-delay", "2.5",
                 "--first-layer", "10.0.0.1:1789",
                 "--first-layer", "[::1]:1790",
+                "--announce", "192.0.2.7:1789",
                 "--pull-max", "10",
                 "--registration", "invite",
                 "--invite-code", "abc",
@@ -106,6 +107,7 @@ class CommandLineTests(SynchronousTestCase):
         self.assertEqual(config.db_synchronous, "NORMAL")
         self.assertEqual(config.max_delay, 2.5)
         self.assertEqual(config.first_layer, (("10.0.0.1", 1789), ("::1", 1790)))
+        self.assertEqual(config.announce, (("192.0.2.7", 1789),))
         self.assertEqual(config.pull_max, 10)
         self.assertEqual(config.registration, "invite")
         self.assertEqual(config.invite_code, ("abc",))
@@ -248,6 +250,7 @@ INVALID_COMMAND_LINES = [
     (["--client-listen", "tcp"], "--client-listen"),
     (["--client-listen", "ssl:9000:privateKey=/nonexistent.pem"], "--client-listen"),
     (["--first-layer", "10.0.0.1"], "--first-layer"),
+    (["--announce", "provider.example:1789"], "--announce"),
     (["--first-layer", "mix.example:1789"], "--first-layer"),
     (["--first-layer", "10.0.0.1:0"], "--first-layer"),
     (["--first-layer", "10.0.0.1:70000"], "--first-layer"),

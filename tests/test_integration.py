@@ -319,3 +319,24 @@ class ForwardHopTests(ProviderFixture, TestCase):
         # The same packet again is a replay, refused with its typed error.
         error = await self.assertFailure(session.send(own_address, packet), api.RemoteError)
         self.assertEqual(error.code, api.ErrorCode.REPLAY)
+
+
+class AnnounceTests(ProviderFixture, TestCase):
+    """
+    An announced address counts as the node's own, beside the bound one.
+    """
+
+    def test_announced_address_is_own(self):
+        """
+        With ``--announce``, a client naming the announced address as first
+        hop takes the Loopix route, as with the bound address.
+        """
+        return ensureDeferred(self._announce())
+
+    async def _announce(self):
+        service = await self.start_provider(announce=["127.0.0.1:1"])
+        bound = service.mix_ports[0].getHost()
+        self.assertEqual(
+            service.node.own_addresses,
+            {encode_address("127.0.0.1", 1), encode_address("127.0.0.1", bound.port)},
+        )
