@@ -11,6 +11,7 @@ import ipaddress
 
 import base58
 
+from nymprov.sphinx.base58text import decode_32
 from nymprov.sphinx.errors import InvalidAddress
 from nymprov.sphinx.params import NODE_ADDRESS_LENGTH
 
@@ -68,10 +69,4 @@ def address_from_base58(text: str) -> bytes:
         socket address; :func:`decode_address` does that).
     :raises InvalidAddress: if ``text`` is not base58 of exactly 32 bytes.
     """
-    try:
-        raw = base58.b58decode(text)
-    except ValueError:
-        raise InvalidAddress("not valid base58") from None
-    if len(raw) != NODE_ADDRESS_LENGTH:
-        raise InvalidAddress(f"address is {len(raw)} bytes, expected 32")
-    return raw
+    return decode_32(text, InvalidAddress, "address")

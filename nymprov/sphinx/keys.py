@@ -6,6 +6,7 @@ import os
 
 import base58
 
+from nymprov.sphinx.base58text import decode_32
 from nymprov.sphinx.curve import clamp, x25519_base
 from nymprov.sphinx.errors import InvalidRouting
 
@@ -54,10 +55,4 @@ def public_key_from_base58(text: str) -> bytes:
     :returns: the 32-byte public key that ``text`` encodes.
     :raises InvalidRouting: if ``text`` is not base58 of exactly 32 bytes.
     """
-    try:
-        raw = base58.b58decode(text)
-    except ValueError:
-        raise InvalidRouting("public key is not valid base58") from None
-    if len(raw) != KEY_SIZE:
-        raise InvalidRouting(f"public key is {len(raw)} bytes, expected 32")
-    return raw
+    return decode_32(text, InvalidRouting, "public key")
