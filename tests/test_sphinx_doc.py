@@ -41,6 +41,8 @@ class BenchmarkTests(SynchronousTestCase):
         self.assertAlmostEqual(
             figures["final_hop_x25519_ratio"], figures["final_hop_us"] / figures["x25519_us"]
         )
+        self.assertIn(figures["chacha20"], ("libsodium", "cryptography"))
+        self.assertIn(figures["aes_ctr"], ("libcrypto", "cryptography"))
 
     def test_main_prints(self):
         """main() prints every figure and returns 0."""
@@ -48,5 +50,5 @@ class BenchmarkTests(SynchronousTestCase):
         with redirect_stdout(out):
             self.assertEqual(main(["--count", "3", "--rounds", "1"]), 0)
         text = out.getvalue()
-        for label in ("X25519", "forward-hop", "final-hop", "3-hop", "packets/s"):
+        for label in ("X25519", "forward-hop", "final-hop", "3-hop", "packets/s", "ChaCha20 from"):
             self.assertIn(label, text)

@@ -26,7 +26,7 @@ from nymprov.sphinx import (
     process_packet,
     recover_plaintext,
 )
-from nymprov.sphinx import lioness
+from nymprov.sphinx import aesctr, chacha, lioness
 from nymprov.sphinx.curve import clamp, x25519
 from nymprov.sphinx.header import derive_key_material
 from nymprov.sphinx.primitives import (
@@ -329,17 +329,38 @@ class KnownAnswerTests(SynchronousTestCase):
         self.assertEqual(lioness.decrypt(key, cipher), plain)
 
     def test_chacha(self):
-        """The ChaCha20 Lioness uses matches the chacha 0.3 doc example."""
+        """
+        The ChaCha20 Lioness uses matches the chacha 0.3 doc example, in
+        every implementation this machine has.
+        """
         case = KAT["chacha_0.3_doc_example"]
         self.assertEqual(case["nonce8"], "00" * 8)
-        out = lioness._stream(h(case["key"]), h(case["plaintext"]))
-        self.assertEqual(out.hex(), case["ciphertext"])
+        implementations = [chacha.xor, chacha.xor_cryptography] + [
+            f for f in [chacha.xor_libsodium] if f is not None
+        ]
+        for xor in implementations:
+            out = xor(h(case["key"]), h(case["plaintext"]))
+            self.assertEqual(out.hex(), case["ciphertext"], xor)
 
     def test_aes_ctr(self):
         """AES-128-CTR gives the NIST SP 800-38A first keystream block."""
         case = KAT["aes128ctr_nist_sp800_38a_first_block"]
         stream = Cipher(algorithms.AES(h(case["key"])), modes.CTR(h(case["iv"]))).encryptor().update(bytes(16))
         self.assertEqual(stream.hex(), case["keystream_16"])
+
+    def test_aes_ctr_zero_iv(self):
+        """
+        Every implementation of the header stream (zero IV) gives
+        ``cryptography``'s AES-CTR keystream under the vector's key.
+        """
+        case = KAT["aes128ctr_nist_sp800_38a_first_block"]
+        key = h(case["key"])
+        expected = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor().update(bytes(48))
+        implementations = [aesctr.encrypt, aesctr.encrypt_cryptography] + [
+            f for f in [aesctr.encrypt_libcrypto] if f is not None
+        ]
+        for encrypt in implementations:
+            self.assertEqual(encrypt(key, bytes(48)), expected, encrypt)
 
     def test_hkdf_info(self):
         """The HKDF info string is the crate's 97 bytes."""

@@ -2,29 +2,22 @@
 The LIONESS wide-block cipher as crate ``lioness`` 0.1.2 builds it from
 ChaCha20 and keyed BLAKE2b (SPHINX.md §9.3).
 
-Written by hand: no library offers LIONESS. The stream cipher and the hash
-come from ``cryptography`` and ``hashlib``; only the four-round composition
-is here.
+Written by hand: no library offers LIONESS. The stream cipher comes from
+libsodium or ``cryptography`` (:mod:`nymprov.sphinx.chacha`), the hash from
+``hashlib``; only the four-round composition is here.
 """
 
 from hashlib import blake2b
 
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from nymprov.sphinx.chacha import xor as _stream
 
 KEY_SIZE = 192
 # L is one hash output wide; the block must be strictly longer than that.
 _LEFT = 32
-_ZERO_NONCE = bytes(16)
 
 
 class BlockSizeError(ValueError):
     """The block is not longer than 32 bytes."""
-
-
-def _stream(key: bytes, data: bytes) -> bytes:
-    # RFC 7539 ChaCha20 with a zero nonce and counter equals the crate's
-    # original-variant ChaCha20 with its 8-byte zero nonce.
-    return Cipher(algorithms.ChaCha20(key, _ZERO_NONCE), None).encryptor().update(data)
 
 
 def _check(key: bytes, block: bytes) -> None:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from hashlib import blake2b
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl.bindings import crypto_scalarmult
 from nacl.exceptions import CryptoError
@@ -35,10 +34,9 @@ from nymprov.sphinx.params import (
     REPLAY_TAG_SIZE,
 )
 from nymprov.sphinx.payload import check_message_fits, encapsulate, recover_plaintext
-from nymprov.sphinx.primitives import HKDF_INFO, ROUTING_KEYS_LENGTH
+from nymprov.sphinx.primitives import HKDF_INFO, ROUTING_KEYS_LENGTH, hmac_sha256, stream_encrypt
 
 _SHA256 = hashes.SHA256()
-_ZERO_IV = bytes(16)
 # RFC 5869 zero salt, passed explicitly: measured about 1 µs cheaper than None.
 _ZERO_SALT = bytes(32)
 _ZERO_HOP_BLOCK = bytes(HOP_BLOCK_SIZE)
@@ -134,9 +132,9 @@ def process_packet(packet: bytes, keypair):
         raise DegenerateAlpha("degenerate alpha") from None
     keys = HKDF(algorithm=_SHA256, length=ROUTING_KEYS_LENGTH, salt=_ZERO_SALT, info=HKDF_INFO).derive(shared_secret)
     beta = packet[48:HEADER_SIZE]
-    if not hmac.compare_digest(hmac.digest(keys[16:32], beta, "sha256")[:16], packet[32:48]):
+    if not hmac.compare_digest(hmac_sha256(keys[16:32], beta)[:16], packet[32:48]):
         raise BadMAC("failed to verify integrity MAC")
-    routing = Cipher(algorithms.AES(keys[0:16]), modes.CTR(_ZERO_IV)).encryptor().update(beta + _ZERO_HOP_BLOCK)
+    routing = stream_encrypt(keys[0:16], beta + _ZERO_HOP_BLOCK)
     flag = routing[0]
     if flag != FORWARD_HOP_FLAG and flag != FINAL_HOP_FLAG:
         raise InvalidRouting(f"tried to parse unknown routing flag: {flag}")
@@ -151,7 +149,7 @@ def process_packet(packet: bytes, keypair):
     except DegenerateResult:
         raise DegenerateAlpha("degenerate blinded alpha") from None
     return ForwardHop(
-        next_alpha + routing[44:360] + lioness.decrypt(keys[32:224], payload),
+        b"".join((next_alpha, routing[44:360], lioness.decrypt(keys[32:224], payload))),
         routing[4:36],
         int.from_bytes(routing[36:44], "big"),
         replay_tag,
