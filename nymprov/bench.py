@@ -174,6 +174,7 @@ async def _node_benchmark(reactor, args, figures):
                 raise RuntimeError("the load generator sent nothing")
             await deferLater(reactor, 0.002, lambda: None)
         start = time.perf_counter()
+        start_cpu, start_times = time.thread_time(), os.times()
         next_sample = 0
         while time.perf_counter() < deadline:
             done = counters.get("packets.delivered") + sum(
@@ -186,6 +187,10 @@ async def _node_benchmark(reactor, args, figures):
                 break
             await deferLater(reactor, 0.005, lambda: None)
         elapsed = time.perf_counter() - start
+        end_times = os.times()
+        figures["reactor_cpu_us"] = (time.thread_time() - start_cpu) * 1e6
+        figures["process_cpu_us"] = (end_times.user + end_times.system - start_times.user - start_times.system) * 1e6
+        figures["ingest_wall_us"] = elapsed * 1e6
         delivered = counters.get("packets.delivered")
         figures["ingest_packets"] = delivered
         figures["ingest_pps"] = delivered / elapsed
@@ -229,6 +234,9 @@ def report(figures):
         ingest = figures["ingest_pps"]
         print(f"whole-node ingest          {ingest:9.0f} packets/s  ({ingest / unwrap_pps:.0%} of unwrap-only)"
               f"  delivered {figures['ingest_packets']}")
+        n = figures["ingest_packets"]
+        print(f"  per packet: {figures['ingest_wall_us'] / n:.1f} us wall, reactor thread CPU "
+              f"{figures['reactor_cpu_us'] / n:.1f} us, whole process CPU {figures['process_cpu_us'] / n:.1f} us")
         if figures["ingest_dropped"]:
             print(f"  dropped: {figures['ingest_dropped']}")
         print(f"pull + ack over TLS         {figures['pull_ack_mps']:9.0f} messages/s  ({figures['pulled']} messages)")

@@ -189,6 +189,9 @@ class NodeCore:
             d = self._provider.deliver(hop.destination, hop.surb_id, message)
         except Exception:
             d = fail()
+        if d.called:
+            # The backend answered at once: no deadline to keep, no timer.
+            return d.addBoth(self._delivery_done, None)
         key = next(self._keys)
         self._deliveries[key] = (self._clock.seconds() + self._deliver_timeout, d)
         if self._sweep_call is None:
@@ -197,8 +200,8 @@ class NodeCore:
         return d
 
     def _delivery_done(self, result, key):
-        timed_out = self._deliveries.pop(key, None) is None
-        if not self._deliveries and self._sweep_call is not None:
+        timed_out = key is not None and self._deliveries.pop(key, None) is None
+        if key is not None and not self._deliveries and self._sweep_call is not None:
             self._sweep_call.cancel()
             self._sweep_call = None
         if not isinstance(result, Failure):

@@ -152,6 +152,21 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(schema.stored_version(self.db), 1)
         self.assertEqual(schema.prepare(self.db), 1)
 
+    def test_new_file_page_size(self):
+        """
+        A new file gets the larger page size; a file created with another
+        keeps it when opened again.
+        """
+        schema.prepare(self.db)
+        self.assertEqual(self.db.execute("PRAGMA page_size").fetchone()[0], schema.NEW_FILE_PAGE_SIZE)
+        other = sqlite3.connect(self.mktemp(), isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("PRAGMA page_size = 4096")
+        other.execute("CREATE TABLE `version` (`version` INTEGER NOT NULL)")
+        other.execute("INSERT INTO `version` VALUES (1)")
+        self.assertEqual(schema.prepare(other), 1)
+        self.assertEqual(other.execute("PRAGMA page_size").fetchone()[0], 4096)
+
     def test_upgrade_steps(self):
         """
         An older file is upgraded one script at a time, in order.

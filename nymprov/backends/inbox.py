@@ -63,7 +63,9 @@ class InboxProvider:
                     raise BadAckHop("SURB-ACK first hop is not a first-layer mix")
         except MalformedEnvelope as e:
             return fail(e)
-        d = self._store.append(destination, envelope.stored(), self._clock.seconds())
+        # Without an ACK the stored form is the payload itself: no copy.
+        stored = envelope.stored() if envelope.has_ack else message
+        d = self._store.append(destination, stored, self._clock.seconds())
         if envelope.has_ack:
             d.addCallback(self._send_ack, envelope)
         return d

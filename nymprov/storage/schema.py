@@ -11,6 +11,13 @@ from nymprov.errors import StoreError
 
 CURRENT_VERSION = 1
 
+#: Page size of a new file.  A stored message is about 2 KB, so a 4 KiB page
+#: holds one row and every append splits a page; with 16 KiB pages the
+#: writer thread measured about a third less CPU per appended row (median
+#: of three interleaved runs of 20,000 rows: 19 against 29 µs).  Only an
+#: empty file takes it; older files keep their page size.
+NEW_FILE_PAGE_SIZE = 16384
+
 
 def read_script(name):
     """
@@ -64,6 +71,7 @@ def prepare(db, current_version=CURRENT_VERSION, read=read_script):
     try:
         version = stored_version(db)
         if version is None:
+            db.execute(f"PRAGMA page_size = {NEW_FILE_PAGE_SIZE}")
             _run_script(db, read(f"v{current_version}.sql"))
             return current_version
         if version > current_version:
