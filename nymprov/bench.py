@@ -191,6 +191,8 @@ async def _node_benchmark(reactor, args, figures):
         figures["reactor_cpu_us"] = (time.thread_time() - start_cpu) * 1e6
         figures["process_cpu_us"] = (end_times.user + end_times.system - start_times.user - start_times.system) * 1e6
         figures["ingest_wall_us"] = elapsed * 1e6
+        if service.unwrapper is not None:
+            figures["unwrap_batches"] = (service.unwrapper.batches_in_workers, service.unwrapper.batches_here)
         delivered = counters.get("packets.delivered")
         figures["ingest_packets"] = delivered
         figures["ingest_pps"] = delivered / elapsed
@@ -237,6 +239,9 @@ def report(figures):
         n = figures["ingest_packets"]
         print(f"  per packet: {figures['ingest_wall_us'] / n:.1f} us wall, reactor thread CPU "
               f"{figures['reactor_cpu_us'] / n:.1f} us, whole process CPU {figures['process_cpu_us'] / n:.1f} us")
+        if "unwrap_batches" in figures:
+            in_workers, here = figures["unwrap_batches"]
+            print(f"  batches unwrapped: {in_workers} in worker processes, {here} on the reactor thread")
         if figures["ingest_dropped"]:
             print(f"  dropped: {figures['ingest_dropped']}")
         print(f"pull + ack over TLS         {figures['pull_ack_mps']:9.0f} messages/s  ({figures['pulled']} messages)")

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from nymprov._version import __version__
 from nymprov.errors import ConfigError
+from nymprov.unwrap_pool import default_worker_count
 
 MiB = 1024 * 1024
 DAY = 24 * 60 * 60  # seconds
@@ -87,6 +88,7 @@ class ProviderConfig:
     register_rate: int = 5  # registrations per client IP per hour
     send_rate: float = 200.0  # packets per second per client
     max_connections: int = 1024
+    unwrap_workers: int = default_worker_count()  # processes; 0: unwrap on the reactor thread
     idle_timeout: float = 300.0  # seconds
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
@@ -340,6 +342,7 @@ _CHECKS = {
     "register_rate": _int(0),
     "send_rate": _float(0.0, exclusive=True),
     "max_connections": _int(1),
+    "unwrap_workers": _int(0),
     "idle_timeout": _float(0.0, exclusive=True),
     "mix_queue": _int(1),
     "stats_interval": _float(0.0),
@@ -372,6 +375,7 @@ _HELP = {
     "register_rate": "registrations per client IP per hour",
     "send_rate": "packets per second per client",
     "max_connections": "open connections at most",
+    "unwrap_workers": "processes that unwrap mix packets beside the reactor (default: cores - 1, at most 4)",
     "idle_timeout": "seconds before an idle connection is closed",
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",

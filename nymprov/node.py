@@ -13,6 +13,7 @@ import itertools
 
 from twisted.internet.defer import (
     CancelledError,
+    Deferred,
     fail,
     succeed,
 )
@@ -21,8 +22,8 @@ from twisted.python.failure import Failure
 
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
+from nymprov.unwrap import unwrap_final
 from nymprov.sphinx import (
-    FinalHop,
     ForwardHop,
     PacketSize,
     ReplayedPacket,
@@ -43,24 +44,6 @@ DEFAULT_MAX_DELAYED = 100_000
 _PACKET_LENGTHS = frozenset(size.packet_size for size in PacketSize)
 
 
-def unwrap_final(packet, keypair):
-    """
-    Unwrap a packet that must be a final hop here.
-
-    :returns: ``(FinalHop, message)``, or the typed error (returned, not
-        raised, so that a batch can carry it back from a worker thread).
-    """
-    try:
-        hop = process_packet(packet, keypair)
-        if not isinstance(hop, FinalHop):
-            # A provider is not a mix layer: letting forward hops through
-            # here would let a sender skip the mixing.
-            raise PacketRefused("route_refused", "forward hop from the mix link")
-        return hop, hop.message()
-    except (SphinxError, PacketRefused) as e:
-        return e
-
-
 class NodeCore:
     """
     Unwraps packets and decides their fate.
@@ -76,6 +59,9 @@ class NodeCore:
     :param str role: ``"provider"`` (packets from the mix link must be final
         hops here) or ``"mix"`` (they must be forward hops to a known node,
         sent on after their delay).
+    :param unwrapper: an :class:`nymprov.unwrap_pool.UnwrapPool` that
+        unwraps batches of mix packets in worker processes, or ``None`` to
+        unwrap them on the reactor thread.
     """
 
     log = Logger()
@@ -94,6 +80,7 @@ class NodeCore:
         deliver_timeout=DEFAULT_DELIVER_TIMEOUT,
         max_delayed=DEFAULT_MAX_DELAYED,
         role="provider",
+        unwrapper=None,
     ):
         if role not in ("provider", "mix"):
             raise ValueError(f"unknown role {role!r}")
@@ -120,6 +107,7 @@ class NodeCore:
         self._sweep_call = None
         self._stopped = False
         self._role = role
+        self._unwrapper = unwrapper
 
     # -- configuration -----------------------------------------------------
 
@@ -172,21 +160,38 @@ class NodeCore:
                 self._forward_hop(packet, self._topology.is_known_node, "final hop at a mix node")
                 for packet in packets
             ]
-        return [self._after_unwrap(unwrap_final(packet, self._keypair)) for packet in packets]
+        if self._unwrapper is None:
+            return [self._after_unwrap(unwrap_final(packet, self._keypair)) for packet in packets]
+        results = [Deferred() for _ in packets]
+        self._unwrapper.unwrap_many(packets).addCallbacks(
+            self._after_unwrap_many, self._unwrap_failed, callbackArgs=(results,), errbackArgs=(results,)
+        )
+        return results
+
+    def _after_unwrap_many(self, outcomes, results):
+        for outcome, result in zip(outcomes, results):
+            self._after_unwrap(outcome).chainDeferred(result)
+
+    def _unwrap_failed(self, failure, results):
+        # The pool unwraps on the reactor thread when a worker fails, so
+        # this is a bug; each packet still gets an answer.
+        self.log.failure("unwrapping a batch failed", failure)
+        self._counters.incr("packets.dropped", "unwrap_error", len(results))
+        for result in results:
+            result.errback(failure)
 
     def _after_unwrap(self, outcome):
         if isinstance(outcome, Exception):
             return self._refuse(outcome)
-        hop, message = outcome
-        d = self._replay.check_and_record(hop.replay_tag)
-        d.addCallback(self._deliver_if_new, hop, message)
+        d = self._replay.check_and_record(outcome.replay_tag)
+        d.addCallback(self._deliver_if_new, outcome)
         return d
 
-    def _deliver_if_new(self, is_new, hop, message):
+    def _deliver_if_new(self, is_new, unwrapped):
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
         try:
-            d = self._provider.deliver(hop.destination, hop.surb_id, message)
+            d = self._provider.deliver(unwrapped.destination, unwrapped.surb_id, unwrapped.message)
         except Exception:
             d = fail()
         if d.called:

@@ -20,6 +20,7 @@ from nymprov.protocols.mixsender import MixSenderPool
 from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
 from nymprov.topology import provider_topology
+from nymprov.unwrap_pool import UnwrapPool
 
 #: How often expired messages and leases are swept.
 EXPIRY_INTERVAL = 60.0  # seconds
@@ -90,6 +91,9 @@ class ProviderService(NodeService):
         # Made by the --backend plugin (the inbox by default, which sends
         # SURB-ACKs to first-layer mixes once a message is stored).
         self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store)
+        # Worker processes for the CPU work of unwrapping; None keeps it
+        # all on the reactor thread.
+        self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if config.unwrap_workers else None
         self.node = NodeCore(
             self.keys.sphinx,
             self.store,
@@ -99,6 +103,7 @@ class ProviderService(NodeService):
             reactor,
             self.counters,
             max_delay=config.max_delay,
+            unwrapper=self.unwrapper,
         )
         self.certificate = None
         if config.client_tls:
@@ -160,6 +165,10 @@ class ProviderService(NodeService):
         self.client_ports = yield self.listen(
             self.config.client_listen, self._client_factory(), f"client API, {security}"
         )
+        if self.unwrapper is not None:
+            # Started once every port listens, so that a failed start leaves
+            # no process behind; until then the reactor thread unwraps.
+            self.unwrapper.start()
         self.add_chore(EXPIRY_INTERVAL, self._expire)
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
@@ -168,6 +177,9 @@ class ProviderService(NodeService):
     def stopService(self):
         yield self._stop_listening()
         self.mix_ports, self.client_ports = [], []
+        if self.unwrapper is not None:
+            # Batches still in the workers reach the store before it closes.
+            yield self.unwrapper.stop()
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
