@@ -116,6 +116,15 @@ def _rss_mib():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _worker_peak_rss_mib(pid):
+    """:returns: the peak resident memory of process ``pid``, in MiB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _peak_rss_mib():
     import resource
 
@@ -193,6 +202,9 @@ async def _node_benchmark(reactor, args, figures):
         figures["ingest_wall_us"] = elapsed * 1e6
         if service.unwrapper is not None:
             figures["unwrap_batches"] = (service.unwrapper.batches_in_workers, service.unwrapper.batches_here)
+            figures["worker_peak_rss_mib"] = [
+                _worker_peak_rss_mib(worker.transport.pid) for worker in service.unwrapper.workers
+            ]
         delivered = counters.get("packets.delivered")
         figures["ingest_packets"] = delivered
         figures["ingest_pps"] = delivered / elapsed
@@ -248,6 +260,8 @@ def report(figures):
         print(f"RSS while ingesting (MiB): base {figures['rss_base_mib']:.0f}; "
               + ", ".join(f"{n}: {r:.0f}" for n, r in figures["rss_samples"]))
         print(f"peak RSS                    {figures['peak_rss_mib']:8.0f} MiB")
+        for peak in figures.get("worker_peak_rss_mib", []):
+            print(f"  unwrap worker peak RSS    {peak:8.0f} MiB")
 
 
 def main(argv=None):

@@ -2,6 +2,7 @@
 The whole provider over real loopback TCP and TLS, with a real SQLite file.
 """
 
+import os
 
 from nacl.signing import SigningKey
 from twisted.internet import reactor
@@ -160,6 +161,48 @@ class IngestPullAckTests(ProviderFixture, TestCase):
         await deferLater(reactor, 0.3, lambda: None)
         again = await session.pull(4)
         self.assertEqual(again.messages, (b"keep me",))
+
+
+class UnwrapWorkerTests(ProviderFixture, TestCase):
+    """
+    With unwrap workers, mix packets are unwrapped in child processes and
+    nothing in their hands is lost at stop.
+    """
+
+    def test_workers_unwrap_and_drain(self):
+        """
+        Packets sent over the mix link are stored, some unwrapped in the
+        worker, and a stop right after sending loses none of them; the
+        worker process is gone afterwards.
+        """
+        return ensureDeferred(self._workers())
+
+    async def _workers(self):
+        service = await self.start_provider(unwrap_workers=1)
+        [worker] = service.unwrapper.workers
+        pid = worker.transport.pid
+        key, address, token, session = await self.register(service)
+        session.close()
+        link = await self.mix_link(service)
+        sent = [b"message %d" % i for i in range(300)]
+        link.transport.write(b"".join(encode_frame(self.packet_for(service, address, m)) for m in sent))
+        await wait_for(lambda: service.counters.get("packets.received", "mix") == 300, "300 packets read")
+        await service.stopService()
+        self.assertEqual(service.counters.get("packets.delivered"), 300)
+        self.assertGreater(service.unwrapper.batches_in_workers, 0)
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+        service = await self.start_provider(self.data_dir, unwrap_workers=0)
+        self.assertIsNone(service.unwrapper)
+        session = await self.session(service)
+        await session.authenticate(address, token)
+        batch = await session.pull(64)
+        received = list(batch.messages)
+        while batch.messages:
+            await session.ack(batch.lease_id)
+            batch = await session.pull(64)
+            received += batch.messages
+        self.assertEqual(sorted(received), sorted(sent))
 
 
 class BadInputTests(ProviderFixture, TestCase):

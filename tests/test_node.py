@@ -24,6 +24,7 @@ from nymprov.sphinx import (
 )
 from nymprov.storage.memory import MemoryStore
 from nymprov.topology import StaticTopology
+from nymprov.unwrap import unwrap_final
 
 PROVIDER_ADDRESS = encode_address("127.0.0.1", 1789)
 MIX_ADDRESS = encode_address("127.0.0.1", 1790)
@@ -79,7 +80,7 @@ class SlowReplayCache:
 class NodeFixture:
     """A node core on a Clock with a real in-memory store."""
 
-    def make_node(self, provider=None, replay=None, sender=None, max_delay=30.0, role="provider"):
+    def make_node(self, provider=None, replay=None, sender=None, max_delay=30.0, role="provider", unwrapper=None):
         self.clock = Clock()
         self.counters = Counters()
         self.keypair = KeyPair.generate()
@@ -97,6 +98,7 @@ class NodeFixture:
             self.counters,
             max_delay=max_delay,
             role=role,
+            unwrapper=unwrapper,
         )
         self.node.add_own_address(PROVIDER_ADDRESS)
         self.mix_key = KeyPair.generate()
@@ -446,3 +448,60 @@ class MixRoleTests(NodeFixture, SynchronousTestCase):
         A role other than provider or mix is a programming error.
         """
         self.assertRaises(ValueError, self.make_node, role="gateway")
+
+
+class HeldUnwrapper:
+    """
+    Stands in for an UnwrapPool: answers a batch (with the real
+    unwrap_final, or a failure) only when the test says so.
+    """
+
+    def __init__(self):
+        self.batches = []
+
+    def unwrap_many(self, packets):
+        d = Deferred()
+        self.batches.append((packets, d))
+        return d
+
+    def answer(self, keypair):
+        packets, d = self.batches.pop(0)
+        d.callback([unwrap_final(packet, keypair) for packet in packets])
+
+
+class BatchUnwrapTests(NodeFixture, SynchronousTestCase):
+    """Mix packets unwrapped by an unwrapper (worker processes) in batches."""
+
+    def test_batch_results(self):
+        """
+        Each packet of a batch gets its own fate once the batch is
+        answered: delivered, replayed, refused.
+        """
+        unwrapper = HeldUnwrapper()
+        node = self.make_node(unwrapper=unwrapper)
+        first = self.final_packet(b"one")
+        results = node.receive_many_from_mix([first, self.final_packet(b"two"), first, self.loopix_packet()])
+        for d in results:
+            self.assertNoResult(d)
+        unwrapper.answer(self.keypair)
+        self.successResultOf(results[0])
+        self.successResultOf(results[1])
+        self.failureResultOf(results[2], ReplayedPacket)
+        self.assertEqual(self.failureResultOf(results[3], PacketRefused).value.reason, "route_refused")
+        self.assertEqual(self.inbox(), [b"one", b"two"])
+        self.assertEqual(self.counters.get("packets.delivered"), 2)
+
+    def test_batch_failure(self):
+        """
+        A batch that fails (a bug: the pool never fails one) fails each of
+        its packets, counted, and logged.
+        """
+        unwrapper = HeldUnwrapper()
+        node = self.make_node(unwrapper=unwrapper)
+        results = node.receive_many_from_mix([self.final_packet(), self.final_packet()])
+        unwrapper.batches[0][1].errback(RuntimeError("boom"))
+        for d in results:
+            self.failureResultOf(d, RuntimeError)
+        self.assertEqual(self.counters.get("packets.dropped", "unwrap_error"), 2)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.inbox(), [])
