@@ -149,6 +149,7 @@ async def _node_benchmark(reactor, args, figures):
         register_rate=CLIENTS * 2,
         store=args.store,
         db_synchronous=args.synchronous,
+        **({} if args.unwrap_workers is None else {"unwrap_workers": args.unwrap_workers}),
     )
     service = ProviderService(config, reactor)
     service.startService()
@@ -275,6 +276,8 @@ def main(argv=None):
                         help="store to ingest into (default sqlite)")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                         help="SQLite synchronous setting (default FULL)")
+    parser.add_argument("--unwrap-workers", type=int, default=None,
+                        help="the node's unwrap worker processes (default: the provider's default)")
     parser.add_argument("--unwrap-only", action="store_true", help="skip the whole-node part")
     args = parser.parse_args(argv)
 

@@ -29,6 +29,9 @@ from nymprov.unwrap import BatchFormatError, FrameReader, decode_outcomes, encod
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
 
+#: Longest wait before replacing a worker that keeps dying at once.
+MAX_RESTART_DELAY = 60.0
+
 #: Seconds a stopping pool waits for a worker to exit before killing it.
 STOP_GRACE = 5.0
 
@@ -64,6 +67,7 @@ class _Channel(Protocol):
                 if len(outcomes) != len(packets):
                     raise BatchFormatError(f"{len(outcomes)} results for {len(packets)} packets")
                 worker.pending.popleft()
+                worker.answered += 1
                 worker.pool.batches_in_workers += 1
                 d.callback(outcomes)
         except BatchFormatError as e:
@@ -85,6 +89,7 @@ class _Worker(ProcessProtocol):
         # (Deferred, packets) in the order they were sent.
         self.pending = deque()
         self.channel = None
+        self.answered = 0
         self.alive = False
         self.ended = Deferred()
         self._process_ended = False
@@ -93,10 +98,14 @@ class _Worker(ProcessProtocol):
     def start(self, reactor, executable, arguments, env):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            # The worker reads and writes its end as standard input.
-            reactor.spawnProcess(self, executable, arguments, env=env, childFDs={0: theirs.fileno(), 2: "r"})
             self.channel = _Channel(self)
             reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _ChannelFactory(self.channel))
+            try:
+                # The worker reads and writes its end as standard input.
+                reactor.spawnProcess(self, executable, arguments, env=env, childFDs={0: theirs.fileno(), 2: "r"})
+            except BaseException:
+                self.channel.transport.abortConnection()
+                raise
         finally:
             # The child and the reactor hold their own copies now.
             ours.close()
@@ -117,7 +126,7 @@ class _Worker(ProcessProtocol):
 
     def kill(self):
         self.alive = False
-        if not self._process_ended:
+        if self.transport is not None and not self._process_ended:
             try:
                 self.transport.signalProcess("KILL")
             except ProcessExitedAlready:
@@ -135,7 +144,7 @@ class _Worker(ProcessProtocol):
 
     def channel_lost(self):
         self._channel_lost = True
-        if not self._process_ended:
+        if self.transport is not None and not self._process_ended:
             # A worker without its socket can do nothing more.
             self.kill()
         self._maybe_gone()
@@ -171,10 +180,14 @@ class UnwrapPool:
         private key through its standard input.
     :param int workers: worker processes; 0 unwraps everything here.
     :param int batches_per_worker: batches a worker may hold at once.
-    :param float restart_delay: seconds before a failed worker is replaced.
+    :param float restart_delay: seconds before a failed worker is replaced;
+        doubled for each worker in a row that died without answering.
     """
 
     log = Logger()
+
+    #: How a worker is started: this interpreter, so the same install.
+    command = (sys.executable, "-m", "nymprov.unwrap_worker")
 
     def __init__(self, reactor, keypair, workers, *, batches_per_worker=4, restart_delay=1.0):
         self._reactor = reactor
@@ -184,6 +197,9 @@ class UnwrapPool:
         self._restart_delay = restart_delay
         self._workers = []
         self._restarts = []
+        self._failures = 0
+        #: The wait before the last failed worker's replacement starts.
+        self.next_restart_delay = None
         self._running = False
         #: Batches answered by workers, and by the reactor thread.
         self.batches_in_workers = 0
@@ -205,7 +221,7 @@ class UnwrapPool:
         # The same interpreter, and this very nymprov first on its path.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
         try:
-            worker.start(self._reactor, sys.executable, [sys.executable, "-m", "nymprov.unwrap_worker"], env)
+            worker.start(self._reactor, self.command[0], self.command, env)
         except Exception:
             self.log.failure("could not start an unwrap worker; unwrapping on the reactor thread")
             return
@@ -231,15 +247,19 @@ class UnwrapPool:
         self._workers.remove(worker)
         if not self._running:
             return
+        # A worker that dies before answering anything (a broken install,
+        # say) is retried ever more slowly rather than once a second.
+        self._failures = 0 if worker.answered else self._failures + 1
+        delay = self.next_restart_delay = min(self._restart_delay * 2 ** self._failures, MAX_RESTART_DELAY)
         self.log.warn("unwrap worker ended ({reason}); a new one starts in {delay} s",
-                      reason=reason.getErrorMessage(), delay=self._restart_delay)
+                      reason=reason.getErrorMessage(), delay=delay)
 
         def restart():
             self._restarts.remove(call)
             if self._running:
                 self._spawn()
 
-        call = self._reactor.callLater(self._restart_delay, restart)
+        call = self._reactor.callLater(delay, restart)
         self._restarts.append(call)
 
     def stop(self):

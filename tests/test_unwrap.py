@@ -5,6 +5,7 @@ that runs it beside the reactor.
 
 import os
 import signal
+import sys
 
 from hypothesis import given, settings, strategies as st
 from twisted.internet import reactor
@@ -279,5 +280,23 @@ class PoolTests(TestCase):
             await self._results_match(pool)
             self.assertEqual(pool.batches_here, 1)
             await deferLater(reactor, 0, lambda: None)
+
+        return ensureDeferred(check())
+
+    def test_broken_worker_backs_off(self):
+        """
+        A worker that dies at once, again and again, is retried ever more
+        slowly, and batches meanwhile are unwrapped here.
+        """
+        pool = UnwrapPool(reactor, KEY, 1, restart_delay=0.01)
+        pool.command = (sys.executable, "-c", "import sys; sys.exit(3)")
+        pool.start()
+        self.addCleanup(pool.stop)
+
+        async def check():
+            await wait_for(lambda: pool._failures >= 3, "three failed starts")
+            self.assertGreaterEqual(pool.next_restart_delay, 0.01 * 2**3)
+            await self._results_match(pool)
+            self.assertEqual(pool.batches_in_workers, 0)
 
         return ensureDeferred(check())
