@@ -215,3 +215,28 @@ class SchemaTests(SynchronousTestCase):
         self.assertRaises(StoreError, schema.prepare, self.db)
         self.db.execute("UPDATE version SET version = 0")
         self.assertRaises(StoreError, schema.prepare, self.db)
+
+
+class InsertRowsTests(SynchronousTestCase):
+    """The SQLite store's multi-row INSERTs."""
+
+    def test_every_row_in_few_shapes(self):
+        """
+        Any number of rows is inserted whole, with statements of
+        power-of-two row counts only, so few compiled statements exist.
+        """
+        from nymprov.storage.sqlite import _ROWS_PER_INSERT, _insert_rows
+
+        db = sqlite3.connect(":memory:", isolation_level=None)
+        self.addCleanup(db.close)
+        db.execute("CREATE TABLE t (a, b)")
+        statements = []
+        db.set_trace_callback(statements.append)
+        total = 0
+        for count in (0, 1, 2, 3, 7, 127, 128, 129, 255, 300, 513):
+            _insert_rows(db, "INSERT INTO t (a, b)", 2, [(total + i, b"x") for i in range(count)])
+            total += count
+        self.assertEqual(db.execute("SELECT count(*), count(DISTINCT a) FROM t").fetchone(), (total, total))
+        shapes = {s.count("), (") + 1 for s in statements if s.startswith("INSERT")}
+        self.assertLessEqual(shapes, set(_ROWS_PER_INSERT))
+        self.assertIn(128, shapes)
