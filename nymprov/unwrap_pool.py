@@ -215,6 +215,8 @@ class UnwrapPool:
         self._running = True
         for _ in range(self._count):
             self._spawn()
+        self.log.info("unwrapping mix packets in {count} worker process(es) beside the reactor",
+                      count=len(self._workers))
 
     def _spawn(self):
         worker = _Worker(self)
