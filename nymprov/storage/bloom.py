@@ -51,9 +51,14 @@ class TagFilter:
         :returns: ``True`` if at least one bit was clear, that is if the
             tag was certainly not in the filter before.
         """
-        bits = self._bits
+        if type(tag) is not bytes or len(tag) != TAG_SIZE:
+            raise ValueError("a replay tag is 16 bytes")
+        # _indices inlined: this runs once per packet on the reactor thread.
+        bits, size = self._bits, self._size_bits
+        value = int.from_bytes(tag, "little")
         was_new = False
-        for index in self._indices(tag):
+        for shift in self._shifts:
+            index = ((value >> shift) & 0xFFFFFFFF) % size
             byte, mask = index >> 3, 1 << (index & 7)
             if not bits[byte] & mask:
                 bits[byte] |= mask
