@@ -14,6 +14,7 @@ from zope.interface.verify import verifyObject
 
 from nymprov.errors import InboxFull, MessageTooLarge, StoreError, UnknownDestination, UnknownLease
 from nymprov.interfaces import IInboxStore, IReplayCache
+from nymprov.storage import schema
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.memory import MemoryStore
 from nymprov.storage.sqlite import SQLiteStore
@@ -409,6 +410,46 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         return (yield self.open_store(limits, **kwargs))
 
     @inlineCallbacks
+    def test_upgrade_from_v1_keeps_leases(self):
+        """
+        A version 1 file, with its leases in the message rows, opens as
+        version 2 with every client, message and lease: a leased message is
+        not offered again until its lease lapses, and its lease can be acked.
+        """
+        db = sqlite3.connect(self.path, isolation_level=None)
+        schema.prepare(db, current_version=1)
+        db.execute("INSERT INTO clients VALUES (?, ?, ?)", (ALICE, b"\x00" * 32, T0))
+        db.executemany(
+            "INSERT INTO messages (id, address, received, lease_id, lease_expires, body) VALUES (?, ?, ?, ?, ?, ?)",
+            [(1, ALICE, T0, 77, T0 + 30, b"leased"), (2, ALICE, T0, 0, 0, b"free")],
+        )
+        db.close()
+        store = yield self.open_store(StoreLimits())
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        self.assertEqual(schema.stored_version(db), schema.CURRENT_VERSION)
+        self.assertEqual(db.execute("SELECT message_id, lease_id FROM leases").fetchall(), [(1, 77)])
+        lease_id, messages = yield store.lease(ALICE, 10, T0 + 1, 30)
+        self.assertEqual([body for _, body in messages], [b"free"])
+        self.assertEqual((yield store.ack(ALICE, 77)), 1)
+        self.assertEqual((yield store.sizes())["messages"], 1)
+
+    @inlineCallbacks
+    def test_message_ids_reused_without_stale_leases(self):
+        """
+        Acking the newest message frees its id for the next append; the new
+        message with that id is not held by the old lease.
+        """
+        store = yield self.registered_store()
+        yield store.append(ALICE, b"first", T0)
+        lease_id, [(first_id, _)] = yield store.lease(ALICE, 10, T0, 30)
+        self.assertEqual((yield store.ack(ALICE, lease_id)), 1)
+        yield store.append(ALICE, b"second", T0)
+        _, messages = yield store.lease(ALICE, 10, T0, 30)
+        self.assertEqual([body for _, body in messages], [b"second"])
+        yield self.assertFailure(store.ack(ALICE, lease_id), UnknownLease)
+
+    @inlineCallbacks
     def test_group_commit(self):
         """
         Many concurrent appends are written in far fewer transactions than
@@ -556,7 +597,7 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         store = yield self.registered_store()
         yield store.close()
         db = sqlite3.connect(self.path)
-        db.execute("UPDATE version SET version = 2")
+        db.execute("UPDATE version SET version = ?", (schema.CURRENT_VERSION + 1,))
         db.commit()
         db.close()
         with open(self.path, "rb") as f:
@@ -606,7 +647,7 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         yield self.assertFailure(store.append(ALICE, b"x", T0), StoreError)
         db = sqlite3.connect(self.path)
         self.addCleanup(db.close)
-        self.assertEqual(db.execute("SELECT version FROM version").fetchall(), [(1,)])
+        self.assertEqual(db.execute("SELECT version FROM version").fetchall(), [(schema.CURRENT_VERSION,)])
 
     @inlineCallbacks
     def test_failed_batch(self):

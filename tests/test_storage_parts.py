@@ -149,8 +149,8 @@ class SchemaTests(SynchronousTestCase):
         An empty file gets the current schema and its version row.
         """
         self.assertEqual(schema.prepare(self.db), schema.CURRENT_VERSION)
-        self.assertEqual(schema.stored_version(self.db), 1)
-        self.assertEqual(schema.prepare(self.db), 1)
+        self.assertEqual(schema.stored_version(self.db), schema.CURRENT_VERSION)
+        self.assertEqual(schema.prepare(self.db), schema.CURRENT_VERSION)
 
     def test_new_file_page_size(self):
         """
@@ -162,16 +162,15 @@ class SchemaTests(SynchronousTestCase):
         other = sqlite3.connect(self.mktemp(), isolation_level=None)
         self.addCleanup(other.close)
         other.execute("PRAGMA page_size = 4096")
-        other.execute("CREATE TABLE `version` (`version` INTEGER NOT NULL)")
-        other.execute("INSERT INTO `version` VALUES (1)")
-        self.assertEqual(schema.prepare(other), 1)
+        other.executescript(schema.read_script("v1.sql"))
+        self.assertEqual(schema.prepare(other), schema.CURRENT_VERSION)
         self.assertEqual(other.execute("PRAGMA page_size").fetchone()[0], 4096)
 
     def test_upgrade_steps(self):
         """
         An older file is upgraded one script at a time, in order.
         """
-        schema.prepare(self.db)
+        schema.prepare(self.db, current_version=1)
         scripts = {
             "upgrade-to-v2.sql": "ALTER TABLE clients ADD COLUMN note TEXT; UPDATE version SET version = 2;",
             "upgrade-to-v3.sql": "CREATE TABLE extra (x); UPDATE version SET version = 3;",
@@ -190,7 +189,7 @@ class SchemaTests(SynchronousTestCase):
         """
         An upgrade script that fails leaves the file at its old version.
         """
-        schema.prepare(self.db)
+        schema.prepare(self.db, current_version=1)
         broken = "ALTER TABLE clients ADD COLUMN note TEXT; UPDATE nowhere SET x = 1;"
         self.assertRaises(StoreError, schema.prepare, self.db, 2, lambda name: broken)
         self.assertEqual(schema.stored_version(self.db), 1)
@@ -200,7 +199,7 @@ class SchemaTests(SynchronousTestCase):
         """
         An upgrade script that forgets to bump the version is an error.
         """
-        schema.prepare(self.db)
+        schema.prepare(self.db, current_version=1)
         self.assertRaises(StoreError, schema.prepare, self.db, 2, lambda name: "CREATE TABLE t (x);")
 
     def test_malformed_version(self):

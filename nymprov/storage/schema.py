@@ -9,7 +9,7 @@ import sqlite3
 
 from nymprov.errors import StoreError
 
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 
 #: Page size of a new file.  A stored message is about 2 KB, so a 4 KiB page
 #: holds one row and every append splits a page; with 16 KiB pages the

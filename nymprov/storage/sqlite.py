@@ -51,8 +51,9 @@ def _insert_rows(db, insert, width, rows):
             db.execute(_insert_sql(insert, width, size), list(itertools.chain.from_iterable(chunk)))
             start += size
 _FREE_MESSAGES = (
-    "SELECT id, body FROM messages WHERE address = ? AND (lease_id = 0 OR lease_expires <= ?)"
-    " ORDER BY id LIMIT ?"
+    "SELECT m.id, m.body FROM messages AS m LEFT JOIN leases AS l ON l.message_id = m.id"
+    " WHERE m.address = ? AND (l.message_id IS NULL OR l.expires <= ?)"
+    " ORDER BY m.id LIMIT ?"
 )
 
 # Store states; operations are accepted only while OPEN.
@@ -430,9 +431,13 @@ class SQLiteStore(Service):
             rows = self._db.execute(_FREE_MESSAGES, (address, now, max_count)).fetchall()
             if not rows:
                 return (0, [])
-            self._db.executemany(
-                "UPDATE messages SET lease_id = ?, lease_expires = ? WHERE id = ?",
-                [(lease_id, expires, message_id) for message_id, _ in rows],
+            # A row of its own per leased message: the message rows (and
+            # their pages) are not rewritten.
+            _insert_rows(
+                self._db,
+                "INSERT OR REPLACE INTO leases (message_id, lease_id, expires)",
+                3,
+                [(message_id, lease_id, expires) for message_id, _ in rows],
             )
         return (lease_id, rows)
 
@@ -459,14 +464,15 @@ class SQLiteStore(Service):
 
     def _ack(self, address, lease_id):
         with self._transaction():
-            count, size = self._db.execute(
-                "SELECT count(*), coalesce(sum(length(body)), 0) FROM messages"
-                " WHERE address = ? AND lease_id = ?",
-                (address, lease_id),
-            ).fetchone()
-            if count:
-                self._db.execute("DELETE FROM messages WHERE address = ? AND lease_id = ?", (address, lease_id))
-        return (count, size)
+            rows = self._db.execute(
+                "SELECT m.id, length(m.body) FROM leases AS l JOIN messages AS m ON m.id = l.message_id"
+                " WHERE l.lease_id = ? AND m.address = ?",
+                (lease_id, address),
+            ).fetchall()
+            ids = [(message_id,) for message_id, _ in rows]
+            self._db.executemany("DELETE FROM messages WHERE id = ?", ids)
+            self._db.executemany("DELETE FROM leases WHERE message_id = ?", ids)
+        return (len(rows), sum(length for _, length in rows))
 
     def forget(self, address):
         """IInboxStore API"""
@@ -494,6 +500,10 @@ class SQLiteStore(Service):
 
     def _forget(self, address):
         with self._transaction():
+            # Leases first: message ids can be reused once their rows are gone.
+            self._db.execute(
+                "DELETE FROM leases WHERE message_id IN (SELECT id FROM messages WHERE address = ?)", (address,)
+            )
             self._db.execute("DELETE FROM messages WHERE address = ?", (address,))
             self._db.execute("DELETE FROM clients WHERE address = ?", (address,))
 
@@ -522,12 +532,13 @@ class SQLiteStore(Service):
                 (oldest_kept,),
             ).fetchall()
             if per_client:
+                # Leases first: message ids can be reused once their rows are gone.
+                self._db.execute(
+                    "DELETE FROM leases WHERE message_id IN (SELECT id FROM messages WHERE received < ?)",
+                    (oldest_kept,),
+                )
                 self._db.execute("DELETE FROM messages WHERE received < ?", (oldest_kept,))
-            self._db.execute(
-                "UPDATE messages SET lease_id = 0, lease_expires = 0"
-                " WHERE lease_id != 0 AND lease_expires <= ?",
-                (now,),
-            )
+            self._db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
         return per_client
 
     def sizes(self):

@@ -1,0 +1,20 @@
+-- nymprov inbox store: schema version 1 to 2, in one transaction.
+-- Leases move out of the message rows into their own table, so that leasing
+-- a message no longer rewrites its row.  The old columns stay (SQLite would
+-- rewrite the whole table to drop them) and are no longer read or written.
+
+CREATE TABLE `leases`
+(
+ `message_id` INTEGER PRIMARY KEY,
+ `lease_id` INTEGER NOT NULL,
+ `expires` REAL NOT NULL
+);
+CREATE INDEX `leases_by_lease` ON `leases` (`lease_id`);
+CREATE INDEX `leases_by_expiry` ON `leases` (`expires`);
+
+INSERT INTO `leases` (`message_id`, `lease_id`, `expires`)
+ SELECT `id`, `lease_id`, `lease_expires` FROM `messages` WHERE `lease_id` != 0;
+UPDATE `messages` SET `lease_id` = 0, `lease_expires` = 0 WHERE `lease_id` != 0;
+DROP INDEX `messages_leased`;
+
+UPDATE `version` SET `version` = 2;
