@@ -58,12 +58,12 @@ def stored_version(db):
 
 def prepare(db, current_version=CURRENT_VERSION, read=read_script):
     """
-    Create the schema in an empty file, or bring an older one up to
-    ``current_version`` one step at a time with ``upgrade-to-vN.sql``
-    scripts, each in its own transaction.
+    Create the schema in an empty file (``v1.sql``), and bring it, or an
+    older file, up to ``current_version`` one step at a time with
+    ``upgrade-to-vN.sql`` scripts, each in its own transaction.
 
     :param current_version: the version this code understands; a parameter
-        so that the upgrade path can be tested before a v2 exists.
+        so that tests can make older files and try upgrades not yet written.
     :param read: reads a script by name.
     :raises StoreError: for a newer or unknown version; the file is then
         left untouched.
@@ -71,9 +71,12 @@ def prepare(db, current_version=CURRENT_VERSION, read=read_script):
     try:
         version = stored_version(db)
         if version is None:
+            # A new file is made as version 1 and upgraded like any other,
+            # so new and upgraded files are the same and every upgrade
+            # script runs on every new store.
             db.execute(f"PRAGMA page_size = {NEW_FILE_PAGE_SIZE}")
-            _run_script(db, read(f"v{current_version}.sql"))
-            return current_version
+            _run_script(db, read("v1.sql"))
+            version = 1
         if version > current_version:
             raise StoreError(f"schema version {version} is newer than {current_version}")
         if version < 1:
