@@ -205,10 +205,13 @@ class NodeCore:
         return d
 
     def _delivery_done(self, result, key):
-        timed_out = key is not None and self._deliveries.pop(key, None) is None
-        if key is not None and not self._deliveries and self._sweep_call is not None:
-            self._sweep_call.cancel()
-            self._sweep_call = None
+        # key is None for a delivery that never had a deadline.
+        timed_out = False
+        if key is not None:
+            timed_out = self._deliveries.pop(key, None) is None
+            if not self._deliveries and self._sweep_call is not None:
+                self._sweep_call.cancel()
+                self._sweep_call = None
         if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
             return None

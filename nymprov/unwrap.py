@@ -139,6 +139,11 @@ class FrameReader:
     def __init__(self):
         self._buffer = bytearray()
 
+    @property
+    def buffered(self):
+        """Bytes received that do not yet complete a frame."""
+        return len(self._buffer)
+
     def feed(self, data):
         """:returns: the bodies of the frames completed by ``data``."""
         buffer = self._buffer

@@ -4,8 +4,8 @@ work uses more than the reactor's core.
 
 Unwrapping is CPU work under the GIL, apart from the X25519 call: worker
 threads were measured slower than none (GIL hand-offs), so the workers are
-processes (:mod:`nymprov.unwrap_worker`), fed batches through pipes by
-``spawnProcess``. Each worker takes at most ``batches_per_worker`` batches
+processes (:mod:`nymprov.unwrap_worker`) started by ``spawnProcess`` and
+fed batches through a Unix socket each. Each worker takes at most ``batches_per_worker`` batches
 at a time; a batch that finds every worker busy is unwrapped on the
 reactor thread, which keeps both busy without a queue growing anywhere.
 
@@ -25,7 +25,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 
 import nymprov
-from nymprov.unwrap import BatchFormatError, FrameReader, decode_outcomes, encode_packets, unwrap_final
+from nymprov.unwrap import BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame, unwrap_final
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
 
@@ -111,7 +111,7 @@ class _Worker(ProcessProtocol):
             ours.close()
             theirs.close()
         self.alive = True
-        self.channel.transport.write(self.pool.keypair.private_bytes)
+        self.channel.transport.write(frame(self.pool.keypair.private_bytes))
 
     def send(self, packets):
         d = Deferred()
@@ -234,10 +234,10 @@ class UnwrapPool:
         :returns: a Deferred firing with one :func:`unwrap_final` result per
             packet, in order; it never fails for a worker's sake.
         """
-        idle = [w for w in self._workers if w.alive and len(w.pending) < self._batches_per_worker]
-        if not idle:
+        worker = min(self.workers, key=lambda w: len(w.pending), default=None)
+        if worker is None or len(worker.pending) >= self._batches_per_worker:
             return succeed(self.unwrap_here(packets))
-        return min(idle, key=lambda w: len(w.pending)).send(packets)
+        return worker.send(packets)
 
     def unwrap_here(self, packets):
         """:returns: the results of ``packets``, unwrapped on this thread."""
@@ -277,13 +277,9 @@ class UnwrapPool:
         ended = []
         for worker in list(self._workers):
             worker.close_input()
-            timer = self._reactor.callLater(STOP_GRACE, _kill, worker)
+            timer = self._reactor.callLater(STOP_GRACE, worker.kill)
             ended.append(worker.ended.addBoth(_cancel_timer, timer))
         return DeferredList(ended)
-
-
-def _kill(worker):
-    worker.kill()
 
 
 def _cancel_timer(result, timer):

@@ -1,9 +1,9 @@
 """
 An unwrap worker process: ``python -m nymprov.unwrap_worker``.
 
-Its standard input is a socket to the node. It reads the node's 32-byte
-Sphinx private key from it, then batches of packets (frames of
-:mod:`nymprov.unwrap`), and answers each batch on the same socket with its
+Its standard input is a socket to the node. It reads frames of
+:mod:`nymprov.unwrap` from it: first the node's 32-byte Sphinx private key,
+then batches of packets; it answers each batch on the same socket with its
 results, in order. It exits when its input ends, which is how the node
 stops it, and also what happens if the node dies. Malformed input ends it
 with status 2: the node then unwraps that batch itself.
@@ -14,21 +14,7 @@ import signal
 import sys
 
 from nymprov.sphinx import KeyPair
-from nymprov.unwrap import LENGTH_PREFIX, MAX_FRAME, BatchFormatError, decode_packets, encode_outcomes, unwrap_final
-
-_KEY_SIZE = 32
-
-
-def _read_exactly(fd, count):
-    """:returns: ``count`` bytes, or ``None`` if the input ends first."""
-    chunks = []
-    while count:
-        chunk = os.read(fd, min(count, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        count -= len(chunk)
-    return b"".join(chunks)
+from nymprov.unwrap import BatchFormatError, FrameReader, decode_packets, encode_outcomes, unwrap_final
 
 
 def _write_all(fd, data):
@@ -43,23 +29,22 @@ def serve(read_fd, write_fd):
 
     :returns: the process exit status.
     """
-    private = _read_exactly(read_fd, _KEY_SIZE)
-    if private is None:
-        return 0
-    keypair = KeyPair.from_private_bytes(private)
+    reader = FrameReader()
+    keypair = None
     while True:
-        prefix = _read_exactly(read_fd, LENGTH_PREFIX)
-        if prefix is None:
-            return 0
-        length = int.from_bytes(prefix, "big")
-        body = _read_exactly(read_fd, length) if length <= MAX_FRAME else None
-        if body is None:
-            return 2
+        data = os.read(read_fd, 1 << 20)
+        if not data:
+            # Input that ends inside a frame is malformed too.
+            return 2 if reader.buffered else 0
         try:
-            packets = decode_packets(body)
-        except BatchFormatError:
+            for body in reader.feed(data):
+                if keypair is None:
+                    keypair = KeyPair.from_private_bytes(body)
+                    continue
+                packets = decode_packets(body)
+                _write_all(write_fd, encode_outcomes([unwrap_final(packet, keypair) for packet in packets]))
+        except (BatchFormatError, ValueError):
             return 2
-        _write_all(write_fd, encode_outcomes([unwrap_final(packet, keypair) for packet in packets]))
 
 
 def main():

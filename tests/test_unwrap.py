@@ -192,7 +192,9 @@ class PoolTests(TestCase):
 
     def test_default_count(self):
         """One worker per core beyond the first, at most four."""
-        self.assertEqual(default_worker_count(), max(0, min((os.cpu_count() or 1) - 1, 4)))
+        for cores, workers in ((None, 0), (1, 0), (2, 1), (5, 4), (64, 4)):
+            self.patch(os, "cpu_count", lambda: cores)
+            self.assertEqual(default_worker_count(), workers, cores)
 
     async def _results_match(self, pool):
         batch = mixed_batch()
