@@ -144,28 +144,39 @@ def parse_command_options(options, args, stdout, stderr, program=PROGRAM):
     return None
 
 
-def _init(args, stdout, stderr):
+def create_and_print_keys(data_dir, stdout, stderr, program=PROGRAM, certificate=False):
+    """
+    Make (or load) the keys in ``data_dir``, and the TLS certificate if
+    ``certificate``, and print what an operator hands out.  Shared by the
+    ``init`` commands of nymprov.
+
+    :returns: the exit code.
+    """
     # Imported here: they load the crypto libraries, which the help and
     # version paths do not need.
     from nymprov.keys import load_or_create_keys
     from nymprov.tls import certificate_fingerprint, load_or_create_certificate
 
-    options = InitOptions()
-    failed = parse_command_options(options, args, stdout, stderr)
-    if failed is not None:
-        return failed
-    data_dir = options.provider_config.data_dir
     try:
         keys = load_or_create_keys(data_dir)
-        certificate = load_or_create_certificate(data_dir)
+        made = load_or_create_certificate(data_dir) if certificate else None
     except (ConfigError, OSError) as e:
-        print(f"{PROGRAM}: {e}", file=stderr)
+        print(f"{program}: {e}", file=stderr)
         return EXIT_FAILURE
     print(f"data directory:          {data_dir}", file=stdout)
     print(f"identity key:            {keys.identity_base58}", file=stdout)
     print(f"sphinx key:              {keys.sphinx.public_base58}", file=stdout)
-    print(f"certificate fingerprint: {certificate_fingerprint(certificate)}", file=stdout)
+    if made is not None:
+        print(f"certificate fingerprint: {certificate_fingerprint(made)}", file=stdout)
     return EXIT_OK
+
+
+def _init(args, stdout, stderr):
+    options = InitOptions()
+    failed = parse_command_options(options, args, stdout, stderr)
+    if failed is not None:
+        return failed
+    return create_and_print_keys(options.provider_config.data_dir, stdout, stderr, certificate=True)
 
 
 def _bench(args, stdout, stderr):
@@ -250,12 +261,9 @@ def _run_service(options, stderr):
         outcome["code"] = EXIT_FAILURE
 
     def start():
-        d = maybeDeferred(service.startService)
-        when_started = getattr(service, "when_started", None)
-        if when_started is not None:
-            d.addCallback(lambda _: when_started())
-        d.addErrback(failed, "The provider failed to start")
-        d.addErrback(lambda _: reactor.running and reactor.stop())
+        # The service stops the reactor itself if it cannot start.
+        service.startService()
+        service.when_started().addErrback(failed, "The provider failed to start")
         _stop_once_on_signals(reactor)
 
     def stop():

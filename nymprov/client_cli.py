@@ -8,6 +8,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.python import usage
 
+from nymprov.cli import parse_command_options
 from nymprov.errors import ConfigError
 from nymprov.keys import write_file_atomically
 
@@ -181,13 +182,9 @@ def main(argv=None, stdout=None, stderr=None, stdin=None):
 
         return bench_e2e.main(argv[1:], out)
     options = Options()
-    try:
-        options.parseOptions(argv)
-    except usage.UsageError as e:
-        print(f"{PROGRAM}: {e}\n\n{options}", file=err)
-        return 2
-    except SystemExit as e:  # --help
-        return e.code or 0
+    failed = parse_command_options(options, argv, out, err, PROGRAM)
+    if failed is not None:
+        return failed
     command, sub = options.subCommand, options.subOptions
     try:
         settings = sub.settings()

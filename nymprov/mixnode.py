@@ -14,7 +14,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 # Reused so that both nodes check and word their settings alike.
-from nymprov.cli import parse_command_options
+from nymprov.cli import create_and_print_keys, parse_command_options
 from nymprov.config import (
     InvalidOption,
     InvalidSetting,
@@ -308,16 +308,7 @@ def _init(args, stdout, stderr):
     failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
     if failed is not None:
         return failed
-    data_dir = options.mixnode_config.data_dir
-    try:
-        keys = load_or_create_keys(data_dir)
-    except (ConfigError, OSError) as e:
-        print(f"{PROGRAM}: {e}", file=stderr)
-        return EXIT_FAILURE
-    print(f"data directory:          {data_dir}", file=stdout)
-    print(f"identity key:            {keys.identity_base58}", file=stdout)
-    print(f"sphinx key:              {keys.sphinx.public_base58}", file=stdout)
-    return EXIT_OK
+    return create_and_print_keys(options.mixnode_config.data_dir, stdout, stderr, PROGRAM)
 
 
 def _run(args, stdout, stderr):

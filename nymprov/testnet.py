@@ -447,14 +447,12 @@ def main(args, stdout=None, stderr=None):
     """
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
+    from nymprov.cli import parse_command_options
+
     options = TestnetOptions()
-    try:
-        options.parseOptions(args)
-    except usage.UsageError as e:
-        print(f"nym-provider testnet: {e}\n\n{options}", file=stderr)
-        return 2
-    except SystemExit as e:  # --help
-        return e.code or 0
+    failed = parse_command_options(options, args, stdout, stderr, "nym-provider testnet")
+    if failed is not None:
+        return failed
     from twisted.internet import reactor
 
     directory = options["dir"] or tempfile.mkdtemp(prefix="nym-testnet-")

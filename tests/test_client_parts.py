@@ -125,11 +125,15 @@ class SealingTests(SynchronousTestCase):
     @settings(max_examples=100)
     @given(st.binary(max_size=200))
     def test_arbitrary_records_decode_or_raise_typed(self, data):
-        """Bytes either decode to a record or raise UnreadableBody."""
+        """
+        Bytes either decode to a record, which encodes back to the same
+        bytes, or raise UnreadableBody.
+        """
         try:
-            Record.from_bytes(data)
+            record = Record.from_bytes(data)
         except UnreadableBody:
-            pass
+            return
+        self.assertEqual(record.to_bytes(), data)
 
 
 class IdentityTests(SynchronousTestCase):
