@@ -450,6 +450,36 @@ class SQLiteStoreTests(_StoreContract, TestCase):
         yield self.assertFailure(store.ack(ALICE, lease_id), UnknownLease)
 
     @inlineCallbacks
+    def test_forget_leaves_no_lease(self):
+        """
+        Forgetting a client with leased messages removes their leases: the
+        client, registered again, is offered its next message, whatever id
+        it gets.
+        """
+        store = yield self.registered_store()
+        yield store.append(ALICE, b"old", T0)
+        yield store.lease(ALICE, 10, T0, 300)
+        yield store.forget(ALICE)
+        yield store.register(ALICE, token_hash(ALICE), T0)
+        yield store.append(ALICE, b"new", T0)
+        _, messages = yield store.lease(ALICE, 10, T0, 30)
+        self.assertEqual([body for _, body in messages], [b"new"])
+
+    @inlineCallbacks
+    def test_expiry_leaves_no_lease(self):
+        """
+        An expired message that was leased takes its lease with it: the
+        next message, whatever id it gets, is offered.
+        """
+        store = yield self.registered_store(StoreLimits(message_ttl=100))
+        yield store.append(ALICE, b"old", T0)
+        yield store.lease(ALICE, 10, T0, 1000)
+        self.assertEqual((yield store.expire(T0 + 101)), 1)
+        yield store.append(ALICE, b"new", T0 + 101)
+        _, messages = yield store.lease(ALICE, 10, T0 + 101, 30)
+        self.assertEqual([body for _, body in messages], [b"new"])
+
+    @inlineCallbacks
     def test_group_commit(self):
         """
         Many concurrent appends are written in far fewer transactions than

@@ -37,7 +37,8 @@ DEFAULT_FILTER_BYTES = 4 * 1024 * 1024
 _ROWS_PER_INSERT = (128, 64, 32, 16, 8, 4, 2, 1)
 
 
-@functools.lru_cache(maxsize=2 * len(_ROWS_PER_INSERT))
+# Unbounded: the keys are a few statements times a few row counts.
+@functools.lru_cache(maxsize=None)
 def _insert_sql(insert, width, rows):
     row = "(" + ", ".join("?" * width) + ")"
     return f"{insert} VALUES " + ", ".join([row] * rows)
@@ -464,15 +465,19 @@ class SQLiteStore(Service):
 
     def _ack(self, address, lease_id):
         with self._transaction():
-            rows = self._db.execute(
-                "SELECT m.id, length(m.body) FROM leases AS l JOIN messages AS m ON m.id = l.message_id"
-                " WHERE l.lease_id = ? AND m.address = ?",
+            count, size = self._db.execute(
+                "SELECT count(*), coalesce(sum(length(m.body)), 0) FROM leases AS l"
+                " JOIN messages AS m ON m.id = l.message_id WHERE l.lease_id = ? AND m.address = ?",
                 (lease_id, address),
-            ).fetchall()
-            ids = [(message_id,) for message_id, _ in rows]
-            self._db.executemany("DELETE FROM messages WHERE id = ?", ids)
-            self._db.executemany("DELETE FROM leases WHERE message_id = ?", ids)
-        return (len(rows), sum(length for _, length in rows))
+            ).fetchone()
+            if count:
+                # The schema's trigger deletes their lease rows.
+                self._db.execute(
+                    "DELETE FROM messages WHERE address = ?"
+                    " AND id IN (SELECT message_id FROM leases WHERE lease_id = ?)",
+                    (address, lease_id),
+                )
+        return (count, size)
 
     def forget(self, address):
         """IInboxStore API"""
@@ -500,10 +505,6 @@ class SQLiteStore(Service):
 
     def _forget(self, address):
         with self._transaction():
-            # Leases first: message ids can be reused once their rows are gone.
-            self._db.execute(
-                "DELETE FROM leases WHERE message_id IN (SELECT id FROM messages WHERE address = ?)", (address,)
-            )
             self._db.execute("DELETE FROM messages WHERE address = ?", (address,))
             self._db.execute("DELETE FROM clients WHERE address = ?", (address,))
 
@@ -532,11 +533,6 @@ class SQLiteStore(Service):
                 (oldest_kept,),
             ).fetchall()
             if per_client:
-                # Leases first: message ids can be reused once their rows are gone.
-                self._db.execute(
-                    "DELETE FROM leases WHERE message_id IN (SELECT id FROM messages WHERE received < ?)",
-                    (oldest_kept,),
-                )
                 self._db.execute("DELETE FROM messages WHERE received < ?", (oldest_kept,))
             self._db.execute("DELETE FROM leases WHERE expires <= ?", (now,))
         return per_client

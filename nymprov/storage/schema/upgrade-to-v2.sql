@@ -11,6 +11,12 @@ CREATE TABLE `leases`
 );
 CREATE INDEX `leases_by_lease` ON `leases` (`lease_id`);
 CREATE INDEX `leases_by_expiry` ON `leases` (`expires`);
+-- A message's lease goes with it, however it is deleted: message ids are
+-- reused, and a lease left behind would hold the next message of that id.
+CREATE TRIGGER `messages_drop_lease` AFTER DELETE ON `messages`
+BEGIN
+ DELETE FROM `leases` WHERE `message_id` = old.`id`;
+END;
 
 INSERT INTO `leases` (`message_id`, `lease_id`, `expires`)
  SELECT `id`, `lease_id`, `lease_expires` FROM `messages` WHERE `lease_id` != 0;
