@@ -8,6 +8,7 @@ back-off until a 2xx answer, across restarts.  If the request carried a
 SURB, the target's status goes back through it.
 """
 
+import heapq
 import os
 import sqlite3
 import struct
@@ -246,8 +247,11 @@ class ForwardProvider(Service):
         if not self._open:
             return
         now = self._reactor.seconds()
-        for row_id, when in sorted(self._due.items(), key=lambda item: item[1]):
-            if len(self._in_flight) >= self._max_parallel or when > now:
+        free = max(0, self._max_parallel - len(self._in_flight))
+        # Only the earliest few are needed: no sort of a queue that can
+        # hold max_queue payloads, on every delivery.
+        for row_id, when in heapq.nsmallest(free, self._due.items(), key=lambda item: item[1]):
+            if when > now:
                 break
             del self._due[row_id]
             d = self._attempt(row_id)

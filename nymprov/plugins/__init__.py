@@ -16,6 +16,22 @@ from twisted.python import usage
 __path__ = extend_path(__path__, __name__)
 
 
+def positive(convert):
+    """
+    :returns: a coercer for an option value: ``convert(text)``, refused
+        unless above 0.
+    """
+
+    def check(text):
+        value = convert(text)
+        if value <= 0:
+            raise ValueError(f"must be above 0, got {text}")
+        return value
+
+    check.coerceDoc = ""
+    return check
+
+
 class BackendOptions(usage.Options):
     """
     Base of a backend's options: list them in ``optParameters`` as

@@ -7,8 +7,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nymprov.interfaces import IProviderMaker
-from nymprov.plugins import BackendOptions
-from nymprov.plugins.webproxy import _positive
+from nymprov.plugins import BackendOptions, positive
 
 
 class ForwardOptions(BackendOptions):
@@ -17,10 +16,10 @@ class ForwardOptions(BackendOptions):
     optParameters = [
         ["url", None, None, "http(s) URL that every payload is POSTed to (required)"],
         ["content-type", None, "application/octet-stream", "Content-Type of the posts"],
-        ["timeout", None, 10.0, "seconds for one post", _positive(float)],
-        ["retry-first", None, 1.0, "seconds before the first retry; doubles each time", _positive(float)],
-        ["retry-max", None, 300.0, "longest wait between retries, seconds", _positive(float)],
-        ["max-queue", None, 10000, "payloads queued at most", _positive(int)],
+        ["timeout", None, 10.0, "seconds for one post", positive(float)],
+        ["retry-first", None, 1.0, "seconds before the first retry; doubles each time", positive(float)],
+        ["retry-max", None, 300.0, "longest wait between retries, seconds", positive(float)],
+        ["max-queue", None, 10000, "payloads queued at most", positive(int)],
         ["queue-file", None, None, "SQLite file of the queue (default: <data-dir>/forward.sqlite)"],
     ]
 

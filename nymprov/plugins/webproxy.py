@@ -5,18 +5,7 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from nymprov.interfaces import IProviderMaker
-from nymprov.plugins import BackendOptions
-
-
-def _positive(convert):
-    def check(text):
-        value = convert(text)
-        if value <= 0:
-            raise ValueError(f"must be above 0, got {text}")
-        return value
-
-    check.coerceDoc = ""
-    return check
+from nymprov.plugins import BackendOptions, positive
 
 
 class WebProxyOptions(BackendOptions):
@@ -24,9 +13,9 @@ class WebProxyOptions(BackendOptions):
 
     optParameters = [
         ["allow", None, "", "comma-separated scheme://host:port that may be fetched (empty: none)"],
-        ["timeout", None, 30.0, "seconds for a whole fetch", _positive(float)],
-        ["max-body", None, 1048576, "response body bytes kept at most", _positive(int)],
-        ["max-concurrent", None, 16, "fetches at once", _positive(int)],
+        ["timeout", None, 30.0, "seconds for a whole fetch", positive(float)],
+        ["max-body", None, 1048576, "response body bytes kept at most", positive(int)],
+        ["max-concurrent", None, 16, "fetches at once", positive(int)],
     ]
 
     def postOptions(self):
