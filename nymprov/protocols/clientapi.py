@@ -74,10 +74,9 @@ def _no_delay(transport):
 class _Pending:
     """One request's place in the response order."""
 
-    __slots__ = ("request_id", "response", "close")
+    __slots__ = ("response", "close")
 
-    def __init__(self, request_id, response=None, close=False):
-        self.request_id = request_id
+    def __init__(self, response=None, close=False):
         self.response = response
         self.close = close
 
@@ -120,7 +119,7 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
             self.log.warn("client connection refused: {limit} connections open",
                           limit=factory.max_connections)
             self._responses.append(
-                _Pending(0, api.Error(ErrorCode.BUSY, "too many connections"), close=True)
+                _Pending(api.Error(ErrorCode.BUSY, "too many connections"), close=True)
             )
             self._closing = True
             self._flush()
@@ -168,7 +167,7 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
             self._refuse_and_close(e)
             return
         self.factory.counters.incr("client_api.request", request.NAME)
-        slot = _Pending(request.request_id)
+        slot = _Pending()
         self._responses.append(slot)
         self._waiting.append((request, slot))
         self._start_ready()
@@ -224,7 +223,7 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
         self.factory.counters.incr("client_api.error", error.reason)
         self._closing = True
         response = api.Error(error.code, error.message, request_id=error.request_id)
-        self._responses.append(_Pending(error.request_id, response, close=True))
+        self._responses.append(_Pending(response, close=True))
         self._flush()
 
     def _flush(self):
@@ -332,10 +331,9 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
             slots = [api.Slot.message(body) for _, body in messages]
             if request.pad:
                 slots.extend([api.Slot.dummy()] * (request.max_count - len(slots)))
-            if any(len(body) > factory.slot_size for _, body in messages):
-                # The store accepted a message larger than the client API's
-                # slot: a configuration mismatch, not the client's fault.
-                raise ValueError("stored message exceeds the client API slot size")
+            # A stored message larger than the client API's slot (a
+            # configuration mismatch, not the client's fault) makes
+            # Messages refuse with ValueError.
             return api.Messages(lease_id, factory.slot_size, tuple(slots),
                                 request_id=request.request_id)
 

@@ -55,10 +55,10 @@ class PacketSize(enum.Enum):
         :returns: the size with frame tag ``tag``.
         :raises ValueError: for an unknown tag.
         """
-        for size in cls:
-            if size.tag == tag:
-                return size
-        raise ValueError(f"unknown packet size tag {tag}")
+        size = _SIZES_BY_TAG.get(tag)
+        if size is None:
+            raise ValueError(f"unknown packet size tag {tag}")
+        return size
 
     @classmethod
     def from_packet_length(cls, length):
@@ -66,11 +66,16 @@ class PacketSize(enum.Enum):
         :returns: the size whose whole packet is ``length`` bytes.
         :raises ValueError: if no size has that length.
         """
-        for size in cls:
-            if size.packet_size == length:
-                return size
-        raise ValueError(f"no packet size of {length} bytes")
+        size = _SIZES_BY_LENGTH.get(length)
+        if size is None:
+            raise ValueError(f"no packet size of {length} bytes")
+        return size
 
+
+# Dictionaries, not a scan of the enum: the mix link looks a size up for
+# every frame.
+_SIZES_BY_TAG = {size.tag: size for size in PacketSize}
+_SIZES_BY_LENGTH = {size.packet_size: size for size in PacketSize}
 
 DEFAULT_PACKET_SIZE = PacketSize.REGULAR
 DEFAULT_PAYLOAD_SIZE = DEFAULT_PACKET_SIZE.payload_size

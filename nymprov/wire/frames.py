@@ -24,8 +24,6 @@ PACKET_TYPE_SPHINX = 0
 PACKET_TYPE_VPN = 1
 PACKET_TYPE_OUTFOX = 2
 
-_SIZES_BY_TAG = {size.tag: size for size in PacketSize}
-_SIZES_BY_LENGTH = {size.packet_size: size for size in PacketSize}
 _REFUSED_TYPE_NAMES = {PACKET_TYPE_VPN: "vpn", PACKET_TYPE_OUTFOX: "outfox"}
 
 
@@ -74,17 +72,15 @@ def encode_frame(packet):
     :raises ValueError: if ``len(packet)`` is no packet size (a bug in the
         caller, not bad input from a peer).
     """
-    size = _SIZES_BY_LENGTH.get(len(packet))
-    if size is None:
-        raise ValueError(f"no packet size of {len(packet)} bytes")
+    size = PacketSize.from_packet_length(len(packet))
     return bytes((FRAME_VERSION, size.tag, PACKET_TYPE_SPHINX)) + packet
 
 
 def _check_size_tag(tag):
-    size = _SIZES_BY_TAG.get(tag)
-    if size is None:
-        raise UnknownSizeTag(tag, f"unknown packet size tag {tag}")
-    return size
+    try:
+        return PacketSize.from_tag(tag)
+    except ValueError as e:
+        raise UnknownSizeTag(tag, str(e)) from None
 
 
 def _check_packet_type(packet_type):
