@@ -1,6 +1,7 @@
 """The provider's long-term keys, kept as private files in its data directory."""
 
 import binascii
+import hashlib
 import os
 import secrets
 import stat
@@ -51,6 +52,15 @@ class ProviderKeys:
     def identity_public_bytes(self):
         """The 32-byte Ed25519 public key: the provider's identity."""
         return self.identity.verify_key.encode()
+
+    @property
+    def replay_key_id(self):
+        """
+        The SHA-256 of the Sphinx public key: what a replay cache records
+        its tags under, since tags mean something only for the key that
+        produced them.
+        """
+        return hashlib.sha256(self.sphinx.public_bytes).digest()
 
     @property
     def identity_base58(self):

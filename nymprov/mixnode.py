@@ -3,7 +3,6 @@ A mix node: the provider's node core and mix link without a client API or
 inbox, as a Twisted service and the ``nym-mixnode`` command.
 """
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, fields
@@ -19,10 +18,12 @@ from nymprov.config import (
     InvalidOption,
     InvalidSetting,
     _check_endpoint,
+    _check_optional_path,
     _check_path,
     _float,
     _int,
     _list_of,
+    option_name,
 )
 from nymprov._version import __version__
 from nymprov.errors import ConfigError, DeliveryError
@@ -43,15 +44,6 @@ REPLAY_DB_FILE = "replay.sqlite"
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-
-
-def option_name(field):
-    """The command-line option that sets ``field``."""
-    return "--" + field.replace("_", "-")
-
-
-def _check_optional_topology(field, value):
-    return None if value is None else _check_path(field, value)
 
 
 @dataclass(frozen=True)
@@ -87,7 +79,7 @@ class MixNodeConfig:
 _CHECKS = {
     "data_dir": _check_path,
     "mix_listen": _list_of(_check_endpoint, non_empty=True),
-    "topology": _check_optional_topology,
+    "topology": _check_optional_path,
     "max_delay": _float(0.0),
     "mix_queue": _int(1),
     "max_delayed": _int(1),
@@ -220,7 +212,7 @@ class MixNodeService(NodeService):
             reactor,
             config.replay_db_path,
             StoreLimits(),
-            replay_key_id=hashlib.sha256(self.keys.sphinx.public_bytes).digest(),
+            replay_key_id=self.keys.replay_key_id,
         )
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         self.node = NodeCore(

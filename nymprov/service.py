@@ -3,7 +3,6 @@ The provider as a Twisted service: its parts built from a configuration and
 started and stopped in the right order.
 """
 
-import hashlib
 
 from twisted.application.service import IService
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
@@ -42,10 +41,8 @@ def make_store(config, reactor, keys):
         return MemoryStore(reactor, limits)
     from nymprov.storage.sqlite import SQLiteStore
 
-    # Replay tags are only meaningful for the key that produced them.
-    key_id = hashlib.sha256(keys.sphinx.public_bytes).digest()
     return SQLiteStore(
-        reactor, config.db_path, limits, replay_key_id=key_id, synchronous=config.db_synchronous
+        reactor, config.db_path, limits, replay_key_id=keys.replay_key_id, synchronous=config.db_synchronous
     )
 
 
