@@ -216,6 +216,11 @@ def _check_invite_code(field, value):
     return value
 
 
+def host_port_text(host, port):
+    """:returns: ``"ip:port"``, or ``"[ipv6]:port"``: what :func:`parse_host_port` reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_host_port(text):
     """
     Parse ``"ip:port"`` (``"[ipv6]:port"`` for IPv6) into ``(ip, port)``.
@@ -252,8 +257,7 @@ def _check_first_layer_node(field, value):
             raise InvalidSetting(field, f"bad address {value!r}: {e}")
     if isinstance(value, (tuple, list)) and len(value) == 2:
         host, port = value
-        text = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-        return _check_first_layer_node(field, text)
+        return _check_first_layer_node(field, host_port_text(str(host), port))
     raise InvalidSetting(field, f"expected ip:port, got {_describe(value)}")
 
 

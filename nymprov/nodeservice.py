@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
+from nymprov.config import host_port_text
 from nymprov.sphinx import encode_address
 
 #: How long stopping waits for open connections to close before aborting.
@@ -66,7 +67,7 @@ def show_address(address):
     port = getattr(address, "port", None)
     if host is None:
         return str(address)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return host_port_text(host, port)
 
 
 def _fire(d, outcome):

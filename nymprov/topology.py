@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import base58
 from zope.interface import implementer
 
+from nymprov.config import host_port_text
 from nymprov.errors import ConfigError
 from nymprov.interfaces import ITopology
 from nymprov.sphinx import Node, encode_address
@@ -99,10 +100,6 @@ def provider_topology(first_layer=(), topology_path=None):
     return StaticTopology(first_layer, others)
 
 
-def _host_port_text(host, port):
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _MixLinkNode:
     """What every node of a topology has: keys and a mix-link address."""
 
@@ -114,7 +111,7 @@ class _MixLinkNode:
     @property
     def mix_address(self):
         """Its mix link as ``"host:port"``."""
-        return _host_port_text(self.host, self.port)
+        return host_port_text(self.host, self.port)
 
     @property
     def identity_base58(self):
@@ -174,7 +171,7 @@ class ProviderNode(_MixLinkNode):
     @property
     def client_address(self):
         """Its client API as ``"host:port"``."""
-        return _host_port_text(self.client_host, self.client_port)
+        return host_port_text(self.client_host, self.client_port)
 
 
 @implementer(ITopology)
