@@ -2,6 +2,6 @@
 
 import sys
 
-from nymprov.cli import main
+from nymprov.cli.provider import main
 
 sys.exit(main())

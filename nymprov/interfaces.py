@@ -203,7 +203,7 @@ class IProviderMaker(Interface):
         """
         Make the backend.
 
-        :param config: the node's :class:`nymprov.config.ProviderConfig`.
+        :param config: the node's :class:`nymprov.provider.config.ProviderConfig`.
         :param options: a parsed instance of ``options``.
         :param sender: the node's ``IMixSender``, for replies through SURBs.
         :param topology: the node's ``ITopology``: a SURB's first hop must be

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import base58
 from zope.interface import implementer
 
-from nymprov.config import host_port_text
+from nymprov.net.addresses import host_port_text
 from nymprov.errors import ConfigError
 from nymprov.interfaces import ITopology
 from nymprov.sphinx import Node, encode_address

@@ -22,7 +22,7 @@ from nymprov.backends.webproxy import (
     encode_response,
     parse_allow_list,
 )
-from nymprov.testnet import _free_ports
+from nymprov.tools.testnet import _free_ports
 from nymprov.wire.envelope import decode_envelope
 
 from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb, walk

@@ -1,4 +1,4 @@
-"""Tests for nymprov.cli: the nym-provider command."""
+"""Tests for nymprov.cli.provider: the nym-provider command."""
 
 import importlib.machinery
 import io
@@ -13,9 +13,10 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nymprov import __version__, cli
+from nymprov import __version__
+from nymprov.cli import provider as cli
 from nymprov.keys import load_keys
-from nymprov.tls import certificate_fingerprint, load_certificate
+from nymprov.net.tls import certificate_fingerprint, load_certificate
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,7 +154,7 @@ class InitTests(SynchronousTestCase):
         keys = load_keys(self.data_dir)
         self.assertIn(keys.identity_base58, out)
         self.assertIn(keys.sphinx.public_base58, out)
-        self.assertIn(certificate_fingerprint(load_certificate(self.data_dir)), out)
+        self.assertIn(certificate_fingerprint(load_certificate(self.data_dir)).hex(), out)
         self.assertEqual(run_main(["init", "--data-dir", self.data_dir]), (0, out, ""))
 
     def test_refuses_open_key_file(self):

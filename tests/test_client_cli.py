@@ -9,7 +9,7 @@ from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from nymprov.testnet import Testnet
+from nymprov.tools.testnet import Testnet
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +17,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def nym_client(*args, stdin=None):
     """Run ``nym-client ARGS`` in a child; fires with (out, err, code)."""
     env = dict(os.environ, PYTHONPATH=_ROOT)
-    return getProcessOutputAndValue(sys.executable, ["-m", "nymprov.client_cli", *args],
+    return getProcessOutputAndValue(sys.executable, ["-m", "nymprov.cli.client", *args],
                                     env=env, path=_ROOT, reactor=reactor)
 
 

@@ -1,4 +1,4 @@
-"""Tests for nymprov.config: options, the TOML file, defaults and checks."""
+"""Tests for nymprov.provider.config: options, the TOML file, defaults and checks."""
 
 import os
 from dataclasses import fields
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from nymprov.config import (
+from nymprov.provider.config import (
     InvalidOption,
     InvalidSetting,
     ProviderConfig,
@@ -306,7 +306,7 @@ class InvalidValueTests(SynchronousTestCase):
 
     def test_client_tls_with_ssl_endpoint(self):
         """An ssl: client endpoint with client TLS on is refused (TLS twice)."""
-        from nymprov.tls import load_or_create_certificate
+        from nymprov.net.tls import load_or_create_certificate
 
         data_dir = self.mktemp()
         load_or_create_certificate(data_dir)

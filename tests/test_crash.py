@@ -18,7 +18,7 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from nymprov import provider_client
+from nymprov.client import session as provider_client
 from nymprov.keys import load_keys
 from nymprov.sphinx import Destination, Node, build_packet, encode_address
 from nymprov.storage.sqlite import SQLiteStore

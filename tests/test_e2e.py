@@ -12,7 +12,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from nymprov.client import ClientKeys, NymClient
-from nymprov.testnet import Testnet
+from nymprov.tools.testnet import Testnet
 
 MESSAGE_COUNT = 50
 LARGEST = 20 * 1024

@@ -16,13 +16,14 @@ from twisted.web.server import Site
 from nymprov.backends.forward import decode_status
 from nymprov.backends.webproxy import ProxyError
 from nymprov.client import ClientKeys, NymClient
-from nymprov.config import ProviderConfig
+from nymprov.provider.config import ProviderConfig
 from nymprov.keys import load_or_create_keys
-from nymprov.mixnode import MixNodeConfig, MixNodeService
-from nymprov.service import ProviderService
-from nymprov.testnet import _free_ports
+from nymprov.mixnode.config import MixNodeConfig
+from nymprov.mixnode.service import MixNodeService
+from nymprov.provider.service import ProviderService
+from nymprov.tools.testnet import _free_ports
 from nymprov.topology import MixNode, ProviderNode, Topology, dump_topology
-from nymprov.webproxy_client import ServiceClient
+from nymprov.client.webproxy import ServiceClient
 
 from tests.support import wait_for
 

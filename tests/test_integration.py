@@ -12,11 +12,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from nymprov import provider_client
-from nymprov.config import ProviderConfig
-from nymprov.service import ProviderService
+from nymprov.client import session as provider_client
+from nymprov.provider.config import ProviderConfig
+from nymprov.provider.service import ProviderService
 from nymprov.sphinx import Destination, Node, build_packet, encode_address
-from nymprov.tls import certificate_fingerprint
+from nymprov.net.tls import certificate_fingerprint
 from nymprov.wire import clientapi as api
 from nymprov.wire.frames import FrameDecoder, encode_frame
 
@@ -72,7 +72,7 @@ class ProviderFixture:
 
     async def session(self, service):
         address = service.client_ports[0].getHost()
-        fingerprint = bytes.fromhex(certificate_fingerprint(service.certificate))
+        fingerprint = certificate_fingerprint(service.certificate)
         session = await provider_client.connect(reactor, address.host, address.port, fingerprint)
         self.addCleanup(session.close)
         return session

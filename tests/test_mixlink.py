@@ -16,9 +16,9 @@ from zope.interface.verify import verifyObject
 
 from nymprov.interfaces import IMixSender
 from nymprov.metrics import Counters
-from nymprov.protocols import mixlink
-from nymprov.protocols.mixlink import MixLinkFactory
-from nymprov.protocols.mixsender import MixSenderPool
+from nymprov.node import mixlink
+from nymprov.node.mixlink import MixLinkFactory
+from nymprov.node.mixsender import MixSenderPool
 from nymprov.sphinx import PacketSize, encode_address
 from nymprov.wire.frames import FrameDecoder, encode_frame
 

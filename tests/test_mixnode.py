@@ -16,11 +16,13 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nymprov import mixnode, mixnode_tap
-from nymprov.config import InvalidSetting, ProviderConfig
+from nymprov.cli import mixnode
+from nymprov.mixnode import tap as mixnode_tap
+from nymprov.provider.config import InvalidSetting, ProviderConfig
 from nymprov.keys import load_keys
-from nymprov.mixnode import MixNodeConfig, MixNodeOptions, MixNodeService
-from nymprov.service import ProviderService
+from nymprov.mixnode.config import MixNodeConfig, MixNodeOptions
+from nymprov.mixnode.service import MixNodeService
+from nymprov.provider.service import ProviderService
 from nymprov.sphinx import Destination, Node, build_packet
 from nymprov.topology import ProviderNode, Topology, dump_topology
 from nymprov.wire.frames import encode_frame
@@ -125,14 +127,14 @@ class CommandTests(SynchronousTestCase):
         """setup.cfg declares the nym-mixnode console script."""
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         with open(os.path.join(root, "setup.cfg")) as f:
-            self.assertIn("nym-mixnode = nymprov.mixnode:main", f.read())
+            self.assertIn("nym-mixnode = nymprov.cli.mixnode:main", f.read())
 
 
 class PluginTests(SynchronousTestCase):
     """twistd nym-mixnode finds the plugin and parses the same options."""
 
     def test_found(self):
-        """getPlugins lists nym-mixnode, built by nymprov.mixnode_tap."""
+        """getPlugins lists nym-mixnode, built by nymprov.mixnode.tap."""
         makers = [m for m in getPlugins(IServiceMaker) if m.tapname == "nym-mixnode"]
         self.assertEqual(len(makers), 1)
         self.assertIs(makers[0].options, MixNodeOptions)

@@ -1,5 +1,5 @@
 """
-Tests for nymprov.node: the fate of each packet, with a Clock for time.
+Tests for nymprov.node.core: the fate of each packet, with a Clock for time.
 """
 
 from twisted.internet.defer import Deferred
@@ -12,7 +12,7 @@ from nymprov.backends.inbox import InboxProvider
 from nymprov.errors import BackendTimeout, PacketRefused, UnknownDestination
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache
 from nymprov.metrics import Counters
-from nymprov.node import NodeCore
+from nymprov.node.core import NodeCore
 from nymprov.sphinx import (
     BadMAC,
     Destination,
@@ -24,7 +24,7 @@ from nymprov.sphinx import (
 )
 from nymprov.storage.memory import MemoryStore
 from nymprov.topology import StaticTopology
-from nymprov.unwrap import unwrap_final
+from nymprov.node.unwrap import unwrap_final
 
 PROVIDER_ADDRESS = encode_address("127.0.0.1", 1789)
 MIX_ADDRESS = encode_address("127.0.0.1", 1790)

@@ -1,4 +1,4 @@
-"""Tests for the twistd plugin and nymprov.tap."""
+"""Tests for the twistd plugin and nymprov.provider.tap."""
 
 import os
 
@@ -9,8 +9,8 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from nymprov import tap
-from nymprov.config import RunOptions
+from nymprov.provider import tap
+from nymprov.provider.config import RunOptions
 
 
 def _nym_provider_maker():
@@ -24,7 +24,7 @@ class PluginTests(SynchronousTestCase):
     """The plugin is found, and twistd parses the same options as run."""
 
     def test_found(self):
-        """getPlugins(IServiceMaker) holds a nym-provider plugin using nymprov.tap."""
+        """getPlugins(IServiceMaker) holds a nym-provider plugin using nymprov.provider.tap."""
         maker = _nym_provider_maker()
         self.assertIsNotNone(maker, "no nym-provider plugin: run trial from the repo root")
         self.assertTrue(IPlugin.providedBy(maker))

@@ -10,16 +10,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 import nymprov.plugins
-from nymprov import cli
+from nymprov.cli import provider as cli
 from nymprov.backends.echo import EchoProvider
 from nymprov.backends.forward import ForwardProvider
 from nymprov.backends.inbox import InboxProvider
 from nymprov.backends.surbreply import decode_fragment, encode_fragment, encode_request
 from nymprov.backends.webproxy import WebProxyProvider
-from nymprov.config import InvalidSetting, ProviderConfig, RunOptions, read_config_file
+from nymprov.provider.config import InvalidSetting, ProviderConfig, RunOptions, read_config_file
 from nymprov.interfaces import IProvider, IProviderMaker
 from nymprov.plugins import all_makers, describe_backends, find_maker
-from nymprov.service import ProviderService
+from nymprov.provider.service import ProviderService
 
 from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb, walk
 

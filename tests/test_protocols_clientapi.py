@@ -1,5 +1,5 @@
 """
-Tests for nymprov.protocols.clientapi: the client-API server and client
+Tests for nymprov.provider.clientapi: the client-API server and client
 protocols and certificate pinning.
 """
 
@@ -33,15 +33,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov.errors import PacketRefused, StoreError, UnknownLease
 from nymprov.metrics import Counters
-from nymprov.protocols.clientapi import (
-    CLOSE_GRACE,
-    CertificatePinMismatch,
-    ClientApiClientProtocol,
-    ClientApiFactory,
-    ClientApiProtocol,
-    certificate_fingerprint,
-    pinned_tls_options,
-)
+from nymprov.client.protocol import ClientApiClientProtocol
+from nymprov.net.tls import CertificatePinMismatch, pinned_tls_options
+from nymprov.provider.clientapi import CLOSE_GRACE, ClientApiFactory, ClientApiProtocol
 from nymprov.sphinx.errors import InvalidHeader, ReplayedPacket
 from nymprov.wire import clientapi as api
 from nymprov.wire.clientapi import ErrorCode
@@ -1094,7 +1088,7 @@ class LoopbackTLSTests(TestCase):
         With the right pin: challenge, register with a real signature,
         auth on the same connection, send and pull.
         """
-        client = yield self.connect(certificate_fingerprint(self.der))
+        client = yield self.connect(hashlib.sha256(self.der).digest())
         try:
             key = SigningKey(b"c" * 32)
             address = bytes(key.verify_key)
@@ -1149,7 +1143,7 @@ class LoopbackTLSTests(TestCase):
             def get_app_data(self):
                 return TLSProtocol()
 
-        pinned = pinned_tls_options(certificate_fingerprint(self.der))
+        pinned = pinned_tls_options(hashlib.sha256(self.der).digest())
         pinned._info(Connection(), SSL.SSL_CB_HANDSHAKE_DONE, 1)
         self.assertEqual(failures, [])
         other = pinned_tls_options(hashlib.sha256(b"other").digest())

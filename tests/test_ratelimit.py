@@ -1,5 +1,5 @@
 """
-Tests for nymprov.ratelimit.
+Tests for nymprov.net.ratelimit.
 """
 
 from hypothesis import given, settings
@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from nymprov.ratelimit import TokenBucketLimiter
+from nymprov.net.ratelimit import TokenBucketLimiter
 
 
 class TokenBucketTests(SynchronousTestCase):

@@ -17,6 +17,7 @@ from nymprov.interfaces import IInboxStore, IReplayCache
 from nymprov.storage import schema
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.memory import MemoryStore
+from nymprov.storage.sqlite_file import SQLiteFile
 from nymprov.storage.sqlite import SQLiteStore
 
 T0 = 1_700_000_000.0
@@ -359,18 +360,34 @@ class _StoreContract:
         yield self.assertFailure(store.check_and_record(tag(1)), StoreError)
 
 
-class _FailingSQLiteStore(SQLiteStore):
+class _FailingSQLiteFile(SQLiteFile):
     """
-    A store whose next batch write fails as a full disk would.
+    A database file whose next batch write fails as a full disk would.
     """
 
     fail_next_write = False
 
-    def _write_batch(self, messages, tags):
+    def write_batch(self, messages, tags):
         if self.fail_next_write:
             self.fail_next_write = False
             raise sqlite3.OperationalError("database or disk is full")
-        return SQLiteStore._write_batch(self, messages, tags)
+        return SQLiteFile.write_batch(self, messages, tags)
+
+
+class _FailingSQLiteStore(SQLiteStore):
+    """A store on a :class:`_FailingSQLiteFile`."""
+
+    def __init__(self, *args, **kwargs):
+        SQLiteStore.__init__(self, *args, **kwargs)
+        self._file = _FailingSQLiteFile()
+
+    @property
+    def fail_next_write(self):
+        return self._file.fail_next_write
+
+    @fail_next_write.setter
+    def fail_next_write(self, value):
+        self._file.fail_next_write = value
 
 
 class MemoryStoreTests(_StoreContract, TestCase):

@@ -224,7 +224,7 @@ class InsertRowsTests(SynchronousTestCase):
         Any number of rows is inserted whole, with statements of
         power-of-two row counts only, so few compiled statements exist.
         """
-        from nymprov.storage.sqlite import _ROWS_PER_INSERT, _insert_rows
+        from nymprov.storage.sqlite_file import _ROWS_PER_INSERT, _insert_rows
 
         db = sqlite3.connect(":memory:", isolation_level=None)
         self.addCleanup(db.close)

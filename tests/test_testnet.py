@@ -1,4 +1,4 @@
-"""Tests for nymprov.testnet: a whole mixnet as processes on loopback."""
+"""Tests for nymprov.tools.testnet: a whole mixnet as processes on loopback."""
 
 import io
 import json
@@ -18,11 +18,13 @@ from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from nymprov import cli, provider_client, testnet
+from nymprov.cli import provider as cli
+from nymprov.client import session as provider_client
+from nymprov.cli import testnet as testnet_command
 from nymprov.sphinx import Destination, build_packet
 from nymprov.keys import load_keys
-from nymprov.testnet import Testnet, TestnetError
-from nymprov.tls import certificate_fingerprint, load_certificate
+from nymprov.tools.testnet import Testnet, TestnetError
+from nymprov.net.tls import certificate_fingerprint, load_certificate
 from nymprov.topology import load_topology
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +75,7 @@ class LayoutTests(SynchronousTestCase):
         for index, provider in enumerate(topology.providers, start=1):
             certificate = load_certificate(net.nodes[f"provider-{index}"].data_dir)
             self.assertEqual(provider.certificate_fingerprint.hex(),
-                             certificate_fingerprint(certificate))
+                             certificate_fingerprint(certificate).hex())
             with open(net.client_config_paths[index - 1]) as f:
                 text = f.read()
             self.assertIn(provider.identity_base58, text)
@@ -95,7 +97,7 @@ class LayoutTests(SynchronousTestCase):
     def test_usage_error(self):
         """A bad option is a usage error, exit 2, before anything is made."""
         stderr = io.StringIO()
-        self.assertEqual(testnet.main(["--layers", "many"], io.StringIO(), stderr), 2)
+        self.assertEqual(testnet_command.main(["--layers", "many"], io.StringIO(), stderr), 2)
         self.assertIn("--layers", stderr.getvalue())
 
 
@@ -259,7 +261,7 @@ class CommandTests(TestCase):
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
         process = reactor.spawnProcess(
             collector, sys.executable,
-            [sys.executable, "-m", "nymprov.testnet", "--dir", directory, "--layers", "1",
+            [sys.executable, "-m", "nymprov.cli.testnet", "--dir", directory, "--layers", "1",
              "--providers", "1"],
             env=env,
         )

@@ -10,7 +10,7 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from nymprov.config import RunOptions
+from nymprov.provider.config import RunOptions
 from nymprov.errors import ConfigError
 from nymprov.interfaces import ITopology
 from nymprov.sphinx import Node, encode_address
@@ -397,8 +397,8 @@ class ProviderTopologyTests(SynchronousTestCase):
         """A provider built with --topology relays to the file's first layer."""
         from twisted.internet.testing import MemoryReactorClock
 
-        from nymprov.config import ProviderConfig
-        from nymprov.service import ProviderService
+        from nymprov.provider.config import ProviderConfig
+        from nymprov.provider.service import ProviderService
 
         config = ProviderConfig(data_dir=self.mktemp(), topology=self.write(sample_document()))
         service = ProviderService(config, MemoryReactorClock())

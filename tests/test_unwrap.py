@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov.errors import PacketRefused
 from nymprov.sphinx import BadMAC, Destination, InvalidPacket, KeyPair, Node, build_packet, encode_address
-from nymprov.unwrap import (
+from nymprov.node.unwrap import (
     BatchFormatError,
     FrameReader,
     Unwrapped,
@@ -27,7 +27,7 @@ from nymprov.unwrap import (
     frame,
     unwrap_final,
 )
-from nymprov.unwrap_pool import UnwrapPool, _Channel, _Worker, default_worker_count
+from nymprov.node.pool import UnwrapPool, _Channel, _Worker, default_worker_count
 from tests.support import wait_for
 
 KEY = KeyPair.generate()

@@ -154,7 +154,7 @@ class NymClient:
     # -- connection ---------------------------------------------------------
 
     def _connect_pinned(self):
-        from nymprov import provider_client
+        from nymprov.client import session as provider_client
 
         fingerprint = self.provider.certificate_fingerprint if self.provider.client_tls else None
         return Deferred.fromCoroutine(provider_client.connect(
@@ -388,7 +388,7 @@ class NymClient:
         """
         Let ``handler(stored) -> bool`` see each pulled message first; a
         message it takes (returns ``True`` for) goes no further.  Services
-        built on the client (``nymprov.webproxy_client``) take their
+        built on the client (``nymprov.client.webproxy``) take their
         replies this way.
         """
         self._stored_handlers.append(handler)

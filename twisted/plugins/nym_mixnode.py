@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 NymMixNode = ServiceMaker(
     "nym-mixnode",
-    "nymprov.mixnode_tap",
+    "nymprov.mixnode.tap",
     "A Nym mix node: delay Sphinx packets and send them on to their next node.",
     "nym-mixnode",
 )

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 NymProvider = ServiceMaker(
     "nym-provider",
-    "nymprov.tap",
+    "nymprov.provider.tap",
     "A Nym mixnet provider: store messages for clients, relay their packets.",
     "nym-provider",
 )

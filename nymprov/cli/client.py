@@ -1,0 +1,225 @@
+"""The ``nym-client`` command: init, address, send, receive and bench."""
+
+import json
+import os
+import sys
+
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater, react
+from twisted.python import usage
+
+from nymprov.cli.provider import parse_command_options
+from nymprov.errors import ConfigError
+from nymprov.keys import write_file_atomically
+
+PROGRAM = "nym-client"
+CONFIG_FILE = "client.toml"
+STATE_FILE = "received.json"
+
+
+def _toml(path):
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+class _Common(usage.Options):
+    optParameters = [
+        ["config", "c", None, "a client config (as nym-provider testnet writes)"],
+        ["data-dir", "d", None, "the client's folder: keys, token, received messages"],
+        ["topology", "t", None, "the topology file"],
+        ["provider", "p", None, "the provider's identity (base58)"],
+        ["mean-delay-ms", None, None, "mean per-hop delay", float],
+    ]
+
+    def settings(self):
+        """Command line, then --config, then DATA_DIR/client.toml."""
+        found = {}
+        if self["config"]:
+            found.update(_toml(self["config"]))
+        data_dir = self["data-dir"] or found.get("data_dir")
+        if data_dir and os.path.exists(os.path.join(data_dir, CONFIG_FILE)) and not self["config"]:
+            found.update(_toml(os.path.join(data_dir, CONFIG_FILE)))
+        for key in ("topology", "provider", "mean_delay_ms"):
+            given = self[key.replace("_", "-")]
+            if given is not None:
+                found[key] = given
+        found["data_dir"] = data_dir
+        for key in ("data_dir", "topology", "provider"):
+            if not found.get(key):
+                raise usage.UsageError(f"no {key.replace('_', '-')}: give --{key.replace('_', '-')} or --config")
+        found.setdefault("mean_delay_ms", 50.0)
+        return found
+
+
+class InitOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} init --config FILE | --data-dir DIR --topology FILE --provider ID"
+
+
+class AddressOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} address [--data-dir DIR]"
+
+
+class SendOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} send [options] ADDRESS [MESSAGE|-]"
+    optParameters = [["wait", "w", 60.0, "seconds to wait for the ACKs", float]]
+
+    def parseArgs(self, address, message="-"):
+        self["address"], self["message"] = address, message
+
+
+class ReceiveOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} receive [options]"
+    optParameters = [["wait", "w", 3.0, "seconds to keep pulling", float]]
+
+
+class Options(usage.Options):
+    synopsis = f"Usage: {PROGRAM} COMMAND [options]  (or: {PROGRAM} bench --help)"
+    subCommands = [
+        ["init", None, InitOptions, "create keys and register with the provider"],
+        ["address", None, AddressOptions, "print this client's address"],
+        ["send", None, SendOptions, "send a message (from the argument or stdin)"],
+        ["receive", None, ReceiveOptions, "pull, print and acknowledge messages"],
+    ]
+
+    def postOptions(self):
+        if self.subCommand is None:
+            raise usage.UsageError("a command is needed")
+
+
+def _client(settings, reactor):
+    from nymprov.client import NymClient, load_or_create_client_keys
+    from nymprov.topology import load_topology
+
+    keys = load_or_create_client_keys(settings["data_dir"])
+    topology = load_topology(settings["topology"])
+    try:
+        return NymClient(keys, topology, settings["provider"], reactor=reactor,
+                         data_dir=settings["data_dir"],
+                         mean_delay=float(settings["mean_delay_ms"]) / 1000.0, pull_interval=0.5)
+    except KeyError:
+        raise ConfigError(f"provider {settings['provider']} is not in {settings['topology']}") from None
+
+
+def _load_received(client, data_dir):
+    """Resume fragments and unprinted messages kept by an earlier run."""
+    from nymprov.client.fragments import Reassembler
+
+    path = os.path.join(data_dir, STATE_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        state = json.load(f)
+    client.reassembler = Reassembler.from_state(state["fragments"])
+    return [bytes.fromhex(m) for m in state["messages"]]
+
+
+def _save_received(client, data_dir, messages):
+    state = {"fragments": client.reassembler.state(), "messages": [m.hex() for m in messages]}
+    write_file_atomically(os.path.join(data_dir, STATE_FILE), json.dumps(state).encode())
+
+
+def _drain(client):
+    messages = []
+    while client.inbox.pending:
+        messages.append(client.inbox.pending.pop(0).data)
+    return messages
+
+
+async def _init(reactor, settings, out):
+    client = _client(settings, reactor)
+    await client.session()
+    await client.stop()
+    kept = {"topology": os.path.abspath(settings["topology"]), "provider": settings["provider"],
+            "mean_delay_ms": float(settings["mean_delay_ms"])}
+    text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in kept.items())
+    write_file_atomically(os.path.join(settings["data_dir"], CONFIG_FILE), text.encode(), mode=0o644)
+    print(client.address, file=out)
+
+
+async def _send(reactor, settings, options, out, stdin):
+    data = stdin.buffer.read() if options["message"] == "-" else options["message"].encode("utf-8")
+    client = _client(settings, reactor)
+    earlier = _load_received(client, settings["data_dir"])
+    await client.start()
+    try:
+        d = client.send(options["address"], data)
+        d.addTimeout(options["wait"], reactor)
+        await d
+        print(f"sent {len(data)} bytes; acknowledged by the recipient's provider", file=out)
+    finally:
+        # Messages that came in meanwhile wait for the next receive.
+        await client.stop()
+        _save_received(client, settings["data_dir"], earlier + _drain(client))
+
+
+async def _receive(reactor, settings, options, out):
+    client = _client(settings, reactor)
+    messages = _load_received(client, settings["data_dir"])
+    await client.start()
+    await deferLater(reactor, options["wait"], lambda: None)
+    await client.stop()
+    messages += _drain(client)
+    for message in messages:
+        out.buffer.write(message + b"\n")
+    out.flush()
+    _save_received(client, settings["data_dir"], [])
+
+
+def main(argv=None, stdout=None, stderr=None, stdin=None):
+    """Run ``nym-client``; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    out, err = stdout or sys.stdout, stderr or sys.stderr
+    stdin = stdin or sys.stdin
+    if argv[:1] == ["bench"]:
+        from nymprov.tools import bench_network
+
+        return bench_network.main(argv[1:], out)
+    options = Options()
+    failed = parse_command_options(options, argv, out, err, PROGRAM)
+    if failed is not None:
+        return failed
+    command, sub = options.subCommand, options.subOptions
+    try:
+        settings = sub.settings()
+        if command == "address":
+            from nymprov.client import load_or_create_client_keys
+            from nymprov.topology import load_topology
+
+            keys = load_or_create_client_keys(settings["data_dir"])
+            provider = load_topology(settings["topology"]).provider(settings["provider"])
+            print(keys.address(provider.identity), file=out)
+            return 0
+    except (usage.UsageError, ConfigError, KeyError) as e:
+        print(f"{PROGRAM} {command}: {e}", file=err)
+        return 2
+    outcome = {"code": 0}
+
+    async def run(reactor):
+        try:
+            if command == "init":
+                await _init(reactor, settings, out)
+            elif command == "send":
+                await _send(reactor, settings, sub, out, stdin)
+            else:
+                await _receive(reactor, settings, sub, out)
+        except Exception as e:  # reported, not a traceback: the user acts on it
+            print(f"{PROGRAM} {command}: {type(e).__name__}: {e}", file=err)
+            outcome["code"] = 1
+
+    try:
+        react(lambda reactor: ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass
+    return outcome["code"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,113 @@
+"""What the commands of nymprov share: printing keys, and running a service."""
+
+from twisted.logger import Logger
+
+from nymprov.errors import ConfigError
+from nymprov.options import EXIT_FAILURE, EXIT_OK
+
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def create_and_print_keys(data_dir, stdout, stderr, program, certificate=False):
+    """
+    Make (or load) the keys in ``data_dir``, and the TLS certificate if
+    ``certificate``, and print what an operator hands out.
+
+    :returns: the exit code.
+    """
+    # Imported here: they load the crypto libraries, which the help and
+    # version paths do not need.
+    from nymprov.keys import load_or_create_keys
+    from nymprov.net.tls import certificate_fingerprint, load_or_create_certificate
+
+    try:
+        keys = load_or_create_keys(data_dir)
+        made = load_or_create_certificate(data_dir) if certificate else None
+    except (ConfigError, OSError) as e:
+        print(f"{program}: {e}", file=stderr)
+        return EXIT_FAILURE
+    print(f"data directory:          {data_dir}", file=stdout)
+    print(f"identity key:            {keys.identity_base58}", file=stdout)
+    print(f"sphinx key:              {keys.sphinx.public_base58}", file=stdout)
+    if made is not None:
+        print(f"certificate fingerprint: {certificate_fingerprint(made).hex()}", file=stdout)
+    return EXIT_OK
+
+
+def _stop_once_on_signals(reactor, log):
+    """
+    Replace the reactor's SIGINT and SIGTERM handlers with ones that stop it
+    once: a second signal during the orderly shutdown (an impatient Ctrl-C,
+    or a supervisor repeating its SIGTERM) must not interrupt the flush.
+    """
+    import signal
+
+    stopping = []
+
+    def stop():
+        if not stopping and reactor.running:
+            stopping.append(True)
+            log.info("stopping: closing connections and flushing the store")
+            reactor.stop()
+
+    def handler(signum, frame):
+        reactor.callFromThread(stop)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_service(make_service, log_level, stderr, program):
+    """
+    Log to ``stderr`` from ``log_level`` up, build the service with
+    ``make_service(reactor)``, run the global reactor until a signal stops
+    it, and wait for the service to stop.
+
+    :returns: the exit code.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import maybeDeferred
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    log = Logger(namespace=f"nymprov.cli.{program}")
+    level = LogLevel.levelWithName(log_level)
+    observer = FilteringLogObserver(
+        textFileLogObserver(stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    try:
+        service = make_service(reactor)
+    except (ConfigError, OSError) as e:
+        print(f"{program}: {e}", file=stderr)
+        return EXIT_FAILURE
+    outcome = {"code": EXIT_OK}
+
+    def failed(failure, doing):
+        log.failure(doing, failure)
+        outcome["code"] = EXIT_FAILURE
+
+    def start():
+        # The service stops the reactor itself if it cannot start.
+        service.startService()
+        service.when_started().addErrback(failed, f"{program} failed to start")
+        _stop_once_on_signals(reactor, log)
+
+    def stop():
+        # A "before shutdown" trigger that returns a Deferred holds the
+        # reactor until it fires: pending writes are flushed before exit.
+        if not service.running:
+            return None
+        d = maybeDeferred(service.stopService)
+        d.addErrback(failed, f"{program} did not stop cleanly")
+        return d
+
+    reactor.callWhenRunning(start)
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    reactor.run()
+    return outcome["code"]

@@ -1,0 +1,117 @@
+"""The ``nym-mixnode`` command: run, init and help."""
+
+import sys
+
+from nymprov._version import __version__
+from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
+from nymprov.mixnode.config import MixNodeOptions
+from nymprov.options import EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
+
+PROGRAM = "nym-mixnode"
+
+
+class RunCommandOptions(MixNodeOptions):
+    """``nym-mixnode run``: the node's options plus the log level."""
+
+    synopsis = f"Usage: {PROGRAM} run [options]"
+    optParameters = [["log-level", None, "info", "least level logged: " + ", ".join(LOG_LEVELS)]]
+
+    def postOptions(self):
+        if self["log-level"] not in LOG_LEVELS:
+            raise InvalidOption(
+                f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {self['log-level']!r}"
+            )
+        MixNodeOptions.postOptions(self)
+
+
+class InitOptions(MixNodeOptions):
+    """``nym-mixnode init``: only --data-dir matters."""
+
+    synopsis = f"Usage: {PROGRAM} init [options]"
+    longdesc = "Create the data directory and keys if missing, then print the public keys."
+    needs_topology = False
+
+
+COMMANDS = (
+    ("run", "run the mix node in the foreground (Ctrl-C stops it)"),
+    ("init", "create the data directory and keys; print the public keys"),
+    ("help", "list the commands, or describe one: help COMMAND"),
+    ("--version", "print the version"),
+)
+
+
+def _command_list():
+    lines = [f"Usage: {PROGRAM} COMMAND [options]", "", "Commands:"]
+    lines += [f"  {name:<9}  {summary}" for name, summary in COMMANDS]
+    return "\n".join(lines + ["", f"'{PROGRAM} help COMMAND' describes a command."])
+
+
+def _init(args, stdout, stderr):
+    options = InitOptions()
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
+    if failed is not None:
+        return failed
+    return create_and_print_keys(options.mixnode_config.data_dir, stdout, stderr, PROGRAM)
+
+
+def _run(args, stdout, stderr):
+    options = RunCommandOptions()
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
+    if failed is not None:
+        return failed
+    # Imported here: the service pulls in the whole node.
+    from nymprov.mixnode.service import MixNodeService
+
+    return run_service(
+        lambda reactor: MixNodeService(options.mixnode_config, reactor, stop_reactor_on_failure=True),
+        options["log-level"],
+        stderr,
+        PROGRAM,
+    )
+
+
+def _help_command(args, stdout, stderr):
+    texts = {"run": lambda: str(RunCommandOptions()), "init": lambda: str(InitOptions()),
+             "help": _command_list, "--version": lambda: f"Usage: {PROGRAM} --version"}
+    if not args:
+        print(_command_list(), file=stdout)
+        return EXIT_OK
+    text = texts.get(args[0]) if len(args) == 1 else None
+    if text is None:
+        print(f"{PROGRAM}: no such command: {' '.join(args)}\n\n{_command_list()}", file=stderr)
+        return EXIT_USAGE
+    print(text(), file=stdout)
+    return EXIT_OK
+
+
+def main(argv=None, stdout=None, stderr=None):
+    """
+    Run ``nym-mixnode`` with ``argv`` (``sys.argv[1:]`` by default).
+
+    :returns: the exit code: 0 done, 1 failed, 2 usage error.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    if not argv:
+        print(f"{PROGRAM} {__version__}: a Nym mix node\n\n{_command_list()}", file=stdout)
+        return EXIT_OK
+    command, args = argv[0], list(argv[1:])
+    if command == "--version" and not args:
+        print(f"nymprov {__version__}", file=stdout)
+        return EXIT_OK
+    if command in ("--help", "-h") and not args:
+        return _help_command([], stdout, stderr)
+    handler = {"run": _run, "init": _init, "help": _help_command}.get(command)
+    if handler is None:
+        print(f"{PROGRAM}: unknown command: {command}\n\n{_command_list()}", file=stderr)
+        return EXIT_USAGE
+    return handler(args, stdout, stderr)
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, not this copy's, so that log lines
+    # name nymprov.cli.mixnode rather than __main__.
+    from nymprov.cli.mixnode import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,198 @@
+"""The ``nym-provider`` command: run, init, bench and help."""
+
+import importlib
+import importlib.util
+import sys
+
+
+from nymprov._version import __version__
+from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
+from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
+from nymprov.provider.config import RunOptions
+
+PROGRAM = "nym-provider"
+
+LOGO = r"""
+    ##   ##  ##    ##  ##     ##
+    ###  ##   ##  ##   ###   ###
+    #### ##    ####    #### ####
+    ## ####     ##     ## ### ##
+    ##  ###     ##     ##  #  ##
+    ##   ##     ##     ##     ##
+    . . . mixnet provider . . .
+"""
+
+COMMANDS = (
+    ("run", "run the provider in the foreground (Ctrl-C stops it)"),
+    ("init", "create the data directory, keys and certificate; print the keys"),
+    ("bench", "measure packet processing and ingest speed"),
+    ("testnet", "run a whole mixnet on this machine: mix layers and providers"),
+    ("help", "list the commands, or describe one: help COMMAND"),
+    ("--version", "print the version"),
+)
+
+#: The module whose ``main(args)`` is ``nym-provider bench``.
+BENCH_MODULE = "nymprov.tools.bench"
+
+
+
+class RunCommandOptions(RunOptions):
+    """``nym-provider run``: the provider's options plus where logs go."""
+
+    synopsis = f"Usage: {PROGRAM} run [options]"
+    optParameters = [
+        ["log-level", None, "info", "least level logged: " + ", ".join(LOG_LEVELS)],
+    ]
+
+    def postOptions(self):
+        if self["log-level"] not in LOG_LEVELS:
+            raise InvalidOption(
+                f"--log-level: expected one of {', '.join(LOG_LEVELS)},"
+                f" got {self['log-level']!r}"
+            )
+        RunOptions.postOptions(self)
+
+
+class InitOptions(RunOptions):
+    """``nym-provider init``: the provider's options (for the data dir)."""
+
+    synopsis = f"Usage: {PROGRAM} init [options]"
+    longdesc = (
+        "Create the data directory, the identity and Sphinx keys and the TLS"
+        " certificate if they are missing, then print the public keys and the"
+        " certificate fingerprint. Takes the same options as run; only"
+        " --data-dir (or --config) matters."
+    )
+
+
+def _command_list():
+    width = max(len(name) for name, _ in COMMANDS)
+    lines = [f"Usage: {PROGRAM} COMMAND [options]", "", "Commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, summary in COMMANDS]
+    lines += ["", f"'{PROGRAM} help COMMAND' describes a command;"
+              f" '{PROGRAM} help backends' lists the provider backends."]
+    return "\n".join(lines)
+
+
+def _banner():
+    return f"{LOGO}\n{PROGRAM} {__version__}\n\n{_command_list()}"
+
+
+_BENCH_HELP = (
+    f"Usage: {PROGRAM} bench [args]\n\n"
+    "Measure Sphinx unwrap speed against the X25519 floor and whole-node\n"
+    f"ingest over loopback TCP. '{PROGRAM} bench --help' lists its arguments."
+)
+
+_HELP_HELP = f"Usage: {PROGRAM} help [COMMAND]\n\n" + _command_list()
+
+
+def _help_text(command):
+    """The help for ``command``, or ``None`` if there is no such command."""
+    if command == "run":
+        return str(RunCommandOptions())
+    if command == "init":
+        return str(InitOptions())
+    if command == "bench":
+        return _BENCH_HELP
+    if command == "help":
+        return _HELP_HELP
+    if command == "testnet":
+        from nymprov.cli.testnet import TestnetOptions
+
+        return str(TestnetOptions())
+    if command == "--version":
+        return f"Usage: {PROGRAM} --version\n\nPrint the version."
+    if command == "backends":
+        from nymprov.plugins import describe_backends
+
+        return describe_backends()
+    return None
+
+
+def _init(args, stdout, stderr):
+    options = InitOptions()
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
+    if failed is not None:
+        return failed
+    return create_and_print_keys(options.provider_config.data_dir, stdout, stderr, PROGRAM, certificate=True)
+
+
+def _bench(args, stdout, stderr):
+    # find_spec, not try/import: an ImportError raised inside an existing
+    # bench module is a bug to show, not a missing benchmark.
+    if importlib.util.find_spec(BENCH_MODULE) is None:
+        print(f"{PROGRAM}: the benchmark ({BENCH_MODULE}) is not installed", file=stderr)
+        return EXIT_FAILURE
+    bench = importlib.import_module(BENCH_MODULE)
+    try:
+        result = bench.main(args)
+    except SystemExit as e:
+        # argparse exits after --help or a usage error; return its code.
+        result = e.code
+    return EXIT_OK if result is None else result
+
+
+def _run(args, stdout, stderr):
+    options = RunCommandOptions()
+    failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
+    if failed is not None:
+        return failed
+    return _run_service(options, stderr)
+
+
+def _run_service(options, stderr):
+    # Imported here: the service pulls in the whole node.
+    from nymprov.provider.tap import makeService
+
+    return run_service(lambda reactor: makeService(options, reactor), options["log-level"], stderr, PROGRAM)
+
+
+def _testnet(args, stdout, stderr):
+    from nymprov.cli.testnet import main as testnet_main
+
+    return testnet_main(args, stdout, stderr)
+
+
+def _help(args, stdout, stderr):
+    if not args:
+        print(_command_list(), file=stdout)
+        return EXIT_OK
+    text = _help_text(args[0]) if len(args) == 1 else None
+    if text is None:
+        print(f"{PROGRAM}: no such command: {' '.join(args)}\n", file=stderr)
+        print(_command_list(), file=stderr)
+        return EXIT_USAGE
+    print(text, file=stdout)
+    return EXIT_OK
+
+
+_DISPATCH = {"run": _run, "init": _init, "bench": _bench, "testnet": _testnet, "help": _help}
+
+
+def main(argv=None, stdout=None, stderr=None):
+    """
+    Run ``nym-provider`` with the arguments ``argv`` (``sys.argv[1:]`` by
+    default).
+
+    :returns: the exit code: 0 done, 1 failed, 2 usage error.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+    stdout = sys.stdout if stdout is None else stdout
+    stderr = sys.stderr if stderr is None else stderr
+    if not argv:
+        print(_banner(), file=stdout)
+        return EXIT_OK
+    command, args = argv[0], list(argv[1:])
+    if command == "--version" and not args:
+        print(f"nymprov {__version__}", file=stdout)
+        return EXIT_OK
+    if command in ("--help", "-h") and not args:
+        return _help([], stdout, stderr)
+    handler = _DISPATCH.get(command)
+    if handler is None:
+        print(f"{PROGRAM}: unknown command: {command}\n", file=stderr)
+        print(_command_list(), file=stderr)
+        return EXIT_USAGE
+    return handler(args, stdout, stderr)

@@ -1,0 +1,138 @@
+"""A mix node's settings: their defaults, checks and command-line options."""
+
+import os
+from dataclasses import dataclass, fields
+
+from twisted.python import usage
+
+from nymprov._version import __version__
+from nymprov.options import (
+    InvalidOption,
+    InvalidSetting,
+    check_endpoint,
+    check_optional_path,
+    check_path,
+    list_of,
+    number,
+    option_name,
+    whole_number,
+)
+
+DEFAULT_DATA_DIR = "~/.local/share/nymprov-mixnode"
+REPLAY_DB_FILE = "replay.sqlite"
+
+
+@dataclass(frozen=True)
+class MixNodeConfig:
+    """
+    Every setting of a mix node, with its default; construction checks each
+    and raises :class:`nymprov.options.InvalidSetting` naming the option.
+
+    ``topology`` (the topology file) is needed to run, not to ``init``.
+    """
+
+    data_dir: str = DEFAULT_DATA_DIR
+    mix_listen: tuple = ("tcp:1790:interface=127.0.0.1",)
+    topology: str = None
+    max_delay: float = 30.0  # seconds: the cap on a forward hop's delay
+    mix_queue: int = 10000  # packets queued per neighbour
+    max_delayed: int = 100_000  # forward hops waiting for their delay at once
+    max_connections: int = 1024
+    idle_timeout: float = 300.0  # seconds
+    stats_interval: float = 60.0  # seconds; 0 disables
+
+    def __post_init__(self):
+        for field in fields(self):
+            value = _CHECKS[field.name](field.name, getattr(self, field.name))
+            object.__setattr__(self, field.name, value)
+
+    @property
+    def replay_db_path(self):
+        """The SQLite file of replay tags."""
+        return os.path.join(self.data_dir, REPLAY_DB_FILE)
+
+
+_CHECKS = {
+    "data_dir": check_path,
+    "mix_listen": list_of(check_endpoint, non_empty=True),
+    "topology": check_optional_path,
+    "max_delay": number(0.0),
+    "mix_queue": whole_number(1),
+    "max_delayed": whole_number(1),
+    "max_connections": whole_number(1),
+    "idle_timeout": number(0.0, exclusive=True),
+    "stats_interval": number(0.0),
+}
+
+_DEFAULTS = MixNodeConfig.__dataclass_fields__
+
+_HELP = {
+    "data_dir": "directory for keys and the replay database",
+    "topology": "topology file (JSON) naming every node; needed to run",
+    "max_delay": "cap on a forward hop's delay, seconds",
+    "mix_queue": "packets queued per neighbour",
+    "max_delayed": "forward hops waiting for their delay at once",
+    "max_connections": "open connections at most",
+    "idle_timeout": "seconds before an idle connection is closed",
+    "stats_interval": "seconds between counter log lines (0: never)",
+}
+
+
+def _help(field):
+    default = _DEFAULTS[field].default
+    return _HELP[field] if default is None else f"{_HELP[field]} [default: {default}]"
+
+
+class MixNodeOptions(usage.Options):
+    """
+    The options of ``nym-mixnode run`` and ``twistd nym-mixnode``; after
+    parsing, ``mixnode_config`` holds the checked :class:`MixNodeConfig`.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run a Nym mix node: take Sphinx packets over the mix link, hold each"
+        " for the delay its header asks for and send it on to the next node"
+        " that the topology file names."
+    )
+    optParameters = [[option_name(f)[2:], None, None, _help(f)] for f in _HELP]
+    #: Whether --topology must be given (run: yes; init: no).
+    needs_topology = True
+
+    def __init__(self):
+        usage.Options.__init__(self)
+        self["mix-listen"] = []
+        self.mixnode_config = None
+
+    def opt_mix_listen(self, description):
+        """endpoint for the mix link, repeatable [default: tcp:1790:interface=127.0.0.1]"""
+        self["mix-listen"].append(description)
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        values = {}
+        for field in _DEFAULTS:
+            given = self.get(option_name(field)[2:])
+            if field == "mix_listen":
+                if given:
+                    values[field] = list(given)
+            elif given is not None:
+                values[field] = _from_text(field, given)
+        try:
+            self.mixnode_config = MixNodeConfig(**values)
+        except InvalidSetting as e:
+            raise InvalidOption(str(e))
+        if self.needs_topology and self.mixnode_config.topology is None:
+            raise InvalidOption("--topology: a mix node needs the topology file to run")
+
+
+def _from_text(field, text):
+    kind = _DEFAULTS[field].type
+    try:
+        return kind(text) if kind in (int, float) else text
+    except ValueError:
+        raise InvalidOption(f"{option_name(field)}: expected a number, got {text!r}")

@@ -1,0 +1,45 @@
+"""Socket addresses as text: what settings, topology files and log lines show."""
+
+import ipaddress
+
+
+def host_port_text(host, port):
+    """:returns: ``"ip:port"``, or ``"[ipv6]:port"``: what :func:`parse_host_port` reads."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def parse_host_port(text):
+    """
+    Parse ``"ip:port"`` (``"[ipv6]:port"`` for IPv6) into ``(ip, port)``.
+
+    Only IP addresses: a first-layer mix node is named in Sphinx headers by
+    its socket address, which has no room for a host name.
+
+    :raises ValueError: with a short reason.
+    """
+    if text.startswith("["):
+        host, bracket, port = text[1:].partition("]:")
+        if not bracket:
+            raise ValueError("expected [ipv6]:port")
+    else:
+        host, colon, port = text.rpartition(":")
+        if not colon:
+            raise ValueError("expected ip:port")
+        if ":" in host:
+            raise ValueError("put an IPv6 address in brackets: [ipv6]:port")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address")
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+        raise ValueError(f"{port!r} is not a port number")
+    return (str(address), int(port))
+
+
+def show_address(address):
+    """:returns: ``host:port`` (``[host]:port`` for IPv6) of an ``IAddress``."""
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None:
+        return str(address)
+    return host_port_text(host, port)

@@ -1,0 +1,433 @@
+"""The client API over Twisted: the provider's server protocol and its factory."""
+
+import hashlib
+import hmac
+import os
+from collections import deque
+
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from nymprov.errors import PacketRefused, UnknownLease
+from nymprov.net.transport import no_delay
+from nymprov.net.ratelimit import TokenBucketLimiter
+from nymprov.sphinx.errors import ReplayedPacket, SphinxError
+from nymprov.wire import clientapi as api
+from nymprov.wire.clientapi import ClientApiError, ErrorCode
+
+#: Seconds a closing connection may take to drain its last answer before it
+#: is aborted: a peer that stops reading must not hold the slot forever.
+CLOSE_GRACE = 10.0
+
+REGISTRATION_MODES = ("open", "invite", "closed")
+
+_PACKET_REFUSALS = {
+    "unknown_first_hop": ErrorCode.UNKNOWN_FIRST_HOP,
+    "route_refused": ErrorCode.ROUTE_REFUSED,
+    "busy": ErrorCode.BUSY,
+}
+
+# Requests that read or change the connection's state (nonce, identity).
+# They wait for every earlier request to finish, and later requests wait
+# for them, so that a pipelined SEND after AUTH sees the AUTH's outcome.
+_BARRIERS = (api.Challenge, api.Register, api.Auth, api.Forget)
+
+
+def _refusal(code, message):
+    return ClientApiError(code, message)
+
+
+def _token_hash(token):
+    return hashlib.sha256(token).digest()
+
+
+def _short(address):
+    """A log-safe hint of a client address: its first four bytes."""
+    return address[:4].hex()
+
+
+
+
+class _Pending:
+    """One request's place in the response order."""
+
+    __slots__ = ("response", "close")
+
+    def __init__(self, response=None, close=False):
+        self.response = response
+        self.close = close
+
+
+class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
+    """
+    One client connection: decodes requests, runs them against the store
+    and the node, and answers each in request order.
+    """
+
+    log = Logger()
+
+    # One SEND of the largest packet fits with room to spare; anything
+    # bigger is hostile or broken, and is refused before it is buffered.
+    MAX_LENGTH = api.MAX_REQUEST_FRAME
+
+    def __init__(self):
+        self._address = None
+        self._nonce = None
+        self._responses = deque()
+        self._waiting = deque()
+        self._running = 0
+        self._barrier_running = False
+        self._starting = False
+        self._closing = False
+        self._lost = False
+        self._counted = False
+
+    # Connection life.
+
+    def callLater(self, period, func):
+        """TimeoutMixin API: timers run on the factory's injected clock."""
+        return self.factory.clock.callLater(period, func)
+
+    def connectionMade(self):
+        factory = self.factory
+        no_delay(self.transport)
+        if factory.connections >= factory.max_connections:
+            factory.counters.incr("client_api.error", "busy")
+            self.log.warn("client connection refused: {limit} connections open",
+                          limit=factory.max_connections)
+            self._responses.append(
+                _Pending(api.Error(ErrorCode.BUSY, "too many connections"), close=True)
+            )
+            self._closing = True
+            self._flush()
+            return
+        factory.connections += 1
+        self._counted = True
+        factory.counters.incr("client_api.connection")
+        self.setTimeout(factory.idle_timeout)
+
+    def connectionLost(self, reason):
+        self.setTimeout(None)
+        self._lost = True
+        self._waiting.clear()
+        self._responses.clear()
+        if self._counted:
+            self._counted = False
+            self.factory.connections -= 1
+
+    def timeoutConnection(self):
+        self.log.info("client connection idle or stuck; aborting")
+        self.factory.counters.incr("client_api.timeout")
+        self.transport.abortConnection()
+
+    def dataReceived(self, data):
+        # A closing connection's input is dropped unread: otherwise the
+        # length-prefix parser would keep buffering an oversize frame.
+        if self._closing:
+            return
+        super().dataReceived(data)
+
+    def lengthLimitExceeded(self, length):
+        self.log.warn("client announced a {length}-byte frame; closing", length=length)
+        self._refuse_and_close(
+            api.FrameTooLarge(f"frame of {length} bytes exceeds {self.MAX_LENGTH}")
+        )
+
+    def stringReceived(self, frame):
+        if self._closing:
+            return
+        self.resetTimeout()
+        try:
+            request = api.decode_request(frame)
+        except ClientApiError as e:
+            self.log.warn("bad client frame: {why}", why=e.reason)
+            self._refuse_and_close(e)
+            return
+        self.factory.counters.incr("client_api.request", request.NAME)
+        slot = _Pending()
+        self._responses.append(slot)
+        self._waiting.append((request, slot))
+        self._start_ready()
+
+    # Ordering: requests start as soon as no barrier stands in their way;
+    # answers leave strictly in request order.
+
+    def _start_ready(self):
+        # A handler that answers at once re-enters here through _finished;
+        # the outer loop carries on instead, so the stack stays flat however
+        # many requests one read delivers.
+        if self._starting:
+            return
+        self._starting = True
+        try:
+            while self._waiting and not self._lost:
+                request, slot = self._waiting[0]
+                barrier = isinstance(request, _BARRIERS)
+                if self._barrier_running or (barrier and self._running):
+                    break
+                self._waiting.popleft()
+                self._start(request, slot, barrier)
+        finally:
+            self._starting = False
+
+    def _start(self, request, slot, barrier):
+        self._running += 1
+        self._barrier_running = barrier
+        handler = getattr(self, "_handle_" + request.NAME)
+        d = maybeDeferred(handler, request)
+        d.addErrback(self._as_error, request)
+        d.addCallback(self._finished, slot, barrier)
+        d.addErrback(lambda f: self.log.failure("client answer failed", f))
+
+    def _finished(self, response, slot, barrier):
+        self._running -= 1
+        if barrier:
+            self._barrier_running = False
+        slot.response = response
+        self._flush()
+        self._start_ready()
+
+    def _as_error(self, failure, request):
+        if failure.check(ClientApiError):
+            code, message = failure.value.code, failure.value.message
+        else:
+            self.log.failure("client {kind} request failed", failure, kind=request.NAME)
+            code, message = ErrorCode.INTERNAL, "internal error"
+        self.factory.counters.incr("client_api.error", api.error_reason(code))
+        return api.Error(code, message, request_id=request.request_id)
+
+    def _refuse_and_close(self, error):
+        self.factory.counters.incr("client_api.error", error.reason)
+        self._closing = True
+        response = api.Error(error.code, error.message, request_id=error.request_id)
+        self._responses.append(_Pending(response, close=True))
+        self._flush()
+
+    def _flush(self):
+        while self._responses and self._responses[0].response is not None and not self._lost:
+            slot = self._responses.popleft()
+            self.transport.write(self._encode(slot.response))
+            if slot.close:
+                self._responses.clear()
+                self._waiting.clear()
+                self.transport.loseConnection()
+                self.setTimeout(CLOSE_GRACE)
+                return
+
+    def _encode(self, response):
+        try:
+            return api.encode(response, fill=self.factory.random_bytes)
+        except ValueError:
+            self.log.failure("cannot encode a client answer", Failure())
+            self.factory.counters.incr("client_api.error", "internal")
+            return api.encode(
+                api.Error(ErrorCode.INTERNAL, "internal error", request_id=response.request_id)
+            )
+
+    # Request handlers: each returns a response, a Deferred of one, or
+    # raises ClientApiError; anything else becomes INTERNAL.
+
+    def _require_auth(self):
+        if self._address is None:
+            raise _refusal(ErrorCode.NOT_AUTHENTICATED, "authenticate first")
+        return self._address
+
+    def _peer_host(self):
+        peer = self.transport.getPeer()
+        return getattr(peer, "host", None) or str(peer)
+
+    def _handle_ping(self, request):
+        return api.Pong(request_id=request.request_id)
+
+    def _handle_challenge(self, request):
+        factory = self.factory
+        self._nonce = factory.random_bytes(api.NONCE_LENGTH)
+        return api.ChallengeOk(factory.provider_identity, self._nonce, request_id=request.request_id)
+
+    def _handle_register(self, request):
+        factory = self.factory
+        # Any REGISTER uses up the nonce, successful or not.
+        nonce, self._nonce = self._nonce, None
+        if nonce is None:
+            raise _refusal(ErrorCode.BAD_PROOF, "no live challenge")
+        if not factory.register_limiter.allow(self._peer_host()):
+            raise _refusal(ErrorCode.RATE_LIMITED, "too many registrations")
+        signed = api.register_signed_bytes(factory.provider_identity, nonce, request.address)
+        try:
+            VerifyKey(request.address).verify(signed, request.signature)
+        except (CryptoError, ValueError, TypeError):
+            raise _refusal(ErrorCode.BAD_PROOF, "bad signature") from None
+        if not factory.registration_allowed(request.address, request.invite):
+            raise _refusal(ErrorCode.INVITE_REQUIRED, "registration needs a valid invite")
+        token = factory.random_bytes(api.TOKEN_LENGTH)
+        d = factory.store.register(request.address, _token_hash(token), factory.clock.seconds())
+
+        def registered(_):
+            self._address = request.address
+            self.log.debug("client {client} registered", client=_short(request.address))
+            return api.Registered(token, request_id=request.request_id)
+
+        return d.addCallback(registered)
+
+    def _handle_auth(self, request):
+        # A failed AUTH leaves the connection unauthenticated, whatever it
+        # was before: the client said it is someone it could not prove.
+        self._address = None
+        d = self.factory.store.authenticate(request.address, _token_hash(request.token))
+
+        def checked(ok):
+            if not ok:
+                raise _refusal(ErrorCode.BAD_TOKEN, "unknown client or wrong token")
+            self._address = request.address
+            return api.AuthOk(request_id=request.request_id)
+
+        return d.addCallback(checked)
+
+    def _handle_send(self, request):
+        address = self._require_auth()
+        factory = self.factory
+        if not factory.send_limiter.allow(address):
+            raise _refusal(ErrorCode.RATE_LIMITED, "sending too fast")
+        d = factory.node.send_from_client(request.first_hop, request.packet)
+        d.addCallbacks(lambda _: api.Sent(request_id=request.request_id), _packet_refused)
+        return d
+
+    def _handle_pull(self, request):
+        address = self._require_auth()
+        factory = self.factory
+        if not 1 <= request.max_count <= factory.pull_max:
+            raise _refusal(
+                ErrorCode.INVALID_ARGUMENT, f"max_count must be 1..{factory.pull_max}"
+            )
+        d = factory.store.lease(
+            address, request.max_count, factory.clock.seconds(), factory.lease_seconds
+        )
+
+        def leased(result):
+            lease_id, messages = result
+            slots = [api.Slot.message(body) for _, body in messages]
+            if request.pad:
+                slots.extend([api.Slot.dummy()] * (request.max_count - len(slots)))
+            # A stored message larger than the client API's slot (a
+            # configuration mismatch, not the client's fault) makes
+            # Messages refuse with ValueError.
+            return api.Messages(lease_id, factory.slot_size, tuple(slots),
+                                request_id=request.request_id)
+
+        return d.addCallback(leased)
+
+    def _handle_ack(self, request):
+        address = self._require_auth()
+        d = self.factory.store.ack(address, request.lease_id)
+
+        def unknown(failure):
+            failure.trap(UnknownLease)
+            raise _refusal(ErrorCode.UNKNOWN_LEASE, "no such live lease")
+
+        d.addCallbacks(lambda deleted: api.AckOk(deleted, request_id=request.request_id), unknown)
+        return d
+
+    def _handle_forget(self, request):
+        address = self._require_auth()
+        d = self.factory.store.forget(address)
+
+        def forgotten(_):
+            self._address = None
+            return api.ForgetOk(request_id=request.request_id)
+
+        return d.addCallback(forgotten)
+
+
+def _packet_refused(failure):
+    """Map the node's refusal of a client packet to an error code."""
+    error = failure.value
+    if isinstance(error, PacketRefused):
+        code = _PACKET_REFUSALS.get(error.reason, ErrorCode.BAD_PACKET)
+        raise _refusal(code, error.reason)
+    if isinstance(error, ReplayedPacket):
+        raise _refusal(ErrorCode.REPLAY, "packet replayed")
+    if isinstance(error, SphinxError):
+        raise _refusal(ErrorCode.BAD_PACKET, error.reason)
+    return failure
+
+
+class ClientApiFactory(ServerFactory):
+    """
+    Shared state of the client API: store, node, keys, limits and counters.
+
+    :param store: an ``IInboxStore``.
+    :param node: has ``send_from_client(first_hop, packet) -> Deferred``.
+    :param identity_key: the provider's ``nacl.signing.SigningKey``.
+    :param clock: provides ``seconds()`` and ``callLater()``.
+    :param counters: a :class:`nymprov.metrics.Counters`.
+    :param str registration: ``"open"``, ``"invite"`` (new clients need an
+        invite code) or ``"closed"`` (no new clients; registered ones may
+        still rotate their token).
+    :param invite_codes: accepted invite codes (bytes).
+    :param register_rate: ``(burst, per_seconds)`` registrations per peer IP.
+    :param send_rate: ``(packets_per_second, burst)`` per client address.
+    :param int pull_max: largest ``max_count`` of a PULL.
+    :param int slot_size: data bytes per MESSAGES slot; at least the store's
+        largest message.
+    :param float lease_seconds: how long pulled messages stay leased.
+    :param int max_connections: open connections before BUSY.
+    :param float idle_timeout: seconds without a complete frame.
+    :param random_bytes: ``random_bytes(n)`` for nonces, tokens and fill.
+    """
+
+    protocol = ClientApiProtocol
+    # Connections come and go all day; each one logged would be noise.
+    noisy = False
+
+    def __init__(self, store, node, identity_key, clock, counters, *,
+                 registration="open", invite_codes=(), register_rate=(5, 3600.0),
+                 send_rate=(200.0, 400), pull_max=64, slot_size=2048,
+                 lease_seconds=60.0, max_connections=1024, idle_timeout=300.0,
+                 random_bytes=os.urandom):
+        if registration not in REGISTRATION_MODES:
+            raise ValueError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
+        if not 1 <= pull_max <= 0xFFFF or slot_size < 1:
+            raise ValueError("pull_max must be 1..65535 and slot_size positive")
+        largest = 5 + 14 + pull_max * (api.SLOT_HEADER_LENGTH + slot_size)
+        if largest > api.MAX_RESPONSE_FRAME:
+            raise ValueError("pull_max * slot_size exceeds the 16 MiB response limit")
+        self.store = store
+        self.node = node
+        self.provider_identity = bytes(identity_key.verify_key)
+        self.clock = clock
+        self.counters = counters
+        self.registration = registration
+        self._invite_codes = tuple(invite_codes)
+        burst, per_seconds = register_rate
+        self.register_limiter = TokenBucketLimiter(clock, burst / per_seconds, burst)
+        rate, burst = send_rate
+        self.send_limiter = TokenBucketLimiter(clock, rate, burst)
+        self.pull_max = pull_max
+        self.slot_size = slot_size
+        self.lease_seconds = lease_seconds
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.random_bytes = random_bytes
+        self.connections = 0
+
+    def registration_allowed(self, address, invite):
+        """
+        :returns: whether ``address`` may register with ``invite`` now.
+            Registered clients may always rotate their token.
+        """
+        if self.registration == "open" or self.store.is_registered(address):
+            return True
+        if self.registration == "closed":
+            return False
+        # Compare against every code, in constant time each, so that the
+        # answer's timing says nothing about how close a guess was.
+        matched = False
+        for code in self._invite_codes:
+            matched |= hmac.compare_digest(code, invite)
+        return matched

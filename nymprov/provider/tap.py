@@ -1,0 +1,26 @@
+"""The twistd/twist plugin glue: options in, provider service out."""
+
+from nymprov.provider.config import RunOptions, load_config
+
+Options = RunOptions
+
+
+def makeService(config, reactor=None):
+    """
+    Build the provider service that ``config`` describes.
+
+    :param config: parsed :class:`RunOptions` (or a mapping with its keys).
+    :param reactor: the reactor to run on; the global one if ``None``.
+    :rtype: twisted.application.service.IService
+    """
+    if reactor is None:
+        from twisted.internet import reactor
+    # Imported here: the service pulls in the whole node, which twistd
+    # should not load just to list its plugins.
+    from nymprov.provider.service import make_provider_service
+
+    # RunOptions checked the settings while parsing; a plain mapping has not.
+    provider_config = getattr(config, "provider_config", None)
+    if provider_config is None:
+        provider_config = load_config(config)
+    return make_provider_service(provider_config, reactor)

@@ -1,0 +1,105 @@
+"""End-to-end benchmark: messages/s and latency percentiles through a local testnet."""
+
+import struct
+import sys
+import tempfile
+import time
+
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import react
+from twisted.python import usage
+
+_STAMP = struct.Struct(">dI")  # send time, index
+
+
+class BenchOptions(usage.Options):
+    synopsis = "Usage: nym-client bench [options]"
+    optParameters = [
+        ["count", "n", 200, "messages per run", int],
+        ["size", "s", 1000, "bytes per message (one fragment up to 1545)", int],
+        ["delays", None, "0,50", "mean per-hop delays to try, in ms, comma-separated"],
+        ["dir", None, None, "testnet directory [default: a new temporary one]"],
+    ]
+
+
+def percentile(values, fraction):
+    """The ``fraction`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+async def run_once(reactor, net, count, size, mean_delay_ms):
+    """
+    Send ``count`` messages from a client of provider 1 to one of provider 2.
+
+    :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p99_ms``.
+    """
+    from nymprov.client import ClientKeys, NymClient
+
+    first, second = net.topology.providers
+    clients = [NymClient(ClientKeys.generate(), net.topology, p.identity, reactor=reactor,
+                         mean_delay=mean_delay_ms / 1000.0, pull_interval=0.05)
+               for p in (first, second)]
+    for client in clients:
+        await client.start()
+    alice, bob = clients
+    try:
+        padding = bytes(max(0, size - _STAMP.size))
+        started = time.monotonic()
+        sends = [alice.send(bob.address, _STAMP.pack(time.monotonic(), i) + padding) for i in range(count)]
+        latencies = []
+        for _ in range(count):
+            message = await bob.inbox.get()
+            sent_at, _index = _STAMP.unpack_from(message.data)
+            latencies.append(time.monotonic() - sent_at)
+        elapsed = time.monotonic() - started
+        await gatherResults(sends)
+    finally:
+        for client in clients:
+            await client.stop()
+    return {
+        "messages_per_second": count / elapsed,
+        "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
+    }
+
+
+async def _bench(reactor, options, out):
+    from nymprov.tools.testnet import Testnet
+
+    directory = options["dir"] or tempfile.mkdtemp(prefix="nym-bench-")
+    net = Testnet(directory, layers=3, per_layer=1, providers=2, reactor=reactor)
+    await net.start()
+    try:
+        print(f"end to end through 3 layers and 2 providers on loopback; {options['count']} messages of"
+              f" {options['size']} bytes, client A (provider 1) to B (provider 2)", file=out)
+        for delay in [float(d) for d in options["delays"].split(",")]:
+            result = await run_once(reactor, net, options["count"], options["size"], delay)
+            print(f"  mean delay {delay:5.1f} ms/hop: {result['messages_per_second']:7.1f} messages/s,"
+                  f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms",
+                  file=out, flush=True)
+    finally:
+        await net.stop()
+
+
+def main(args=None, out=None):
+    """Run the benchmark; returns the exit code."""
+    out = out or sys.stdout
+    options = BenchOptions()
+    try:
+        options.parseOptions(sys.argv[1:] if args is None else args)
+    except usage.UsageError as e:
+        print(f"nym-client bench: {e}\n\n{options}", file=sys.stderr)
+        return 2
+    except SystemExit as e:
+        return e.code or 0
+    try:
+        react(lambda reactor: ensureDeferred(_bench(reactor, options, out)))
+    except SystemExit as e:
+        return e.code or 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,116 @@
+"""
+The client-API message codec: requests and responses between a client and
+its provider, byte for byte as ``doc/protocol.md`` describes them.
+
+Every frame is ``length u32 BE || type u8 || request_id u32 BE || body``;
+``length`` counts the bytes after itself.  Pure bytes in, bytes out; no
+Twisted.  Use it as ``from nymprov.wire import clientapi as api``.
+"""
+
+from nymprov.wire.clientapi.fields import (
+    ADDRESS_LENGTH,
+    MAX_ERROR_MESSAGE,
+    MAX_INVITE,
+    MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
+    NONCE_LENGTH,
+    PULL_FLAG_PAD,
+    REGISTER_CONTEXT,
+    SIGNATURE_LENGTH,
+    SLOT_DUMMY,
+    SLOT_HEADER_LENGTH,
+    SLOT_MESSAGE,
+    TOKEN_LENGTH,
+)
+from nymprov.wire.clientapi.errors import (
+    CLOSING_ERRORS,
+    ClientApiError,
+    ErrorCode,
+    FrameTooLarge,
+    MalformedRequest,
+    MalformedResponse,
+    RemoteError,
+    UnknownType,
+    error_reason,
+)
+from nymprov.wire.clientapi.requests import (
+    Ack,
+    Auth,
+    Challenge,
+    Forget,
+    Ping,
+    Pull,
+    Register,
+    Send,
+)
+from nymprov.wire.clientapi.responses import (
+    AckOk,
+    AuthOk,
+    ChallengeOk,
+    Error,
+    ForgetOk,
+    Messages,
+    Pong,
+    Registered,
+    Sent,
+    Slot,
+)
+from nymprov.wire.clientapi.codec import (
+    EXPECTED_RESPONSE,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    decode_request,
+    decode_response,
+    encode,
+    register_signed_bytes,
+)
+
+__all__ = [
+    "ADDRESS_LENGTH",
+    "Ack",
+    "AckOk",
+    "Auth",
+    "AuthOk",
+    "CLOSING_ERRORS",
+    "Challenge",
+    "ChallengeOk",
+    "ClientApiError",
+    "EXPECTED_RESPONSE",
+    "Error",
+    "ErrorCode",
+    "Forget",
+    "ForgetOk",
+    "FrameTooLarge",
+    "MAX_ERROR_MESSAGE",
+    "MAX_INVITE",
+    "MAX_REQUEST_FRAME",
+    "MAX_RESPONSE_FRAME",
+    "MalformedRequest",
+    "MalformedResponse",
+    "Messages",
+    "NONCE_LENGTH",
+    "PULL_FLAG_PAD",
+    "Ping",
+    "Pong",
+    "Pull",
+    "REGISTER_CONTEXT",
+    "REQUEST_TYPES",
+    "RESPONSE_TYPES",
+    "Register",
+    "Registered",
+    "RemoteError",
+    "SIGNATURE_LENGTH",
+    "SLOT_DUMMY",
+    "SLOT_HEADER_LENGTH",
+    "SLOT_MESSAGE",
+    "Send",
+    "Sent",
+    "Slot",
+    "TOKEN_LENGTH",
+    "UnknownType",
+    "decode_request",
+    "decode_response",
+    "encode",
+    "error_reason",
+    "register_signed_bytes",
+]
