@@ -79,6 +79,26 @@ class ReceiveOptions(_Common):
     optParameters = [["wait", "w", 3.0, "seconds to keep pulling", float]]
 
 
+class BroadcastOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} broadcast [options] --chain CHAIN --service ID [FILE|-]"
+    optParameters = [
+        ["chain", None, None, "ethereum or bitcoin: the transaction is checked before it is sent"],
+        ["service", "s", None, "the broadcast service provider's identity (base58)"],
+        ["wait", "w", 180.0, "seconds to wait for the answer", float],
+    ]
+
+    def parseArgs(self, source="-"):
+        self["source"] = source
+
+    def postOptions(self):
+        from nymprov.backends.broadcast.backend import CHAINS
+
+        if self["chain"] not in CHAINS:
+            raise usage.UsageError(f"--chain: one of {', '.join(sorted(CHAINS))}")
+        if not self["service"]:
+            raise usage.UsageError("--service: the broadcast provider's identity is needed")
+
+
 class Options(usage.Options):
     synopsis = f"Usage: {PROGRAM} COMMAND [options]  (or: {PROGRAM} bench --help)"
     subCommands = [
@@ -86,6 +106,7 @@ class Options(usage.Options):
         ["address", None, AddressOptions, "print this client's address"],
         ["send", None, SendOptions, "send a message (from the argument or stdin)"],
         ["receive", None, ReceiveOptions, "pull, print and acknowledge messages"],
+        ["broadcast", None, BroadcastOptions, "hand a signed transaction (hex or raw, file or stdin) to a broadcaster"],
     ]
 
     def postOptions(self):
@@ -172,6 +193,45 @@ async def _receive(reactor, settings, options, out):
     _save_received(client, settings["data_dir"], [])
 
 
+def read_transaction(data, chain):
+    """
+    :param bytes data: a transaction as hex (``0x`` allowed, blanks
+        ignored) or raw bytes.
+    :returns: the parsed transaction of ``chain``.
+    :raises InvalidTransaction: if it is not one.
+    """
+    from nymprov.backends.broadcast.backend import CHAINS
+
+    text = b"".join(data.split())
+    text = text[2:] if text[:2].lower() == b"0x" else text
+    try:
+        raw = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raw = data
+    return CHAINS[chain].parse_transaction(raw)
+
+
+async def _broadcast(reactor, settings, options, out, stdin):
+    from nymprov.client.webproxy import ServiceClient
+
+    if options["source"] == "-":
+        data = stdin.buffer.read()
+    else:
+        with open(options["source"], "rb") as f:
+            data = f.read()
+    tx = read_transaction(data, options["chain"])
+    print(f"txid {tx.txid_hex}", file=out)
+    client = _client(settings, reactor)
+    await client.start()
+    try:
+        service = ServiceClient(client, options["service"], reactor)
+        answer = await service.broadcast(tx.raw, timeout=options["wait"])
+    finally:
+        await client.stop()
+    print(f"{answer.outcome} {answer.txid.hex()}" + (f": {answer.message}" if answer.message else ""), file=out)
+    return 1 if answer.outcome == "rejected" else 0
+
+
 def main(argv=None, stdout=None, stderr=None, stdin=None):
     """Run ``nym-client``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -207,6 +267,8 @@ def main(argv=None, stdout=None, stderr=None, stdin=None):
                 await _init(reactor, settings, out)
             elif command == "send":
                 await _send(reactor, settings, sub, out, stdin)
+            elif command == "broadcast":
+                outcome["code"] = await _broadcast(reactor, settings, sub, out, stdin)
             else:
                 await _receive(reactor, settings, sub, out)
         except Exception as e:  # reported, not a traceback: the user acts on it

@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from nymprov.backends.broadcast.backend import decode_answer
 from nymprov.backends.surbreply import (
     FRAGMENT_HEADER_SIZE,
     MalformedReply,
@@ -136,6 +137,19 @@ class ServiceClient:
         :returns: once the own provider accepted the packet.
         """
         await self._send(os.urandom(16), payload, 0, new_reply_key())
+
+    async def broadcast(self, transaction, timeout=180.0):
+        """
+        Hand a signed transaction (raw bytes) to a ``broadcast`` service
+        provider, with one reply block for its answer.  The provider waits
+        a random delay before it broadcasts, hence the long ``timeout``.
+
+        :returns: a :class:`nymprov.backends.broadcast.backend.BroadcastAnswer`
+            (``outcome``: ``broadcast``, ``duplicate`` or ``rejected``;
+            ``txid``; the node's ``message``).
+        :raises ServiceTimeout: if no answer came back in time.
+        """
+        return decode_answer(await self.request(transaction, surbs=1, timeout=timeout))
 
     async def fetch(self, url, method=b"GET", headers=(), body=b"", surbs=32, timeout=60.0):
         """
