@@ -15,11 +15,21 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from nymprov.errors import PacketRefused, UnknownLease
+from nymprov.net.flowcontrol import AnswerBudget
 from nymprov.net.transport import no_delay
 from nymprov.net.ratelimit import TokenBucketLimiter
 from nymprov.sphinx.errors import ReplayedPacket, SphinxError
 from nymprov.wire import clientapi as api
 from nymprov.wire.clientapi import ClientApiError, ErrorCode
+
+#: Bytes of answers a connection may owe (being made, or written but not
+#: yet taken by the peer) before the provider stops reading its requests;
+#: reading resumes as the peer reads.  One answer is always allowed, so
+#: the largest PULL answer (64 slots of 2 KiB: 135 KB) still goes through.
+ANSWER_BUDGET = 1024 * 1024
+
+#: What any answer but MESSAGES may take at most, in bytes, framed.
+_SMALL_ANSWER = 4 + 5 + 2 + api.MAX_ERROR_MESSAGE + 64
 
 #: Seconds a closing connection may take to drain its last answer before it
 #: is aborted: a peer that stops reading must not hold the slot forever.
@@ -55,19 +65,24 @@ def _short(address):
 
 
 class _Pending:
-    """One request's place in the response order."""
+    """One request's place in the response order, and what it may cost."""
 
-    __slots__ = ("response", "close")
+    __slots__ = ("response", "close", "estimate")
 
-    def __init__(self, response=None, close=False):
+    def __init__(self, response=None, close=False, estimate=0):
         self.response = response
         self.close = close
+        self.estimate = estimate
 
 
-class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
+class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
     """
     One client connection: decodes requests, runs them against the store
     and the node, and answers each in request order.
+
+    Flow control (:class:`AnswerBudget`): each request is owed at the
+    largest answer it can get, so a connection stops being read once it
+    owes the factory's ``answer_budget``, until its peer reads.
     """
 
     log = Logger()
@@ -110,6 +125,8 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
         factory.connections += 1
         self._counted = True
         factory.counters.incr("client_api.connection")
+        self.budget = factory.answer_budget
+        self.start_flow_control()
         self.setTimeout(factory.idle_timeout)
 
     def connectionLost(self, reason):
@@ -133,6 +150,9 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
             return
         super().dataReceived(data)
 
+    def on_pause(self):
+        self.factory.counters.incr("client_api.paused")
+
     def lengthLimitExceeded(self, length):
         self.log.warn("client announced a {length}-byte frame; closing", length=length)
         self._refuse_and_close(
@@ -150,10 +170,18 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
             self._refuse_and_close(e)
             return
         self.factory.counters.incr("client_api.request", request.NAME)
-        slot = _Pending()
+        slot = _Pending(estimate=self._answer_estimate(request))
         self._responses.append(slot)
         self._waiting.append((request, slot))
         self._start_ready()
+        self.owe(slot.estimate)
+
+    def _answer_estimate(self, request):
+        """The largest answer ``request`` can get, framed, in bytes."""
+        if isinstance(request, api.Pull):
+            # Counted at full size, padded or not: the inbox may fill it.
+            return _SMALL_ANSWER + request.max_count * (api.SLOT_HEADER_LENGTH + self.factory.slot_size)
+        return _SMALL_ANSWER
 
     # Ordering: requests start as soon as no barrier stands in their way;
     # answers leave strictly in request order.
@@ -212,13 +240,15 @@ class ClientApiProtocol(Int32StringReceiver, TimeoutMixin):
     def _flush(self):
         while self._responses and self._responses[0].response is not None and not self._lost:
             slot = self._responses.popleft()
-            self.transport.write(self._encode(slot.response))
+            data = self._encode(slot.response)
+            self.transport.write(data)
             if slot.close:
                 self._responses.clear()
                 self._waiting.clear()
                 self.transport.loseConnection()
                 self.setTimeout(CLOSE_GRACE)
                 return
+            self.answered(slot.estimate, len(data))
 
     def _encode(self, response):
         try:
@@ -378,6 +408,8 @@ class ClientApiFactory(ServerFactory):
     :param float lease_seconds: how long pulled messages stay leased.
     :param int max_connections: open connections before BUSY.
     :param float idle_timeout: seconds without a complete frame.
+    :param int answer_budget: bytes of answers a connection may owe before
+        its requests stop being read.
     :param random_bytes: ``random_bytes(n)`` for nonces, tokens and fill.
     """
 
@@ -389,7 +421,7 @@ class ClientApiFactory(ServerFactory):
                  registration="open", invite_codes=(), register_rate=(5, 3600.0),
                  send_rate=(200.0, 400), pull_max=64, slot_size=2048,
                  lease_seconds=60.0, max_connections=1024, idle_timeout=300.0,
-                 random_bytes=os.urandom):
+                 answer_budget=ANSWER_BUDGET, random_bytes=os.urandom):
         if registration not in REGISTRATION_MODES:
             raise ValueError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
         if not 1 <= pull_max <= 0xFFFF or slot_size < 1:
@@ -413,6 +445,7 @@ class ClientApiFactory(ServerFactory):
         self.lease_seconds = lease_seconds
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
+        self.answer_budget = answer_budget
         self.random_bytes = random_bytes
         self.connections = 0
 

@@ -1,0 +1,146 @@
+"""
+Hostile clients of the client API, through the user's path: a
+``nym-provider run`` subprocess over loopback TLS.
+"""
+
+import time
+
+from nacl.signing import SigningKey
+from zope.interface import implementer
+from twisted.internet import reactor
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.protocol import Protocol
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.trial.unittest import TestCase
+
+from nymprov.client import session as provider_client
+from nymprov.net.tls import pinned_tls_options
+from nymprov.wire import clientapi as api
+
+from tests.provider_process import spawn_provider
+from tests.support import WAIT_LIMIT, wait_for
+
+MiB = 1024 * 1024
+
+
+@implementer(IHandshakeListener)
+class NeverReads(Protocol):
+    """
+    Writes its requests at once and, once TLS is up, never reads a byte of
+    the answers.
+    """
+
+    def __init__(self, requests):
+        self._requests = requests
+
+    def connectionMade(self):
+        self.transport.write(b"".join(self._requests))
+
+    def handshakeCompleted(self):
+        self.transport.pauseProducing()
+
+
+@implementer(IHandshakeListener)
+class ReadsLater(Int32StringReceiver):
+    """
+    Sends its requests, stops reading once TLS is up, and reads (decoding
+    every answer) only when told to.
+    """
+
+    MAX_LENGTH = api.MAX_RESPONSE_FRAME
+
+    def __init__(self, requests):
+        self._requests = requests
+        self.answers = []
+
+    def connectionMade(self):
+        self.transport.write(b"".join(self._requests))
+
+    def handshakeCompleted(self):
+        self.transport.pauseProducing()
+
+    def stringReceived(self, frame):
+        self.answers.append(api.decode_response(frame))
+
+
+class UnreadAnswersTests(TestCase):
+    """A client that asks and never reads cannot grow the provider."""
+
+    timeout = 180
+
+    def test_padded_pulls_never_read(self):
+        """
+        20,000 padded PULLs (each answer 64 full slots) from a client that
+        never reads leave the provider's memory within 50 MiB of where it
+        was, and another client's PING is answered within 100 ms.
+        """
+        return ensureDeferred(self._padded_pulls_never_read())
+
+    async def _padded_pulls_never_read(self):
+        process, data_dir = await spawn_provider(self, "--stats-interval", "0.2")
+        host, port = process.ports["client API"]
+        fingerprint = process.fingerprint(data_dir)
+        honest = await provider_client.connect(reactor, host, port, fingerprint)
+        self.addCleanup(honest.close)
+        key = SigningKey.generate()
+        token = await honest.register(key)
+        await honest.pull(64, pad=True)
+        await honest.protocol.request(api.Ping())
+        baseline = process.rss_bytes()
+
+        requests = [api.encode(api.Auth(bytes(key.verify_key), token, request_id=1))]
+        requests += [api.encode(api.Pull(64, True, request_id=2 + i)) for i in range(20000)]
+        endpoint = wrapClientTLS(pinned_tls_options(fingerprint), TCP4ClientEndpoint(reactor, host, port))
+        flood = await connectProtocol(endpoint, NeverReads(requests))
+        self.addCleanup(flood.transport.abortConnection)
+
+        # The provider stops reading that connection; until it says so,
+        # its memory must stay bounded (a provider without flow control
+        # fails here within seconds rather than exhausting the machine).
+        def paused():
+            self.assertLess(process.rss_bytes() - baseline, 50 * MiB, "provider memory grew")
+            return process.stats.get("client_api.paused", 0) >= 1
+
+        await wait_for(paused, "the provider to stop reading the flood")
+        pulls_then = process.stats.get("client_api.request.pull", 0)
+        self.assertLess(pulls_then, 20000)
+
+        started = time.monotonic()
+        await honest.protocol.request(api.Ping())
+        self.assertLess(time.monotonic() - started, 0.1)
+        self.assertLess(process.rss_bytes() - baseline, 50 * MiB)
+
+    def test_reading_resumes(self):
+        """
+        Once the slow client reads, the provider reads its requests again
+        and every answer arrives, in request order.
+        """
+        return ensureDeferred(self._reading_resumes())
+
+    async def _reading_resumes(self):
+        process, data_dir = await spawn_provider(self, "--stats-interval", "0.2")
+        host, port = process.ports["client API"]
+        fingerprint = process.fingerprint(data_dir)
+        session = await provider_client.connect(reactor, host, port, fingerprint)
+        self.addCleanup(session.close)
+        key = SigningKey.generate()
+        token = await session.register(key)
+
+        count = 400
+        requests = [api.encode(api.Auth(bytes(key.verify_key), token, request_id=1))]
+        requests += [api.encode(api.Pull(64, True, request_id=2 + i)) for i in range(count)]
+        endpoint = wrapClientTLS(pinned_tls_options(fingerprint), TCP4ClientEndpoint(reactor, host, port))
+        slow = await connectProtocol(endpoint, ReadsLater(requests))
+        self.addCleanup(slow.transport.abortConnection)
+        await wait_for(lambda: process.stats.get("client_api.paused", 0) >= 1, "the provider to stop reading")
+        self.assertLess(process.stats.get("client_api.request.pull", 0), count)
+
+        slow.transport.resumeProducing()
+        await wait_for(lambda: len(slow.answers) == count + 1, "every answer")
+        self.assertIsInstance(slow.answers[0], api.AuthOk)
+        self.assertEqual([answer.request_id for answer in slow.answers], list(range(1, count + 2)))
+        for answer in slow.answers[1:]:
+            self.assertIsInstance(answer, api.Messages)
+            self.assertEqual(len(answer.slots), 64)
