@@ -144,3 +144,38 @@ class UnreadAnswersTests(TestCase):
         for answer in slow.answers[1:]:
             self.assertIsInstance(answer, api.Messages)
             self.assertEqual(len(answer.slots), 64)
+
+
+class InviteModeTests(TestCase):
+    """``--registration invite`` registers exactly the clients with a code."""
+
+    timeout = 60
+
+    def test_invite_codes(self):
+        """
+        The right invite code registers a client that can then AUTH; a
+        wrong, a longer and a missing code are refused with INVITE_REQUIRED,
+        and no traceback reaches the log.
+        """
+        return ensureDeferred(self._invite_codes())
+
+    async def _invite_codes(self):
+        process, data_dir = await spawn_provider(
+            self, "--registration", "invite", "--invite-code", "sesame",
+            "--invite-code", "s\u00e9same", "--register-rate", "100",
+        )
+        host, port = process.ports["client API"]
+        fingerprint = process.fingerprint(data_dir)
+        session = await provider_client.connect(reactor, host, port, fingerprint)
+        self.addCleanup(session.close)
+
+        for wrong in (b"", b"sesam", b"sesame!", b"SESAME"):
+            with self.assertRaises(api.RemoteError) as refused:
+                await session.register(SigningKey.generate(), invite=wrong)
+            self.assertEqual(refused.exception.code, api.ErrorCode.INVITE_REQUIRED)
+
+        for code in (b"sesame", "s\u00e9same".encode()):
+            key = SigningKey.generate()
+            token = await session.register(key, invite=code)
+            await session.authenticate(bytes(key.verify_key), token)
+        self.assertNotIn(b"Traceback", process.log)

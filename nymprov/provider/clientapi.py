@@ -57,6 +57,10 @@ def _token_hash(token):
     return hashlib.sha256(token).digest()
 
 
+def _invite_digest(code):
+    return hashlib.sha256(b"nymprov invite\x00" + code).digest()
+
+
 def _short(address):
     """A log-safe hint of a client address: its first four bytes."""
     return address[:4].hex()
@@ -399,7 +403,8 @@ class ClientApiFactory(ServerFactory):
     :param str registration: ``"open"``, ``"invite"`` (new clients need an
         invite code) or ``"closed"`` (no new clients; registered ones may
         still rotate their token).
-    :param invite_codes: accepted invite codes (bytes).
+    :param invite_codes: accepted invite codes (``str``, taken as UTF-8, or
+        ``bytes``).
     :param register_rate: ``(burst, per_seconds)`` registrations per peer IP.
     :param send_rate: ``(packets_per_second, burst)`` per client address.
     :param int pull_max: largest ``max_count`` of a PULL.
@@ -435,7 +440,13 @@ class ClientApiFactory(ServerFactory):
         self.clock = clock
         self.counters = counters
         self.registration = registration
-        self._invite_codes = tuple(invite_codes)
+        # Codes from a config are text; the wire carries bytes.  Only their
+        # digests are kept, so every comparison is of 32 bytes with 32 bytes
+        # and its time says nothing about a code's length either.
+        self._invite_digests = tuple(
+            _invite_digest(code.encode("utf-8") if isinstance(code, str) else bytes(code))
+            for code in invite_codes
+        )
         burst, per_seconds = register_rate
         self.register_limiter = TokenBucketLimiter(clock, burst / per_seconds, burst)
         rate, burst = send_rate
@@ -460,7 +471,8 @@ class ClientApiFactory(ServerFactory):
             return False
         # Compare against every code, in constant time each, so that the
         # answer's timing says nothing about how close a guess was.
+        offered = _invite_digest(invite)
         matched = False
-        for code in self._invite_codes:
-            matched |= hmac.compare_digest(code, invite)
+        for digest in self._invite_digests:
+            matched |= hmac.compare_digest(digest, offered)
         return matched
