@@ -7,6 +7,11 @@ import contextlib
 import math
 import os
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
@@ -47,6 +52,32 @@ class InvalidOption(usage.UsageError):
 
 
 
+
+
+def read_toml_file(path):
+    """
+    The table of the TOML file at ``path`` (a ``--config`` file).
+
+    :raises InvalidOption: naming ``--config`` and the file if it cannot be
+        read or is not TOML.
+    """
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise InvalidOption(f"--config: cannot read {path}: {e.strerror}")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise InvalidOption(f"--config: {path} is not valid TOML: {e}")
+
+
+def unknown_setting(key, path, is_known):
+    """
+    :returns: the error for an unknown ``key`` in the file at ``path``,
+        suggesting the option name if ``is_known`` holds for it.
+    """
+    hint = key.replace("_", "-")
+    suggestion = f" (did you mean {hint!r}?)" if is_known(hint) else ""
+    return InvalidOption(f"--config: unknown setting {key!r} in {path}{suggestion}")
 
 
 # Checks: each takes the field name and the value, returns the value

@@ -5,6 +5,7 @@ import io
 import os
 import signal
 import stat
+import subprocess
 import sys
 import types
 
@@ -14,11 +15,33 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov import __version__
+from nymprov.cli import mixnode as mixnode_cli
 from nymprov.cli import provider as cli
 from nymprov.keys import load_keys
 from nymprov.net.tls import certificate_fingerprint, load_certificate
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# What the original nym-provider printed with no arguments.
+ORIGINAL_BANNER = r"""Usage: nym-provider COMMAND [OPTIONS]
+
+
+  _ __  _   _ _ __ ___
+ | '_ \| | | | '_ \ _ \
+ | | | | |_| | | | | | |
+ |_| |_|\__, |_| |_| |_|
+        |___/
+
+(mixnet-provider)
+
+
+Commands:
+
+    run         Run a Nym mixnet provider for offline storage
+
+Run "nym-provider help <command>" for more info on a specific command.
+"""
 
 
 def run_main(argv):
@@ -32,14 +55,29 @@ class BannerAndHelpTests(SynchronousTestCase):
     """No arguments, help and --version."""
 
     def test_no_arguments(self):
-        """With no arguments: the logo, the version and every command, exit 0."""
+        """
+        With no arguments: the original nym-provider's text line for line,
+        nymprov's own commands after run; exit 0.
+        """
         code, out, err = run_main([])
-        self.assertEqual(code, 0)
-        self.assertIn(cli.LOGO.strip("\n"), out)
-        self.assertIn(__version__, out)
-        for command in ("run", "init", "bench", "help", "--version"):
-            self.assertIn(f"  {command} ", out)
-        self.assertEqual(err, "")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        run_line = lines.index(ORIGINAL_BANNER.splitlines()[14])
+        extra = [f"    {name:<11} {summary}" for name, summary in cli.COMMANDS[1:]]
+        self.assertEqual(lines[run_line + 1: run_line + 1 + len(extra)], extra)
+        del lines[run_line + 1: run_line + 1 + len(extra)]
+        self.assertEqual(lines, ORIGINAL_BANNER.splitlines())
+        for command in ("init", "bench", "testnet", "help"):
+            self.assertIn(f"    {command} ", out)
+
+    def test_mixnode_no_arguments(self):
+        """nym-mixnode alone prints the same logo and layout, for its own commands."""
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(mixnode_cli.main([], out, err), 0)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[:9], ORIGINAL_BANNER.replace("nym-provider", "nym-mixnode").splitlines()[:9])
+        self.assertEqual(lines[9], "(mixnode)")
+        self.assertIn("    run         Run a Nym mix node", lines)
 
     def test_version(self):
         """--version prints the version alone."""
@@ -50,7 +88,7 @@ class BannerAndHelpTests(SynchronousTestCase):
         code, out, err = run_main(["help"])
         self.assertEqual(code, 0)
         for command in ("run", "init", "bench"):
-            self.assertIn(f"  {command} ", out)
+            self.assertIn(f"    {command} ", out)
 
     def test_help_run(self):
         """help run prints every run option, --log-level included."""
@@ -67,6 +105,16 @@ class BannerAndHelpTests(SynchronousTestCase):
             code, out, err = run_main(["help", command])
             self.assertEqual(code, 0)
             self.assertIn(f"nym-provider {command}", out)
+
+    def test_help_init_lists_its_own_options(self):
+        """help init lists --data-dir and --config, not the run options."""
+        code, out, err = run_main(["help", "init"])
+        self.assertEqual(code, 0)
+        self.assertIn("--data-dir", out)
+        self.assertIn("--config", out)
+        for option in ("--pull-max", "--mix-listen", "--backend", "--log-level"):
+            self.assertNotIn(option, out)
+        self.assertNotIn("Twisted", out)
 
     def test_help_unknown_command(self):
         """help of an unknown command exits 2 with the command list on stderr."""
@@ -123,11 +171,27 @@ class RunUsageTests(SynchronousTestCase):
         self.assertEqual(os.listdir(self.root), [])
 
     def test_init_invalid_value(self):
-        """init with an invalid value exits 2 and creates nothing."""
+        """init with a run option or a bad config value exits 2 and creates nothing."""
         code, out, err = run_main(["init", "-d", self.data_dir, "--pull-max", "x"])
         self.assertEqual(code, 2)
         self.assertIn("--pull-max", err)
-        self.assertEqual(os.listdir(self.root), [])
+        config = os.path.join(self.root, "run.toml")
+        with open(config, "w") as f:
+            f.write(f'data-dir = "{self.data_dir}"\npull-max = 0\n')
+        code, out, err = run_main(["init", "--config", config])
+        self.assertEqual(code, 2)
+        self.assertIn("--pull-max", err)
+        self.assertEqual(os.listdir(self.root), ["run.toml"])
+
+    def test_init_data_dir_from_config(self):
+        """init takes the data directory from the run config file."""
+        config = os.path.join(self.root, "run.toml")
+        with open(config, "w") as f:
+            f.write(f'data-dir = "{self.data_dir}"\nstore = "memory"\n')
+        code, out, err = run_main(["init", "--config", config])
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"data directory:          {os.path.abspath(self.data_dir)}", out)
+        self.assertTrue(os.path.exists(os.path.join(self.data_dir, "identity.key")))
 
 
 class InitTests(SynchronousTestCase):
@@ -166,6 +230,34 @@ class InitTests(SynchronousTestCase):
         self.assertEqual(code, 1)
         self.assertIn(path, err)
         self.assertEqual(out, "")
+
+
+class BrokenPipeTests(SynchronousTestCase):
+    """A reader that goes away (``init | head -3``) ends the command quietly."""
+
+    def run_into_closed_pipe(self, unbuffered):
+        data_dir = os.path.abspath(self.mktemp())
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        env.pop("PYTHONUNBUFFERED", None)
+        if unbuffered:
+            env["PYTHONUNBUFFERED"] = "1"
+        try:
+            child = subprocess.run([sys.executable, "-m", "nymprov", "init", "-d", data_dir],
+                                   stdout=write_end, stderr=subprocess.PIPE, env=env, cwd=REPO_ROOT,
+                                   timeout=60)
+        finally:
+            os.close(write_end)
+        return child.returncode, child.stderr.decode("utf-8", "replace")
+
+    def test_buffered(self):
+        """Buffered output (the default for a pipe): exit 1, nothing on stderr."""
+        self.assertEqual(self.run_into_closed_pipe(False), (1, ""))
+
+    def test_unbuffered(self):
+        """Unbuffered output (PYTHONUNBUFFERED): exit 1, nothing on stderr."""
+        self.assertEqual(self.run_into_closed_pipe(True), (1, ""))
 
 
 class BenchTests(SynchronousTestCase):

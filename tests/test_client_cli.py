@@ -2,13 +2,16 @@
 ``nym-client`` as a person uses it: separate processes against a testnet.
 """
 
+import io
 import os
 import sys
 
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from nymprov import __version__
+from nymprov.cli import client as cli
 from nymprov.tools.testnet import Testnet
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +22,49 @@ def nym_client(*args, stdin=None):
     env = dict(os.environ, PYTHONPATH=_ROOT)
     return getProcessOutputAndValue(sys.executable, ["-m", "nymprov.cli.client", *args],
                                     env=env, path=_ROOT, reactor=reactor)
+
+
+def run_main(argv):
+    """Run ``nym-client ARGV`` in this process: ``(code, stdout, stderr)``."""
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(argv, out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+class HelpTests(SynchronousTestCase):
+    """--version, --help and a command's --help."""
+
+    def test_version(self):
+        """--version prints nymprov's version, not Twisted's."""
+        self.assertEqual(run_main(["--version"]), (0, f"nymprov {__version__}\n", ""))
+
+    def test_help_lists_every_command(self):
+        """--help lists bench with the other commands."""
+        code, out, _ = run_main(["--help"])
+        self.assertEqual(code, 0)
+        for command in ("init", "address", "send", "receive", "bench"):
+            self.assertRegex(out, rf"\n    {command} +\w")
+
+    def test_command_help(self):
+        """receive --help starts with one clean usage line."""
+        code, out, _ = run_main(["receive", "--help"])
+        self.assertEqual(code, 0)
+        self.assertEqual(out.splitlines()[0], "Usage: nym-client receive [options]")
+        self.assertNotIn("Twisted", out)
+
+
+class PrintableTests(SynchronousTestCase):
+    """What receive prints for a message."""
+
+    def test_text(self):
+        """Text is printed as it is, ending in one newline."""
+        self.assertEqual(cli.printable("héllo".encode()), "héllo\n")
+        self.assertEqual(cli.printable(b"two\nlines\n"), "two\nlines\n")
+
+    def test_binary(self):
+        """Bytes that are not text, or text with control characters, print as one base64 line."""
+        self.assertEqual(cli.printable(b"\x00\xff\x10"), "[binary, 3 bytes, base64] AP8Q\n")
+        self.assertEqual(cli.printable(b"bell\x07"), "[binary, 5 bytes, base64] YmVsbAc=\n")
 
 
 class CommandTests(TestCase):
@@ -44,6 +90,12 @@ class CommandTests(TestCase):
         out, err, code = await nym_client("receive", "--data-dir", bob_dir, "--wait", "1")
         self.assertEqual((code, out), (0, b"hello from a terminal\n"), err)
         self.assertEqual(os.stat(os.path.join(bob_dir, "token")).st_mode & 0o777, 0o600)
+        # No acknowledgement in time: said in words, exit 1.
+        out, err, code = await nym_client("send", "--config", first, "--wait", "0.001", bob, "late")
+        self.assertEqual(code, 1)
+        self.assertEqual(err.decode().splitlines(), [
+            "nym-client send: no acknowledgement within 0.001 seconds (--wait);"
+            " the message may still arrive, or may be lost"])
 
     async def test_bad_usage_exits_2(self):
         """A bad address or missing settings exit 2 with a message, not a traceback."""

@@ -73,6 +73,31 @@ class ConfigTests(SynchronousTestCase):
             MixNodeOptions().parseOptions([])
         self.assertIn("--topology", str(caught.exception))
 
+    def test_config_file(self):
+        """--config reads a TOML file of long option names; the command line beats it."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('topology = "t.json"\nmix-listen = ["tcp:1"]\nmax-delay = 2.5\nmix-queue = 7\n')
+        options = MixNodeOptions()
+        options.parseOptions(["--config", path, "--mix-queue", "9"])
+        config = options.mixnode_config
+        self.assertEqual((config.mix_listen, config.max_delay, config.mix_queue),
+                         (("tcp:1",), 2.5, 9))
+        self.assertEqual(config.topology, os.path.abspath("t.json"))
+
+    def test_config_file_errors(self):
+        """A bad key or value in the file is one line naming the option and the file."""
+        path = self.mktemp()
+        for text, expected in (('max_delay = 1\n', "did you mean 'max-delay'?"),
+                               ('max-delay = -1\n', f"--max-delay: must be at least 0, got -1 (in {path})"),
+                               ('max-delay = [\n', "is not valid TOML")):
+            with open(path, "w") as f:
+                f.write(text)
+            code, out, err = run_main(["run", "--config", path, "--topology", "t"])
+            self.assertEqual(code, 2)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn(expected, err)
+
     def test_not_a_number(self):
         """A number option given text is a usage error naming the option."""
         with self.assertRaises(usage.UsageError) as caught:
@@ -87,8 +112,8 @@ class CommandTests(SynchronousTestCase):
         """No arguments: the command list, exit 0."""
         code, out, _ = run_main([])
         self.assertEqual(code, 0)
-        for command in ("run", "init", "help", "--version"):
-            self.assertIn(f"  {command} ", out)
+        for command in ("run", "init", "help"):
+            self.assertIn(f"    {command} ", out)
 
     def test_version(self):
         """--version prints the version."""

@@ -3,6 +3,8 @@
 import io
 import os
 import shutil
+import subprocess
+import sys
 
 from twisted.internet.task import Clock
 from twisted.plugin import IPlugin
@@ -111,6 +113,33 @@ class HelpAndDocTests(SynchronousTestCase):
             example = f.read().rstrip("\n")
         self.assertIn(example, doc)
         self.assertLess(len(example.splitlines()), 60)
+
+
+class SysPathTests(SynchronousTestCase):
+    """Plugins are found in a nymprov/plugins/ directory anywhere on sys.path."""
+
+    def test_pythonpath_examples(self):
+        """PYTHONPATH=examples nym-provider help backends lists shout (a child process)."""
+        env = dict(os.environ, PYTHONPATH="examples")
+        # -m puts the working directory (the checkout) first on sys.path,
+        # as an installed nym-provider finds nymprov in site-packages.
+        child = subprocess.run([sys.executable, "-m", "nymprov", "help", "backends"],
+                               capture_output=True, env=env, cwd=ROOT, timeout=60)
+        self.assertEqual(child.returncode, 0, child.stderr)
+        out = child.stdout.decode()
+        self.assertIn("  shout: answer every request in capitals", out)
+        self.assertIn("    times=1  how many times to repeat the body", out)
+        self.assertIn("  inbox: ", out)
+        self.assertNotIn(b"Warning", child.stderr)
+
+    def test_packaging_recipe_is_the_example(self):
+        """The pyproject.toml in doc/providers.md is examples/pyproject.toml."""
+        with open(DOC) as f:
+            doc = f.read()
+        with open(os.path.join(ROOT, "examples", "pyproject.toml")) as f:
+            recipe = f.read()
+        self.assertIn(f"```toml\n{recipe}```", doc)
+        self.assertIn('include = ["nymprov.plugins"]', recipe)
 
 
 class ExamplePluginTests(SynchronousTestCase):

@@ -1,14 +1,17 @@
 """The ``nym-client`` command: init, address, send, receive and bench."""
 
+import base64
 import json
 import os
 import sys
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import TimeoutError, ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.python import usage
 
+from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov.cli.provider import parse_command_options
+from nymprov._version import __version__
 from nymprov.errors import ConfigError
 from nymprov.keys import write_file_atomically
 
@@ -58,6 +61,17 @@ class _Common(usage.Options):
         return found
 
 
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
+
+    def getSynopsis(self):
+        # Twisted would put the parent's synopsis and the command name in
+        # front of this one; the synopsis says it all already.
+        return self.synopsis
+
+
 class InitOptions(_Common):
     synopsis = f"Usage: {PROGRAM} init --config FILE | --data-dir DIR --topology FILE --provider ID"
 
@@ -99,15 +113,27 @@ class BroadcastOptions(_Common):
             raise usage.UsageError("--service: the broadcast provider's identity is needed")
 
 
+class BenchOptions(usage.Options):
+    """Listed for --help only: ``bench`` hands its arguments to the benchmark."""
+
+    synopsis = f"Usage: {PROGRAM} bench [--help | arguments]"
+
+
 class Options(usage.Options):
-    synopsis = f"Usage: {PROGRAM} COMMAND [options]  (or: {PROGRAM} bench --help)"
+    synopsis = f"Usage: {PROGRAM} COMMAND [options]"
     subCommands = [
         ["init", None, InitOptions, "create keys and register with the provider"],
         ["address", None, AddressOptions, "print this client's address"],
         ["send", None, SendOptions, "send a message (from the argument or stdin)"],
         ["receive", None, ReceiveOptions, "pull, print and acknowledge messages"],
         ["broadcast", None, BroadcastOptions, "hand a signed transaction (hex or raw, file or stdin) to a broadcaster"],
+        ["bench", None, BenchOptions, "measure a testnet's throughput ('bench --help')"],
     ]
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
 
     def postOptions(self):
         if self.subCommand is None:
@@ -146,6 +172,23 @@ def _save_received(client, data_dir, messages):
     write_file_atomically(os.path.join(data_dir, STATE_FILE), json.dumps(state).encode())
 
 
+def printable(message):
+    """
+    :returns: ``message`` as text for a terminal, one message per line:
+        the text itself if it is UTF-8 without control characters (other
+        than newlines and tabs), else a line that says it is binary, with
+        the bytes in base64.
+    """
+    try:
+        text = message.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and all(c.isprintable() or c in "\n\t" for c in text):
+        return text if text.endswith("\n") else text + "\n"
+    encoded = base64.b64encode(message).decode("ascii")
+    return f"[binary, {len(message)} bytes, base64] {encoded}\n"
+
+
 def _drain(client):
     messages = []
     while client.inbox.pending:
@@ -172,7 +215,13 @@ async def _send(reactor, settings, options, out, stdin):
     try:
         d = client.send(options["address"], data)
         d.addTimeout(options["wait"], reactor)
-        await d
+        try:
+            await d
+        except TimeoutError:
+            raise ConfigError(
+                f"no acknowledgement within {options['wait']:g} seconds (--wait);"
+                " the message may still arrive, or may be lost"
+            ) from None
         print(f"sent {len(data)} bytes; acknowledged by the recipient's provider", file=out)
     finally:
         # Messages that came in meanwhile wait for the next receive.
@@ -188,7 +237,7 @@ async def _receive(reactor, settings, options, out):
     await client.stop()
     messages += _drain(client)
     for message in messages:
-        out.buffer.write(message + b"\n")
+        out.write(printable(message))
     out.flush()
     _save_received(client, settings["data_dir"], [])
 
@@ -232,6 +281,7 @@ async def _broadcast(reactor, settings, options, out, stdin):
     return 1 if answer.outcome == "rejected" else 0
 
 
+@quiet_on_broken_pipe
 def main(argv=None, stdout=None, stderr=None, stdin=None):
     """Run ``nym-client``; returns the exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -271,6 +321,9 @@ def main(argv=None, stdout=None, stderr=None, stdin=None):
                 outcome["code"] = await _broadcast(reactor, settings, sub, out, stdin)
             else:
                 await _receive(reactor, settings, sub, out)
+        except ConfigError as e:
+            print(f"{PROGRAM} {command}: {e}", file=err)
+            outcome["code"] = 1
         except Exception as e:  # reported, not a traceback: the user acts on it
             print(f"{PROGRAM} {command}: {type(e).__name__}: {e}", file=err)
             outcome["code"] = 1

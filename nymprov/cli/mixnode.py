@@ -2,7 +2,9 @@
 
 import sys
 
+from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov._version import __version__
+from nymprov.cli.banner import banner, command_list
 from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
 from nymprov.mixnode.config import MixNodeOptions
 from nymprov.options import EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
@@ -33,17 +35,17 @@ class InitOptions(MixNodeOptions):
 
 
 COMMANDS = (
-    ("run", "run the mix node in the foreground (Ctrl-C stops it)"),
-    ("init", "create the data directory and keys; print the public keys"),
-    ("help", "list the commands, or describe one: help COMMAND"),
-    ("--version", "print the version"),
+    ("run", "Run a Nym mix node"),
+    ("init", "Create the data directory and keys; print the public keys"),
+    ("help", "List the commands, or describe one: help COMMAND"),
 )
 
-
 def _command_list():
-    lines = [f"Usage: {PROGRAM} COMMAND [options]", "", "Commands:"]
-    lines += [f"  {name:<9}  {summary}" for name, summary in COMMANDS]
-    return "\n".join(lines + ["", f"'{PROGRAM} help COMMAND' describes a command."])
+    return command_list(PROGRAM, COMMANDS)
+
+
+def _banner():
+    return banner(PROGRAM, "mixnode", COMMANDS)
 
 
 def _init(args, stdout, stderr):
@@ -84,6 +86,7 @@ def _help_command(args, stdout, stderr):
     return EXIT_OK
 
 
+@quiet_on_broken_pipe
 def main(argv=None, stdout=None, stderr=None):
     """
     Run ``nym-mixnode`` with ``argv`` (``sys.argv[1:]`` by default).
@@ -94,7 +97,7 @@ def main(argv=None, stdout=None, stderr=None):
     stdout = sys.stdout if stdout is None else stdout
     stderr = sys.stderr if stderr is None else stderr
     if not argv:
-        print(f"{PROGRAM} {__version__}: a Nym mix node\n\n{_command_list()}", file=stdout)
+        print(_banner(), file=stdout)
         return EXIT_OK
     command, args = argv[0], list(argv[1:])
     if command == "--version" and not args:

@@ -4,31 +4,25 @@ import importlib
 import importlib.util
 import sys
 
+from twisted.python import usage
 
+from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov._version import __version__
+from nymprov.cli.banner import banner, command_list
 from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
 from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
-from nymprov.provider.config import RunOptions
+from nymprov.provider.config import DEFAULT_DATA_DIR, RunOptions, load_config
 
 PROGRAM = "nym-provider"
 
-LOGO = r"""
-    ##   ##  ##    ##  ##     ##
-    ###  ##   ##  ##   ###   ###
-    #### ##    ####    #### ####
-    ## ####     ##     ## ### ##
-    ##  ###     ##     ##  #  ##
-    ##   ##     ##     ##     ##
-    . . . mixnet provider . . .
-"""
-
+#: The commands, ``run`` first as the original listed it; nymprov's own
+#: commands follow.
 COMMANDS = (
-    ("run", "run the provider in the foreground (Ctrl-C stops it)"),
-    ("init", "create the data directory, keys and certificate; print the keys"),
-    ("bench", "measure packet processing and ingest speed"),
-    ("testnet", "run a whole mixnet on this machine: mix layers and providers"),
-    ("help", "list the commands, or describe one: help COMMAND"),
-    ("--version", "print the version"),
+    ("run", "Run a Nym mixnet provider for offline storage"),
+    ("init", "Create the data directory, keys and certificate; print the keys"),
+    ("bench", "Measure packet processing and ingest speed"),
+    ("testnet", "Run a whole mixnet on this machine: mix layers and providers"),
+    ("help", "List the commands, or describe one: help COMMAND"),
 )
 
 #: The module whose ``main(args)`` is ``nym-provider bench``.
@@ -53,29 +47,42 @@ class RunCommandOptions(RunOptions):
         RunOptions.postOptions(self)
 
 
-class InitOptions(RunOptions):
-    """``nym-provider init``: the provider's options (for the data dir)."""
+class InitOptions(usage.Options):
+    """
+    ``nym-provider init``: where the data directory is, given directly or
+    by the run config file.  After parsing, ``data_dir`` is its absolute
+    path.
+    """
 
     synopsis = f"Usage: {PROGRAM} init [options]"
     longdesc = (
         "Create the data directory, the identity and Sphinx keys and the TLS"
         " certificate if they are missing, then print the public keys and the"
-        " certificate fingerprint. Takes the same options as run; only"
-        " --data-dir (or --config) matters."
+        " certificate fingerprint."
     )
+    optParameters = [
+        ["config", "c", None, "the TOML file of settings that run is given (its data-dir is used)"],
+        ["data-dir", "d", None, f"directory for keys, certificate and database [default: {DEFAULT_DATA_DIR}]"],
+    ]
+
+    def opt_version(self):
+        """Print the version and exit."""
+        print(f"nymprov {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self):
+        # The whole config is checked, so that init refuses a file that run
+        # would refuse.
+        self.data_dir = load_config(self).data_dir
 
 
 def _command_list():
-    width = max(len(name) for name, _ in COMMANDS)
-    lines = [f"Usage: {PROGRAM} COMMAND [options]", "", "Commands:"]
-    lines += [f"  {name:<{width}}  {summary}" for name, summary in COMMANDS]
-    lines += ["", f"'{PROGRAM} help COMMAND' describes a command;"
-              f" '{PROGRAM} help backends' lists the provider backends."]
-    return "\n".join(lines)
+    return command_list(PROGRAM, COMMANDS)
 
 
 def _banner():
-    return f"{LOGO}\n{PROGRAM} {__version__}\n\n{_command_list()}"
+    """What ``nym-provider`` alone prints: the original's text, line for line."""
+    return banner(PROGRAM, "mixnet-provider", COMMANDS)
 
 
 _BENCH_HELP = (
@@ -84,7 +91,11 @@ _BENCH_HELP = (
     f"ingest over loopback TCP. '{PROGRAM} bench --help' lists its arguments."
 )
 
-_HELP_HELP = f"Usage: {PROGRAM} help [COMMAND]\n\n" + _command_list()
+_HELP_HELP = (
+    f"Usage: {PROGRAM} help [COMMAND]\n\n"
+    f"Describe COMMAND, or list the commands; '{PROGRAM} help backends'\n"
+    "lists the provider backends and their options."
+)
 
 
 def _help_text(command):
@@ -115,7 +126,7 @@ def _init(args, stdout, stderr):
     failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
     if failed is not None:
         return failed
-    return create_and_print_keys(options.provider_config.data_dir, stdout, stderr, PROGRAM, certificate=True)
+    return create_and_print_keys(options.data_dir, stdout, stderr, PROGRAM, certificate=True)
 
 
 def _bench(args, stdout, stderr):
@@ -170,6 +181,7 @@ def _help(args, stdout, stderr):
 _DISPATCH = {"run": _run, "init": _init, "bench": _bench, "testnet": _testnet, "help": _help}
 
 
+@quiet_on_broken_pipe
 def main(argv=None, stdout=None, stderr=None):
     """
     Run ``nym-provider`` with the arguments ``argv`` (``sys.argv[1:]`` by

@@ -15,6 +15,8 @@ from nymprov.options import (
     list_of,
     number,
     option_name,
+    read_toml_file,
+    unknown_setting,
     whole_number,
 )
 
@@ -95,7 +97,9 @@ class MixNodeOptions(usage.Options):
         " for the delay its header asks for and send it on to the next node"
         " that the topology file names."
     )
-    optParameters = [[option_name(f)[2:], None, None, _help(f)] for f in _HELP]
+    optParameters = [
+        ["config", "c", None, "TOML file of settings (keys are the long option names)"],
+    ] + [[option_name(f)[2:], None, None, _help(f)] for f in _HELP]
     #: Whether --topology must be given (run: yes; init: no).
     needs_topology = True
 
@@ -114,20 +118,49 @@ class MixNodeOptions(usage.Options):
         raise SystemExit(0)
 
     def postOptions(self):
-        values = {}
+        # The command line beats the --config file, which beats the defaults.
+        path = self["config"]
+        from_file = {} if path is None else read_config_file(path)
+        values = dict(from_file)
+        given_here = set()
         for field in _DEFAULTS:
             given = self.get(option_name(field)[2:])
             if field == "mix_listen":
                 if given:
                     values[field] = list(given)
+                    given_here.add(field)
             elif given is not None:
                 values[field] = _from_text(field, given)
+                given_here.add(field)
         try:
             self.mixnode_config = MixNodeConfig(**values)
         except InvalidSetting as e:
-            raise InvalidOption(str(e))
+            in_file = e.field in from_file and e.field not in given_here
+            raise InvalidOption(f"{e} (in {path})" if in_file else str(e))
         if self.needs_topology and self.mixnode_config.topology is None:
             raise InvalidOption("--topology: a mix node needs the topology file to run")
+
+
+def _field_for_key(key):
+    field = key.replace("-", "_")
+    return field if "_" not in key and field in _DEFAULTS else None
+
+
+def read_config_file(path):
+    """
+    The settings in the TOML file at ``path``, as ``{field: value}``; its
+    keys are the long option names (``mix-listen = ["tcp:1790"]``).
+
+    :raises InvalidOption: naming ``--config`` and the file if it cannot be
+        read, is not TOML, or holds an unknown key.
+    """
+    values = {}
+    for key, value in read_toml_file(path).items():
+        field = _field_for_key(key)
+        if field is None:
+            raise unknown_setting(key, path, _field_for_key)
+        values[field] = value
+    return values
 
 
 def _from_text(field, text):

@@ -3,17 +3,19 @@ Provider backends as Twisted plugins: the place where
 ``twisted.plugin.getPlugins(IProviderMaker, nymprov.plugins)`` looks.
 
 A third-party package adds a backend by shipping a module in a
-``nymprov/plugins/`` directory of its own (no ``__init__.py`` there), whose
-module-level objects provide ``IPlugin`` and ``IProviderMaker``.  The
-helpers below find the makers, parse their options and describe them.
+``nymprov/plugins/`` directory of its own (no ``__init__.py`` there) in any
+``sys.path`` entry, whose module-level objects provide ``IPlugin`` and
+``IProviderMaker``.  The helpers below find the makers, parse their options
+and describe them.
 """
 
-from pkgutil import extend_path
-
+from twisted.plugin import pluginPackagePaths
 from twisted.python import usage
 
-# Let other distributions' nymprov/plugins/ directories join this package.
-__path__ = extend_path(__path__, __name__)
+# Every nymprov/plugins/ directory on sys.path joins this package, as
+# twisted.plugins does: a plugin need not live beside nymprov itself
+# (pkgutil.extend_path would only search nymprov's own __path__).
+__path__.extend(pluginPackagePaths(__name__))
 
 
 def positive(convert):

@@ -1,10 +1,6 @@
 """The provider's settings: their defaults, the TOML file and the command line."""
 
 import os
-try:
-    import tomllib
-except ImportError:  # Python 3.10
-    import tomli as tomllib
 from dataclasses import dataclass, fields
 
 from twisted.python import usage
@@ -23,6 +19,8 @@ from nymprov.options import (
     list_of,
     number,
     option_name,
+    read_toml_file,
+    unknown_setting,
     whole_number,
 )
 from nymprov.node.pool import default_worker_count
@@ -368,20 +366,11 @@ def read_config_file(path):
     :raises InvalidOption: naming ``--config`` and the file if it cannot be
         read, is not TOML, or holds an unknown key.
     """
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except OSError as e:
-        raise InvalidOption(f"--config: cannot read {path}: {e.strerror}")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise InvalidOption(f"--config: {path} is not valid TOML: {e}")
     values = {}
-    for key, value in document.items():
+    for key, value in read_toml_file(path).items():
         field = _field_for_key(key)
         if field is None:
-            hint = key.replace("_", "-")
-            suggestion = f" (did you mean {hint!r}?)" if _field_for_key(hint) else ""
-            raise InvalidOption(f"--config: unknown setting {key!r} in {path}{suggestion}")
+            raise unknown_setting(key, path, _field_for_key)
         if field == "client_tls":
             if not isinstance(value, bool):
                 raise InvalidOption(

@@ -129,12 +129,18 @@ class SQLiteStore(Service):
         self._state = OPEN
         for address, count, size in usage:
             self._quotas.add_client(address, count, size)
-        self.log.info(
-            "opened store with {clients} clients, {messages} messages, {tags} replay tags",
-            clients=len(self._quotas),
-            messages=self._quotas.messages,
-            tags=self._filter.count,
-        )
+        if len(self._quotas) or self._quotas.messages:
+            self.log.info(
+                "opened {path}: {clients} clients, {messages} messages, {tags} replay tags",
+                path=self._path,
+                clients=len(self._quotas),
+                messages=self._quotas.messages,
+                tags=self._filter.count,
+            )
+        else:
+            # A mix node's replay cache (or an empty provider store): no
+            # "0 clients" that would puzzle a mix node's operator.
+            self.log.info("opened {path}: {tags} replay tags", path=self._path, tags=self._filter.count)
         self._notify_started()
 
     def _notify_started(self):

@@ -23,6 +23,34 @@ import time
 #: Clients the ingest packets are spread over (each gets an inbox).
 CLIENTS = 64
 
+#: Longest a long step goes without a progress line.
+PROGRESS_INTERVAL = 2.0  # seconds
+
+
+class Progress:
+    """
+    Progress lines for a long step, at most one per ``interval`` seconds
+    (and the first at once), so that a run of a minute never looks hung.
+    """
+
+    def __init__(self, what, total, out=None, interval=PROGRESS_INTERVAL, clock=time.monotonic):
+        self.what = what
+        self.total = total
+        self._out = out
+        self._interval = interval
+        self._clock = clock
+        self._started = clock()
+        self._next = self._started
+
+    def update(self, done):
+        """Report ``done`` of the total if the last line is old enough."""
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._interval
+        print(f"  [{now - self._started:5.1f} s] {self.what}: {done}/{self.total}",
+              file=self._out or sys.stdout, flush=True)
+
 
 # -- packet generation (worker processes, before any measurement) ------------
 
@@ -46,18 +74,28 @@ def _generate(job):
     return path
 
 
-def generate_packets(directory, count, node_address, node_public, clients, workers=2):
+def generate_packets(directory, count, node_address, node_public, clients, workers=2, progress=None):
     """
-    :returns: the files holding ``count`` frames, made by ``workers`` processes.
+    :param progress: a :class:`Progress` told of each file made.
+    :returns: the files holding ``count`` frames, made by ``workers``
+        processes (in 20 files, so that progress can be shown).
     """
-    share, extra = divmod(count, workers)
+    files = min(count, 20) or 1
+    share, extra = divmod(count, files)
     jobs = [
         (os.path.join(directory, f"frames-{w}.bin"), share + (1 if w < extra else 0),
          node_address, node_public, clients, w * count)
-        for w in range(workers)
+        for w in range(files)
     ]
+    paths, made = [], 0
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        return pool.map(_generate, jobs)
+        # imap keeps the files in job order.
+        for path, job in zip(pool.imap(_generate, jobs), jobs):
+            paths.append(path)
+            made += job[1]
+            if progress is not None:
+                progress.update(made)
+    return paths
 
 
 def _stream(host, port, paths):
@@ -95,7 +133,9 @@ def measure_unwrap(rounds, per_round):
     ]
     points = [KeyPair.generate().public_bytes for _ in range(per_round)]
     unwrap, x25519 = [], []
-    for _ in range(rounds):
+    progress = Progress("unwrap rounds", rounds)
+    for round_number in range(rounds):
+        progress.update(round_number)
         start = time.perf_counter()
         for packet in packets:
             process_packet(packet, key).message()
@@ -166,6 +206,7 @@ async def _node_benchmark(reactor, args, figures):
         paths = await _in_thread(
             reactor, generate_packets, workdir, args.packets, node_address,
             service.keys.sphinx.public_bytes, [c.address for c in clients],
+            2, Progress("packets generated", args.packets),
         )
 
         counters = service.counters
@@ -186,10 +227,12 @@ async def _node_benchmark(reactor, args, figures):
         start = time.perf_counter()
         start_cpu, start_times = time.thread_time(), os.times()
         next_sample = 0
+        progress = Progress("packets ingested", args.packets)
         while time.perf_counter() < deadline:
             done = counters.get("packets.delivered") + sum(
                 v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")
             )
+            progress.update(done)
             if done >= next_sample:
                 samples.append((done, _rss_mib()))
                 next_sample += max(1, args.packets // 10)
@@ -214,7 +257,8 @@ async def _node_benchmark(reactor, args, figures):
         figures["rss_base_mib"] = base_rss
 
         start = time.perf_counter()
-        pulled = await pull_and_ack_all(reactor, client_port, service.certificate, clients)
+        pulled = await pull_and_ack_all(reactor, client_port, service.certificate, clients,
+                                        progress=Progress("clients emptied", len(clients)))
         elapsed = time.perf_counter() - start
         figures["pulled"] = pulled
         figures["pull_ack_mps"] = pulled / elapsed

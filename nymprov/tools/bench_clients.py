@@ -45,15 +45,19 @@ async def register_clients(reactor, address, certificate, count):
     return clients
 
 
-async def pull_and_ack_all(reactor, address, certificate, clients, batch=64):
+async def pull_and_ack_all(reactor, address, certificate, clients, batch=64, progress=None):
     """
     Empty every client's inbox over one connection each, in batches.
+
+    :param progress: a ``Progress`` told how many clients are done.
 
     :returns: how many messages were pulled and acked.
     """
     total = 0
     fingerprint = _fingerprint(certificate)
-    for client in clients:
+    for done, client in enumerate(clients):
+        if progress is not None:
+            progress.update(done)
         session = await provider_client.connect(reactor, address.host, address.port, fingerprint)
         try:
             await session.authenticate(client.address, client.token)
