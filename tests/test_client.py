@@ -69,6 +69,10 @@ class ClientTests(SynchronousTestCase):
         self.bob, self.bob_session = self.make_client(self.topology.providers[1], ack_timeout=5.0)
 
     def make_client(self, provider, **kwargs):
+        # Unshaped, so that each packet leaves as it is made; the shaped
+        # stream has its own tests (test_client_stream).
+        kwargs.setdefault("shaped", False)
+        kwargs.setdefault("loop_rate", 0.0)
         session = RecordingSession()
         client = NymClient(ClientKeys.generate(), self.topology, provider.identity, reactor=self.clock,
                            clock=self.clock, connect=lambda: succeed(session), mean_delay=0.0,
@@ -185,9 +189,8 @@ class ClientTests(SynchronousTestCase):
 
     def test_cover_traffic_loops_back_and_is_dropped(self):
         """Loop cover goes out at the Poisson rate and is dropped when it comes back."""
-        client, session = self.make_client(self.topology.providers[0], cover_rate=2.0)
-        client._running = True
-        client._schedule_cover()
+        client, session = self.make_client(self.topology.providers[0], loop_rate=2.0)
+        client.stream.start()
         self.clock.pump([0.1] * 300)
         count = len(session.sent)
         # 60 expected; a Poisson count this far off would be a bug.
@@ -195,6 +198,7 @@ class ClientTests(SynchronousTestCase):
         for sent in session.sent[:5]:
             self.deliver(sent, client)
         self.assertEqual(client.counters.get("cover.received"), 5)
+        self.assertEqual(client.counters.get("stream.sent", "loop"), count)
         self.assertEqual(len(client.inbox.pending), 0)
         self.successResultOf(client.stop())
         self.clock.pump([0.1] * 300)

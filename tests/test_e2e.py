@@ -29,7 +29,7 @@ class EndToEndTests(TestCase):
         client = NymClient(
             ClientKeys.generate(), net.topology, provider.identity, reactor=reactor,
             mean_delay=0.005, pull_interval=0.2, ack_timeout=ack_timeout, reply_surbs=2,
-            max_attempts=20, cover_rate=2.0,
+            max_attempts=20, loop_rate=2.0,
         )
         await client.start()
         self.addCleanup(client.stop)

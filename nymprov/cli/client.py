@@ -12,6 +12,7 @@ from twisted.python import usage
 from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov.cli.provider import parse_command_options
 from nymprov._version import __version__
+from nymprov.client.stream import DEFAULT_DROP_RATE, DEFAULT_LOOP_RATE, DEFAULT_SEND_RATE
 from nymprov.errors import ConfigError
 from nymprov.keys import write_file_atomically
 
@@ -39,7 +40,11 @@ class _Common(usage.Options):
         ["topology", "t", None, "the topology file"],
         ["provider", "p", None, "the provider's identity (base58)"],
         ["mean-delay-ms", None, None, "mean per-hop delay", float],
+        ["send-rate", None, None, f"λ_P: packets per second of the payload stream [{DEFAULT_SEND_RATE:g}]", float],
+        ["loop-rate", None, None, f"λ_L: loop cover packets per second [{DEFAULT_LOOP_RATE:g}]", float],
+        ["drop-rate", None, None, f"λ_D: drop cover packets per second [{DEFAULT_DROP_RATE:g}]", float],
     ]
+    optFlags = [["unshaped", None, "send each packet at once, no payload stream (observable: tests only)"]]
 
     def settings(self):
         """Command line, then --config, then DATA_DIR/client.toml."""
@@ -49,7 +54,7 @@ class _Common(usage.Options):
         data_dir = self["data-dir"] or found.get("data_dir")
         if data_dir and os.path.exists(os.path.join(data_dir, CONFIG_FILE)) and not self["config"]:
             found.update(_toml(os.path.join(data_dir, CONFIG_FILE)))
-        for key in ("topology", "provider", "mean_delay_ms"):
+        for key in ("topology", "provider", "mean_delay_ms", "send_rate", "loop_rate", "drop_rate"):
             given = self[key.replace("_", "-")]
             if given is not None:
                 found[key] = given
@@ -58,6 +63,17 @@ class _Common(usage.Options):
             if not found.get(key):
                 raise usage.UsageError(f"no {key.replace('_', '-')}: give --{key.replace('_', '-')} or --config")
         found.setdefault("mean_delay_ms", 50.0)
+        found.setdefault("send_rate", DEFAULT_SEND_RATE)
+        found.setdefault("loop_rate", DEFAULT_LOOP_RATE)
+        found.setdefault("drop_rate", DEFAULT_DROP_RATE)
+        if self["unshaped"]:
+            found["shaped"] = False
+        found.setdefault("shaped", True)
+        for key in ("send_rate", "loop_rate", "drop_rate"):
+            if not float(found[key]) >= 0:
+                raise usage.UsageError(f"{key.replace('_', '-')} must be a number of packets per second, 0 or more")
+        if found["shaped"] and not float(found["send_rate"]) > 0:
+            raise usage.UsageError("send-rate must be above 0 when shaping (or give --unshaped)")
         return found
 
 
@@ -149,7 +165,9 @@ def _client(settings, reactor):
     try:
         return NymClient(keys, topology, settings["provider"], reactor=reactor,
                          data_dir=settings["data_dir"],
-                         mean_delay=float(settings["mean_delay_ms"]) / 1000.0, pull_interval=0.5)
+                         mean_delay=float(settings["mean_delay_ms"]) / 1000.0, pull_interval=0.5,
+                         send_rate=float(settings["send_rate"]), loop_rate=float(settings["loop_rate"]),
+                         drop_rate=float(settings["drop_rate"]), shaped=bool(settings["shaped"]))
     except KeyError:
         raise ConfigError(f"provider {settings['provider']} is not in {settings['topology']}") from None
 

@@ -1,15 +1,18 @@
 """
 The client: register with its provider, send messages reliably through the
-mixnet, receive them by pulling, reply through SURBs, and send loop cover.
+mixnet in one shaped outgoing stream (``nymprov.client.stream``), receive
+them by pulling on a fixed schedule, and reply through SURBs.
 """
 
 import random
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, succeed
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nymprov.client.cover import CoverBuilder
 from nymprov.client.fragments import Fragment, MalformedFragment, Reassembler, split_message
 from nymprov.client.identity import ClientAddress, load_token, save_token
 from nymprov.client.routes import Router
@@ -25,6 +28,13 @@ from nymprov.client.sealing import (
     open_body,
     reply_private_key,
     seal,
+)
+from nymprov.client.stream import (
+    DEFAULT_DROP_RATE,
+    DEFAULT_LOOP_RATE,
+    DEFAULT_QUEUE_CAPACITY,
+    DEFAULT_SEND_RATE,
+    OutgoingStream,
 )
 from nymprov.metrics import Counters
 from nymprov.sphinx import SURB
@@ -106,7 +116,17 @@ class NymClient:
     :param float ack_timeout: seconds to wait for an ACK before sending the
         fragment again over a fresh route; derived from the delays if ``None``.
     :param int max_attempts: sends of one fragment before giving up.
-    :param float cover_rate: loop cover packets per second (Poisson); 0 is off.
+    :param float send_rate: λ_P: packets per second of the payload stream
+        (Poisson), real ones when the queue holds some, cover otherwise.
+    :param float loop_rate: λ_L: loop cover packets per second beside it.
+    :param float drop_rate: λ_D: drop cover packets per second beside it.
+    :param str cover: what an empty tick sends: ``"loop"`` or ``"drop"``.
+    :param int queue_capacity: packets the outgoing queue holds.
+    :param bool shaped: ``False`` sends every packet at once, with no
+        payload stream: observable, for tests and benchmarks (logs a warning).
+    :param bool pull_pad: ask the provider for padded answers.
+    :param bool pull_drain: pull again at once after a full batch (leaks
+        that the inbox held more; off by default).
     :param int reply_surbs: SURBs attached to each message by default.
     """
 
@@ -114,8 +134,10 @@ class NymClient:
 
     def __init__(self, keys, topology, provider_identity, *, reactor=None, clock=None,
                  connect=None, data_dir=None, mean_delay=0.05, loopix=False, pull_interval=1.0,
-                 ack_timeout=None, max_attempts=10, cover_rate=0.0, reply_surbs=0,
-                 pull_batch=DEFAULT_PULL_BATCH, rng=None):
+                 ack_timeout=None, max_attempts=10, send_rate=DEFAULT_SEND_RATE,
+                 loop_rate=DEFAULT_LOOP_RATE, drop_rate=DEFAULT_DROP_RATE, cover="loop",
+                 queue_capacity=DEFAULT_QUEUE_CAPACITY, shaped=True, pull_pad=True,
+                 pull_drain=False, reply_surbs=0, pull_batch=DEFAULT_PULL_BATCH, rng=None):
         if reactor is None:
             from twisted.internet import reactor
         self.keys = keys
@@ -135,10 +157,18 @@ class NymClient:
             ack_timeout = 3.0 + 2 * pull_interval + 6 * mean_delay * 2 * self.router.hops
         self.ack_timeout = ack_timeout
         self._max_attempts = max_attempts
-        self._cover_rate = cover_rate
         self._reply_surbs = reply_surbs
         self._pull_batch = pull_batch
+        self._pull_pad = pull_pad
+        self._pull_drain = pull_drain
         self.counters = Counters()
+        self.cover = CoverBuilder(keys, self.router, topology, self.provider, self._rng)
+        if cover not in ("loop", "drop"):
+            raise ValueError(f"cover must be 'loop' or 'drop', not {cover!r}")
+        self.stream = OutgoingStream(
+            self._clock, self._rng, self._submit, getattr(self.cover, cover), self.cover.loop,
+            self.cover.drop, self.counters, send_rate=send_rate, loop_rate=loop_rate,
+            drop_rate=drop_rate, capacity=queue_capacity, shaped=shaped)
         self.reassembler = Reassembler()
         self._stored_handlers = []
         #: Whole messages as they arrive; ``await client.inbox.get()``.
@@ -147,8 +177,7 @@ class NymClient:
         self._session = None
         self._connecting = None
         self._pending = {}  # ack id -> _Outgoing
-        self._pull_call = None
-        self._cover_call = None
+        self._pull_loop = None
         self._running = False
 
     # -- connection ---------------------------------------------------------
@@ -199,22 +228,39 @@ class NymClient:
         connecting.addBoth(lambda result: (d.callback(result), None)[1])
         return d
 
+    @property
+    def running(self):
+        """Whether the client is started: its streams and pulls go on."""
+        return self._running
+
     async def start(self):
-        """Connect, register (or authenticate), and start pulling and cover."""
+        """Connect, register (or authenticate), and start the streams and pulls."""
         await self.session()
         self._running = True
-        self._schedule_pull(0)
-        self._schedule_cover()
+        self.stream.start()
+        self._pull_loop = LoopingCall(self._pull_tick)
+        self._pull_loop.clock = self._clock
+        # A fixed cadence whatever the inbox holds: a pull that takes
+        # longer than the interval skips a beat instead of piling up.
+        self._pull_loop.start(self._pull_interval, now=True)
+
+    def stats(self):
+        """:returns: the counters and the outgoing queue's figures, one flat dict."""
+        stats = self.counters.snapshot()
+        stats.update({f"stream.{k}": v for k, v in self.stream.stats().items()})
+        stats["acks.awaited"] = len(self._pending)
+        return stats
 
     async def stop(self):
         """
-        Stop timers and close the connection.  Sends still waiting for their
-        ACKs are neither retried nor failed.
+        Stop the streams and pulls and close the connection.  Sends still
+        waiting for their ACKs (or in the queue) are neither retried nor
+        failed.
         """
         self._running = False
-        for call in (self._pull_call, self._cover_call):
-            if call is not None and call.active():
-                call.cancel()
+        self.stream.stop()
+        if self._pull_loop is not None and self._pull_loop.running:
+            self._pull_loop.stop()
         for outgoing in self._pending.values():
             if outgoing.timer is not None and outgoing.timer.active():
                 outgoing.timer.cancel()
@@ -230,17 +276,21 @@ class NymClient:
 
     # -- sending ------------------------------------------------------------
 
-    def send(self, recipient, data, reply_surbs=None):
+    def send(self, recipient, data, reply_surbs=None, wait=True):
         """
         Send ``data`` (any length) to ``recipient``, end-to-end encrypted.
+        Its packets join the outgoing queue once it has room for them all.
 
         :param recipient: a :class:`ClientAddress` or its text.
         :param int reply_surbs: SURBs to attach for replies (default: the
             client's ``reply_surbs``).
+        :param bool wait: wait for room in the queue; ``False`` fails with
+            :class:`nymprov.client.stream.QueueFull` when there is none.
         :returns: a Deferred firing with the message's reply hint (the
             ``in_reply_to`` of its replies) once every fragment is
             acknowledged, or failing with :class:`DeliveryFailed`.
         :raises InvalidClientAddress, UnknownProvider: for a bad recipient.
+        :raises MessageTooLong: for more packets than the queue holds.
         """
         if isinstance(recipient, str):
             recipient = ClientAddress.parse(recipient)
@@ -259,10 +309,10 @@ class NymClient:
             return self.router.forward(envelope, recipient.identity, provider)
 
         d = self._send_record(record, recipient.encryption, self._rng.randbytes(HINT_LENGTH),
-                              lambda: make_packet)
+                              lambda: make_packet, wait)
         return d.addCallback(lambda _: hint)
 
-    def reply(self, message, data):
+    def reply(self, message, data, wait=True):
         """
         Answer ``message`` through the SURBs it came with; each fragment and
         each retransmission uses up one SURB.
@@ -282,26 +332,44 @@ class NymClient:
             surb = SURB.from_bytes(surbs.pop(0))
             return surb.use
 
-        d = self._send_record(record, message.reply_public, message.reply_hint, next_route)
+        d = self._send_record(record, message.reply_public, message.reply_hint, next_route, wait)
         return d.addCallback(lambda _: None)
 
-    def _send_record(self, record, seal_key, hint, next_route):
+    def _send_record(self, record, seal_key, hint, next_route, wait):
         message_id = self._rng.randbytes(16)
         outgoing = [
             _Outgoing(fragment.to_bytes(), seal_key, hint, next_route)
             for fragment in split_message(message_id, record.to_bytes(), CHUNK_SIZE)
         ]
-        for item in outgoing:
-            self._transmit(item)
-        d = DeferredList([item.done for item in outgoing], fireOnOneErrback=True, consumeErrors=True)
-        d.addErrback(lambda failure: failure.value.subFailure)
+
+        def queue(_):
+            for item in outgoing:
+                self.stream.put(lambda item=item: self._transmit(item))
+            d = DeferredList([item.done for item in outgoing], fireOnOneErrback=True, consumeErrors=True)
+            d.addErrback(lambda failure: failure.value.subFailure)
+            return d
+
+        return self.stream.reserve(len(outgoing), wait).addCallback(queue)
+
+    def queue_packets(self, builders, wait=True):
+        """
+        Queue packets for the outgoing stream, each built by its
+        ``builder() -> (first_hop, packet)`` when its turn comes (services
+        built on the client send this way, so their packets are shaped too).
+
+        :returns: a Deferred firing once they are all queued.
+        """
+        builders = list(builders)
+        d = self.stream.reserve(len(builders), wait)
+        d.addCallback(lambda _: [self.stream.put(builder) for builder in builders] and None)
         return d
 
     def _transmit(self, outgoing):
+        """Build the packet of ``outgoing`` as it leaves and start its ACK timer."""
         make_packet = outgoing.make_packet()
         if make_packet is None or outgoing.attempts >= self._max_attempts:
             outgoing.done.errback(DeliveryFailed(f"no ACK after {outgoing.attempts} attempts"))
-            return
+            return None
         outgoing.attempts += 1
         ack_id = self._rng.randbytes(ACK_ID_LENGTH)
         ack_hop, ack_packet = self.router.ack(self.keys.identity_public_bytes, encode_envelope(ack_id))
@@ -310,12 +378,13 @@ class NymClient:
         self._pending[ack_id] = outgoing
         outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, ack_id)
         self.counters.incr("packets.sent", "retransmission" if outgoing.attempts > 1 else "first")
-        self._submit(first_hop, packet)
+        return first_hop, packet
 
     def _ack_timed_out(self, ack_id):
         outgoing = self._pending.pop(ack_id, None)
         if outgoing is not None:
-            self._transmit(outgoing)
+            # At the front: its message was accepted long ago.
+            self.stream.put(lambda: self._transmit(outgoing), front=True)
 
     def _submit(self, first_hop, packet):
         d = self.session()
@@ -329,59 +398,35 @@ class NymClient:
         self.counters.incr("packets.send_failed")
         self.log.debug("sending a packet failed: {error}", error=failure.getErrorMessage())
 
-    # -- cover --------------------------------------------------------------
-
-    def _schedule_cover(self):
-        if self._running and self._cover_rate > 0:
-            self._cover_call = self._clock.callLater(self._rng.expovariate(self._cover_rate), self._cover)
-
-    def _cover(self):
-        self._cover_call = None
-        record = Record(KIND_COVER, b"")
-        fragment = split_message(self._rng.randbytes(16), record.to_bytes(), CHUNK_SIZE)[0]
-        body = seal(self.keys.encryption_public_bytes, self._rng.randbytes(HINT_LENGTH), fragment.to_bytes())
-        # With a SURB-ACK like every data packet, so that the provider
-        # cannot tell loops apart; its ACK id is unknown and ignored.
-        ack_hop, ack_packet = self.router.ack(
-            self.keys.identity_public_bytes, encode_envelope(self._rng.randbytes(ACK_ID_LENGTH)))
-        first_hop, packet = self.router.forward(
-            encode_envelope(body, ack_hop, ack_packet), self.keys.identity_public_bytes, self.provider)
-        self.counters.incr("cover.sent")
-        self._submit(first_hop, packet)
-        self._schedule_cover()
-
     # -- receiving ----------------------------------------------------------
 
-    def _schedule_pull(self, delay):
-        if self._running:
-            self._pull_call = self._clock.callLater(delay, self._pull_tick)
-
     def _pull_tick(self):
-        self._pull_call = None
-        d = self.pull()
+        d = self.pull(self._pull_drain)
         d.addErrback(lambda f: self.log.debug("pull failed: {error}", error=f.getErrorMessage()))
-        d.addBoth(lambda _: self._schedule_pull(self._pull_interval))
+        return d
 
-    def pull(self):
+    def pull(self, drain=True):
         """
-        Pull the inbox until it is empty, handle what came, ack each batch.
+        Pull a batch (padded if the client was made so), handle what came,
+        ack it; with ``drain``, pull again while batches come back full.
 
         :returns: a Deferred firing with the number of stored messages handled.
         """
-        return Deferred.fromCoroutine(self._pull())
+        return Deferred.fromCoroutine(self._pull(drain))
 
-    async def _pull(self):
+    async def _pull(self, drain):
         handled = 0
         while True:
             session = await self.session()
-            batch = await session.pull(self._pull_batch)
+            batch = await session.pull(self._pull_batch, self._pull_pad)
+            self.counters.incr("pulls")
             if not batch.lease_id:
                 return handled
             for stored in batch.messages:
                 self.handle_stored(stored)
             handled += len(batch.messages)
             await session.ack(batch.lease_id)
-            if len(batch.messages) < self._pull_batch:
+            if not drain or len(batch.messages) < self._pull_batch:
                 return handled
 
     def add_stored_handler(self, handler):

@@ -97,12 +97,17 @@ class ServiceClient:
         client = self._client
         blocks = [client.router.surb_to_self(client.keys.identity_public_bytes) for _ in range(surbs)]
         data = encode_request(blocks, body, bytes(reply_key.public_key))
-        session = await client.session()
-        for fragment in split_fragments(request_id, data, REQUEST_CHUNK_SIZE):
-            first_hop, packet = client.router.forward(
-                encode_envelope(fragment), self._service.identity, self._service
-            )
-            await session.send(first_hop, packet)
+
+        def builder(fragment):
+            return lambda: client.router.forward(encode_envelope(fragment), self._service.identity, self._service)
+
+        # Into the client's outgoing stream like its own packets, so that a
+        # request shows on the link as nothing but the stream's ticks.
+        await client.queue_packets(
+            [builder(f) for f in split_fragments(request_id, data, REQUEST_CHUNK_SIZE)])
+        if not client.running:
+            # No stream drains the queue of a client that is not started.
+            client.stream.flush_now()
 
     async def request(self, body, surbs=8, timeout=60.0):
         """
@@ -120,7 +125,10 @@ class ServiceClient:
             while not waiting.done.called:
                 if self._reactor.seconds() > deadline:
                     raise ServiceTimeout(f"no answer within {timeout:g} s")
-                await self._client.pull()
+                if not self._client.running:
+                    # A started client pulls on its own schedule; pulling
+                    # more often would show when a request is out.
+                    await self._client.pull()
                 if not waiting.done.called:
                     await deferLater(self._reactor, self._poll_interval, lambda: None)
             return await waiting.done
@@ -134,7 +142,8 @@ class ServiceClient:
         :func:`nymprov.backends.forward.decode_status` for that).  A payload
         must fit one regular packet.
 
-        :returns: once the own provider accepted the packet.
+        :returns: once the packet is in the client's outgoing queue (or
+            handed to the provider, for a client that is not started).
         """
         await self._send(os.urandom(16), payload, 0, new_reply_key())
 

@@ -19,7 +19,9 @@ class BenchOptions(usage.Options):
         ["size", "s", 1000, "bytes per message (one fragment up to 1545)", int],
         ["delays", None, "0,50", "mean per-hop delays to try, in ms, comma-separated"],
         ["dir", None, None, "testnet directory [default: a new temporary one]"],
+        ["send-rate", None, None, "λ_P of the clients, packets per second [the client default]", float],
     ]
+    optFlags = [["unshaped", None, "clients send each packet at once (observable; the old behaviour)"]]
 
 
 def percentile(values, fraction):
@@ -28,17 +30,34 @@ def percentile(values, fraction):
     return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
 
 
-async def run_once(reactor, net, count, size, mean_delay_ms):
+def shaping(options):
+    """Client keyword arguments for the shaping the options ask for."""
+    from nymprov.client.stream import DEFAULT_SEND_RATE
+
+    if options["unshaped"]:
+        return {"shaped": False}
+    return {"shaped": True, "send_rate": options["send-rate"] or DEFAULT_SEND_RATE}
+
+
+def describe_shaping(shaping):
+    """One line saying whether the clients shaped their sending."""
+    if not shaping["shaped"]:
+        return "shaping OFF (unshaped clients: every packet leaves at once, observable)"
+    return f"shaping ON: λ_P = {shaping['send_rate']:g} packets/s per client"
+
+
+async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None):
     """
     Send ``count`` messages from a client of provider 1 to one of provider 2.
 
-    :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p99_ms``.
+    :param dict shaping: client keyword arguments (``shaped``, ``send_rate``).
+    :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p95_ms``, ``p99_ms``.
     """
     from nymprov.client import ClientKeys, NymClient
 
     first, second = net.topology.providers
     clients = [NymClient(ClientKeys.generate(), net.topology, p.identity, reactor=reactor,
-                         mean_delay=mean_delay_ms / 1000.0, pull_interval=0.05)
+                         mean_delay=mean_delay_ms / 1000.0, pull_interval=0.05, **(shaping or {}))
                for p in (first, second)]
     for client in clients:
         await client.start()
@@ -60,6 +79,7 @@ async def run_once(reactor, net, count, size, mean_delay_ms):
     return {
         "messages_per_second": count / elapsed,
         "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p95_ms": 1000 * percentile(latencies, 0.95),
         "p99_ms": 1000 * percentile(latencies, 0.99),
     }
 
@@ -73,8 +93,10 @@ async def _bench(reactor, options, out):
     try:
         print(f"end to end through 3 layers and 2 providers on loopback; {options['count']} messages of"
               f" {options['size']} bytes, client A (provider 1) to B (provider 2)", file=out)
+        kwargs = shaping(options)
+        print(f"  {describe_shaping(kwargs)}", file=out)
         for delay in [float(d) for d in options["delays"].split(",")]:
-            result = await run_once(reactor, net, options["count"], options["size"], delay)
+            result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs)
             print(f"  mean delay {delay:5.1f} ms/hop: {result['messages_per_second']:7.1f} messages/s,"
                   f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms",
                   file=out, flush=True)

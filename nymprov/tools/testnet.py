@@ -33,6 +33,11 @@ _PROBE_INTERVAL = 0.1  # seconds
 #: one address, so the testnet's providers allow plenty.
 TESTNET_REGISTER_RATE = 1_000_000
 
+#: The client configs' stream rates (packets per second): twice the
+#: client defaults, so that a tour's messages wait little in the queue.
+TESTNET_SEND_RATE = 100.0
+TESTNET_LOOP_RATE = 10.0
+
 TOPOLOGY_FILE = "topology.json"
 STATE_FILE = "testnet.json"
 
@@ -202,6 +207,8 @@ class Testnet:
                     f"provider_client_address = {json.dumps(provider.client_address)}\n"
                     f"certificate_fingerprint = {json.dumps(provider.certificate_fingerprint.hex())}\n"
                     f"mean_delay_ms = {float(self.mean_delay_ms)!r}\n"
+                    f"send_rate = {TESTNET_SEND_RATE!r}\n"
+                    f"loop_rate = {TESTNET_LOOP_RATE!r}\n"
                     f"data_dir = {json.dumps(os.path.join(clients, f'client-{index}'))}\n"
                 )
             paths.append(path)
