@@ -10,24 +10,39 @@ from zope.interface import Attribute, Interface
 
 class IProvider(Interface):
     """
-    What happens to a payload that reached its final hop at this provider.
+    What happens to a message that reached its final hop at this provider.
+
+    The node opens the message's envelope (:mod:`nymprov.wire.envelope`)
+    and keeps its SURB-ACK: it sends the ACK once, and only once, the
+    Deferred that ``deliver`` returns has fired.  A backend never sees an
+    ACK and never sends one.
     """
 
     name = Attribute("Short name of the backend, used in logs and counters.")
 
-    def deliver(destination, surb_id, message):
+    def deliver(message):
         """
         Take responsibility for one message.
 
-        :param bytes destination: the 32-byte destination address from the
-            final hop's routing information.
-        :param bytes surb_id: the 16-byte SURB identifier of the final hop.
-        :param bytes message: the plaintext recovered from the payload.
+        :param message: a :class:`nymprov.wire.envelope.FinalMessage`:
+            ``destination``, ``surb_id``, ``body`` (out of its envelope)
+            and ``enveloped``.
         :returns: a Deferred that fires once the backend has taken
-            responsibility (for the inbox: once the message is committed),
-            or fails with a :class:`nymprov.errors.DeliveryError`
-            subclass, whose ``reason`` is counted by the node.
+            responsibility (for the inbox: once the message is committed;
+            then the node sends the SURB-ACK), or fails with a
+            :class:`nymprov.errors.DeliveryError` subclass, whose
+            ``reason`` is counted by the node (and no ACK is sent).  Bad
+            input must change no state.
         """
+
+
+class IInbox(IProvider):
+    """
+    A backend that keeps messages in the node's ``IInboxStore`` for their
+    clients to pull.  The provider serves its client API (register, send,
+    pull, ack) only for a backend that provides this; for any other the
+    client port is not opened, since a pull could never return anything.
+    """
 
 
 class IMixSender(Interface):

@@ -22,7 +22,7 @@ from nymprov.backends.surbreply import (
 from nymprov.sphinx import SURB
 from nymprov.wire.envelope import decode_envelope
 
-from .test_backend_surbreply import HOME, ROUTE, TOPOLOGY, RecordingSender, make_surb, walk
+from .test_backend_surbreply import HOME, ROUTE, TOPOLOGY, RecordingSender, final, make_surb, walk
 
 
 def payload_message(payload, surbs=()):
@@ -89,7 +89,7 @@ class QueueTests(TestCase):
         """A payload refused twice is posted again until 200, then its status goes back."""
         sink = Flaky(failures=2)
         backend = await self.start(sink)
-        await backend.deliver(HOME.address, HOME.surb_id, payload_message(b"tx", [make_surb()]))
+        await backend.deliver(final(payload_message(b"tx", [make_surb()])))
         while backend.queued_count:
             await sleep(0.02)
         self.assertEqual(sink.bodies, [b"tx"] * 3)
@@ -109,21 +109,21 @@ class QueueTests(TestCase):
         ]
         for message, error in zip(bad, (MalformedRequest, MalformedRequest, SurbRefused)):
             with self.assertRaises(error):
-                await backend.deliver(HOME.address, HOME.surb_id, message)
+                await backend.deliver(final(message))
         self.assertEqual(backend.queued_count, 0)
 
     async def test_queue_full(self):
         """Beyond max-queue, a payload is refused as busy."""
         backend = await self.start(max_queue=1)
-        await backend.deliver(HOME.address, HOME.surb_id, payload_message(b"one"))
+        await backend.deliver(final(payload_message(b"one")))
         with self.assertRaises(ServiceBusy):
-            await backend.deliver(HOME.address, HOME.surb_id, payload_message(b"two"))
+            await backend.deliver(final(payload_message(b"two")))
 
     async def test_survives_restart(self):
         """Payloads queued while the target is down are posted after a restart."""
         backend = await self.start()
         for i in range(3):
-            await backend.deliver(HOME.address, HOME.surb_id, payload_message(b"p%d" % i))
+            await backend.deliver(final(payload_message(b"p%d" % i)))
         await backend.stopService()
         sink = Flaky(failures=0)
         again = await self.start(sink, path=self.path)

@@ -23,7 +23,7 @@ from nymprov.backends.surbreply import (
 from nymprov.interfaces import IMixSender, IProvider
 from nymprov.sphinx import SURB, Destination, KeyPair, Node, encode_address, process_packet
 from nymprov.topology import StaticTopology
-from nymprov.wire.envelope import decode_envelope, encode_envelope
+from nymprov.wire.envelope import FinalMessage, decode_envelope
 
 MIXES = [KeyPair.generate() for _ in range(2)]
 ROUTE = [Node(encode_address("127.0.0.1", 2000 + i), kp.public_bytes) for i, kp in enumerate(MIXES)]
@@ -34,6 +34,11 @@ HOME = Destination(b"\x07" * 32, b"\x01" * 16)
 def make_surb():
     """A SURB through ROUTE back to HOME."""
     return SURB.create(ROUTE, [0, 0], HOME)
+
+
+def final(body):
+    """What the node hands a backend for a message to HOME with ``body``."""
+    return FinalMessage(HOME.address, HOME.surb_id, body)
 
 
 def walk(packet):
@@ -128,7 +133,7 @@ class EchoTests(SynchronousTestCase):
     """The echo backend answers through real SURBs."""
 
     def deliver_all(self, backend, request_id, data):
-        return [self.successResultOf(backend.deliver(HOME.address, HOME.surb_id, encode_envelope(f)))
+        return [self.successResultOf(backend.deliver(final(f)))
                 for f in split_fragments(request_id, data, 500)]
 
     def test_echo_sealed_through_surbs(self):
@@ -153,6 +158,6 @@ class EchoTests(SynchronousTestCase):
         sender = RecordingSender()
         backend = EchoProvider(sender, TOPOLOGY, Clock())
         data = encode_request([SURB.create(ROUTE[1:], [0], HOME)], b"hi")
-        d = backend.deliver(HOME.address, HOME.surb_id, encode_fragment(b"z" * 16, 0, 1, data))
+        d = backend.deliver(final(encode_fragment(b"z" * 16, 0, 1, data)))
         self.failureResultOf(d, SurbRefused)
         self.assertEqual(sender.sent, [])

@@ -25,7 +25,7 @@ from nymprov.backends.webproxy import (
 from nymprov.tools.testnet import _free_ports
 from nymprov.wire.envelope import decode_envelope
 
-from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb, walk
+from .test_backend_surbreply import TOPOLOGY, RecordingSender, final, make_surb, walk
 
 headers = st.lists(st.tuples(st.binary(max_size=40), st.binary(max_size=40)), max_size=5)
 
@@ -111,7 +111,7 @@ class FetchTests(TestCase):
         key = PrivateKey.generate()
         request = encode_request([make_surb() for _ in range(surbs)],
                                  encode_http_request(b"GET", url), bytes(key.public_key))
-        await backend.deliver(HOME.address, HOME.surb_id, encode_fragment(b"f" * 16, 0, 1, request))
+        await backend.deliver(final(encode_fragment(b"f" * 16, 0, 1, request)))
         while True:
             parts = {}
             for _, packet in self.sender.sent:
@@ -164,9 +164,9 @@ class FetchTests(TestCase):
         """Past max-concurrent fetches, a request is refused with ServiceBusy and not answered."""
         backend = await self.proxy(max_concurrent=1, timeout=0.3)
         request = encode_request([make_surb()], encode_http_request(b"GET", self.base + "/slow"))
-        await backend.deliver(HOME.address, HOME.surb_id, encode_fragment(b"1" * 16, 0, 1, request))
+        await backend.deliver(final(encode_fragment(b"1" * 16, 0, 1, request)))
         with self.assertRaises(ServiceBusy):
-            await backend.deliver(HOME.address, HOME.surb_id, encode_fragment(b"2" * 16, 0, 1, request))
+            await backend.deliver(final(encode_fragment(b"2" * 16, 0, 1, request)))
         while not self.sender.sent:
             d = Deferred()
             reactor.callLater(0.01, d.callback, None)

@@ -33,7 +33,7 @@ from nymprov.tools.testnet import _free_ports
 from nymprov.wire.envelope import decode_envelope
 
 from .support import wait_for
-from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb, walk
+from .test_backend_surbreply import TOPOLOGY, RecordingSender, final, make_surb, walk
 from .test_broadcast_chains import GENESIS_COINBASE, LEGACY, SEGWIT_V0, TAPROOT, mainnet
 
 COOKIE = "__cookie__:9f3d5c0e1a2b4c6d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c2d"
@@ -157,7 +157,7 @@ class BitcoinBroadcastTests(TestCase):
         core = FakeBitcoinCore()
         backend = await self.start(await self.serve(core))
         for txid in (TAPROOT, SEGWIT_V0, TAPROOT, LEGACY):
-            await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(txid), [make_surb()]))
+            await backend.deliver(final(tx_message(mainnet(txid), [make_surb()])))
         await wait_for(lambda: len(self.sender.sent) == 4, "four answers")
         self.assertEqual(backend.queued_count, 0)
         self.assertEqual(sorted(core.taken), sorted(mainnet(t).hex() for t in (TAPROOT, SEGWIT_V0, LEGACY)))
@@ -174,7 +174,7 @@ class BitcoinBroadcastTests(TestCase):
         core.errors[LEGACY] = [(-25, "bad-txns-inputs-missingorspent")]
         backend = await self.start(await self.serve(core))
         for txid in (TAPROOT, LEGACY):
-            await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(txid), [make_surb()]))
+            await backend.deliver(final(tx_message(mainnet(txid), [make_surb()])))
         await wait_for(lambda: len(self.sender.sent) == 2, "two answers")
         got = {(a.outcome, a.txid.hex(), a.message) for a in answers(self.sender)}
         self.assertEqual(got, {("rejected", TAPROOT, "min relay fee not met, 0 < 110"),
@@ -186,7 +186,7 @@ class BitcoinBroadcastTests(TestCase):
         core = FakeBitcoinCore()
         core.errors[SEGWIT_V0] = [(-28, "Loading block index..."), (-10, "Bitcoin Core is downloading blocks...")]
         backend = await self.start(await self.serve(core))
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(SEGWIT_V0), [make_surb()]))
+        await backend.deliver(final(tx_message(mainnet(SEGWIT_V0), [make_surb()])))
         await wait_for(lambda: core.taken, "the transaction to be taken")
         self.assertEqual(core.calls, 3)
         self.assertEqual(backend.outcomes["retried"], 2)
@@ -199,7 +199,7 @@ class BitcoinBroadcastTests(TestCase):
         core = FakeBitcoinCore()
         core.errors[LEGACY] = [(-27, "Transaction outputs already in utxo set")]
         backend = await self.start(await self.serve(core))
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(LEGACY), [make_surb()]))
+        await backend.deliver(final(tx_message(mainnet(LEGACY), [make_surb()])))
         await wait_for(lambda: self.sender.sent, "the answer")
         [answer] = answers(self.sender)
         self.assertEqual(answer.outcome, "duplicate")
@@ -211,7 +211,7 @@ class BitcoinBroadcastTests(TestCase):
         url = await self.serve(core)
         wrong = rpc.BasicAuth(auth_file=secret_file(self, "alice:wrong"))
         backend = await self.start(url, auth=wrong)
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(LEGACY)))
+        await backend.deliver(final(tx_message(mainnet(LEGACY))))
         await wait_for(lambda: core.calls >= 2, "a retry")
         self.assertEqual((core.taken, backend.queued_count), ([], 1))
         await backend.stopService()
@@ -225,7 +225,7 @@ class BitcoinBroadcastTests(TestCase):
         [port] = _free_ports(1)
         url = f"http://127.0.0.1:{port}/"
         backend = await self.start(url)
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(TAPROOT)))
+        await backend.deliver(final(tx_message(mainnet(TAPROOT))))
         await wait_for(lambda: backend.outcomes["retried"] >= 1, "a failed attempt")
         await backend.stopService()
         core = FakeBitcoinCore()
@@ -240,10 +240,10 @@ class BitcoinBroadcastTests(TestCase):
         esplora = FakeEsplora()
         url = (await self.serve(esplora)) + "api"
         backend = await self.start(url, api="esplora", auth=None)
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(TAPROOT), [make_surb()]))
+        await backend.deliver(final(tx_message(mainnet(TAPROOT), [make_surb()])))
         await wait_for(lambda: self.sender.sent, "the answer")
         esplora.refuse = {"code": -26, "message": "txn-mempool-conflict"}
-        await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(LEGACY), [make_surb()]))
+        await backend.deliver(final(tx_message(mainnet(LEGACY), [make_surb()])))
         await wait_for(lambda: len(self.sender.sent) == 2, "the second answer")
         got = [(a.outcome, a.txid.hex(), a.message) for a in answers(self.sender)]
         self.assertEqual(got, [("broadcast", TAPROOT, TAPROOT), ("rejected", LEGACY, "txn-mempool-conflict")])
@@ -254,9 +254,9 @@ class BitcoinBroadcastTests(TestCase):
         core = FakeBitcoinCore()
         backend = await self.start(await self.serve(core))
         with self.assertRaises(UnsupportedTransaction):
-            await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(GENESIS_COINBASE)))
+            await backend.deliver(final(tx_message(mainnet(GENESIS_COINBASE))))
         with self.assertRaises(MalformedTransaction):
-            await backend.deliver(HOME.address, HOME.surb_id, tx_message(mainnet(TAPROOT)[:-1]))
+            await backend.deliver(final(tx_message(mainnet(TAPROOT)[:-1])))
         self.assertEqual((backend.queued_count, core.calls, self.sender.sent), (0, 0, []))
 
 

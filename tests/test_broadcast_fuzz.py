@@ -18,7 +18,7 @@ from twisted.web.server import Site
 from nymprov.backends.broadcast.backend import BroadcastProvider, parse_delay
 from nymprov.backends.broadcast.errors import InvalidTransaction
 
-from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb
+from .test_backend_surbreply import TOPOLOGY, RecordingSender, final, make_surb
 from .test_broadcast_backend import tx_message
 from .test_broadcast_chains import LEGACY, MAINNET, SEGWIT_V0, TAPROOT, access_list, dynamic_fee, legacy, mainnet
 
@@ -88,7 +88,7 @@ class BadInputTests(TestCase):
         for i, payload in enumerate(payloads):
             message = tx_message(payload, [surb] if i % 2 else [])
             try:
-                await backend.deliver(HOME.address, HOME.surb_id, message)
+                await backend.deliver(final(message))
             except InvalidTransaction as e:
                 reasons[e.reason] += 1
             else:

@@ -11,7 +11,7 @@ from nymprov.client import ClientKeys, DeliveryFailed, NotEnoughSurbs, NymClient
 from nymprov.sphinx import FinalHop, KeyPair, PacketSize, process_packet
 from nymprov.topology import MixNode, ProviderNode, Topology
 from nymprov.wire import clientapi as api
-from nymprov.wire.envelope import decode_envelope
+from nymprov.wire.envelope import decode_envelope, encode_envelope
 
 
 def make_network(layers=3):
@@ -98,11 +98,11 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual(provider_address, recipient.provider.address)
         self.assertEqual(hop.destination, recipient.keys.identity_public_bytes)
         envelope = decode_envelope(hop.message())
-        recipient.handle_stored(envelope.stored())
+        recipient.handle_stored(encode_envelope(envelope.body))
         self.assertTrue(self.topology.is_first_layer(envelope.ack_first_hop))
         self.assertEqual(len(envelope.ack_packet), PacketSize.ACK.packet_size)
         _, ack_hop = self.walk(envelope.ack_first_hop, envelope.ack_packet)
-        return ack_hop.destination, decode_envelope(ack_hop.message()).stored()
+        return ack_hop.destination, encode_envelope(decode_envelope(ack_hop.message()).body)
 
     def test_acknowledged_message_arrives_and_send_fires(self):
         """A message arrives whole at B and A's send fires once B's provider ACKs it."""

@@ -1,34 +1,29 @@
 """
-The plaintext envelope (codec) and the inbox backend's side of SURB-ACKs.
+The plaintext envelope: its codec and how the node opens it (the node's
+side of SURB-ACKs is in test_node_acks).
 """
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
-from nymprov.backends.inbox import BadAckHop, InboxProvider
 from nymprov.errors import DeliveryError
-from nymprov.interfaces import IMixSender, IProvider
 from nymprov.sphinx import PacketSize, encode_address
-from nymprov.storage.memory import MemoryStore
-from nymprov.topology import StaticTopology
 from nymprov.wire.envelope import (
     ACK_PACKET_LENGTH,
     MAX_BODY_WITH_ACK,
     Envelope,
+    FinalMessage,
     MalformedEnvelope,
     decode_envelope,
     encode_envelope,
     is_envelope,
+    open_final,
 )
 
 FIRST_LAYER = encode_address("127.0.0.1", 2001)
-LATER_LAYER = encode_address("127.0.0.1", 2002)
 CLIENT = b"\x07" * 32
+SURB_ID = b"\x01" * 16
 
 
 def bodies():
@@ -49,13 +44,6 @@ class EnvelopeCodecTests(SynchronousTestCase):
         self.assertTrue(is_envelope(encoded))
         self.assertEqual(decode_envelope(encoded), Envelope(body, *ack))
 
-    @settings(max_examples=100)
-    @given(bodies())
-    def test_stored_form_is_an_envelope_without_ack(self, body):
-        """What the inbox stores decodes to the body alone."""
-        encoded = encode_envelope(body, FIRST_LAYER, bytes(ACK_PACKET_LENGTH))
-        stored = decode_envelope(encoded).stored()
-        self.assertEqual(decode_envelope(stored), Envelope(body))
 
     def test_regular_packet_holds_the_largest_body_with_an_ack(self):
         """A full envelope is exactly a regular packet's plaintext."""
@@ -96,114 +84,30 @@ class EnvelopeCodecTests(SynchronousTestCase):
         self.assertRaises(ValueError, encode_envelope, b"", FIRST_LAYER, b"short")
 
 
-@implementer(IMixSender)
-class RecordingSender:
-    """An IMixSender that records what it is asked to send."""
-
-    def __init__(self, accept=True):
-        self.sent = []
-        self.accept = accept
-
-    def send(self, address, packet):
-        """IMixSender API"""
-        if self.accept:
-            self.sent.append((address, packet))
-        return self.accept
 
 
-class HeldStore(MemoryStore):
-    """A memory store whose appends commit only when the test says so."""
+class OpenFinalTests(SynchronousTestCase):
+    """What the node hands a backend, and the ACK it keeps."""
 
-    def __init__(self, clock):
-        MemoryStore.__init__(self, clock)
-        self.held = []
+    @settings(max_examples=100)
+    @given(bodies(), st.booleans())
+    def test_envelope_opened_ack_kept_apart(self, body, with_ack):
+        """The backend's message is the body alone; the ACK comes back beside it."""
+        ack = (FIRST_LAYER, bytes(range(256)) + bytes(ACK_PACKET_LENGTH - 256)) if with_ack else None
+        message, kept = open_final(CLIENT, SURB_ID, encode_envelope(body, *(ack or (None, None))))
+        self.assertEqual(message, FinalMessage(CLIENT, SURB_ID, body, enveloped=True))
+        self.assertEqual(kept, ack)
+        # What the inbox keeps is the envelope without its ACK.
+        self.assertEqual(decode_envelope(message.inbox_form()), Envelope(body))
 
-    def append(self, address, message, now):
-        d = Deferred()
-        self.held.append((d, address, message, now))
-        return d
+    @settings(max_examples=100)
+    @given(st.binary(max_size=600).filter(lambda b: not is_envelope(b)))
+    def test_opaque_payload_handed_on_as_it_is(self, payload):
+        """A payload that is not an envelope is the message itself, with no ACK."""
+        message, ack = open_final(CLIENT, SURB_ID, payload)
+        self.assertEqual((message.body, message.enveloped, ack), (payload, False, None))
+        self.assertEqual(message.inbox_form(), payload)
 
-    def commit(self):
-        """Commit every held append, in order."""
-        held, self.held = self.held, []
-        for d, address, message, now in held:
-            MemoryStore.append(self, address, message, now).chainDeferred(d)
-
-
-class InboxAckTests(SynchronousTestCase):
-    """The inbox backend with a sender and a topology."""
-
-    def setUp(self):
-        self.clock = Clock()
-        self.store = HeldStore(self.clock)
-        self.successResultOf(self.store.register(CLIENT, b"\x00" * 32, 0))
-        self.sender = RecordingSender()
-        self.provider = InboxProvider(self.store, self.clock, self.sender,
-                                      StaticTopology([FIRST_LAYER], [LATER_LAYER]))
-        self.ack_packet = bytes(range(256)) + bytes(ACK_PACKET_LENGTH - 256)
-
-    def stored(self):
-        """The messages in the client's inbox."""
-        _, messages = self.successResultOf(self.store.lease(CLIENT, 100, 0, 60))
-        return [m for _, m in messages]
-
-    def test_provides_iprovider(self):
-        """InboxProvider implements IProvider."""
-        verifyObject(IProvider, self.provider)
-
-    def test_ack_is_sent_only_after_commit(self):
-        """The ACK leaves once the store committed the body, not before."""
-        d = self.provider.deliver(CLIENT, bytes(16), encode_envelope(b"body", FIRST_LAYER, self.ack_packet))
-        self.assertNoResult(d)
-        self.assertEqual(self.sender.sent, [])
-        self.store.commit()
-        self.successResultOf(d)
-        self.assertEqual(self.sender.sent, [(FIRST_LAYER, self.ack_packet)])
-        self.assertEqual(self.stored(), [b"\xe0body"])
-        self.assertEqual(self.provider.acks_sent, 1)
-
-    def test_refused_message_sends_no_ack(self):
-        """A message the store refuses (unknown client) gets no ACK."""
-        d = self.provider.deliver(b"\x09" * 32, bytes(16), encode_envelope(b"x", FIRST_LAYER, self.ack_packet))
-        self.store.commit()
-        self.failureResultOf(d, DeliveryError)
-        self.assertEqual(self.sender.sent, [])
-
-    def test_ack_first_hop_must_be_first_layer(self):
-        """An ACK whose first hop is not a first-layer mix is refused; nothing is stored."""
-        d = self.provider.deliver(CLIENT, bytes(16), encode_envelope(b"x", LATER_LAYER, self.ack_packet))
-        failure = self.failureResultOf(d, BadAckHop)
-        self.assertEqual(failure.value.reason, "bad_ack_hop")
-        self.assertEqual(self.store.held, [])
-        self.assertEqual(self.sender.sent, [])
-
-    def test_malformed_envelope_stores_nothing(self):
-        """A malformed envelope fails with MalformedEnvelope and stores nothing."""
-        d = self.provider.deliver(CLIENT, bytes(16), b"\xe1too short for an ack")
-        self.failureResultOf(d, MalformedEnvelope)
-        self.assertEqual(self.store.held, [])
-
-    def test_opaque_message_is_stored_as_it_is(self):
-        """A payload that is not an envelope is stored unchanged."""
-        d = self.provider.deliver(CLIENT, bytes(16), b"plain")
-        self.store.commit()
-        self.successResultOf(d)
-        self.assertEqual(self.stored(), [b"plain"])
-
-    def test_full_sender_queue_keeps_the_message(self):
-        """If the sender refuses the ACK the message stays stored and the drop is counted."""
-        self.sender.accept = False
-        d = self.provider.deliver(CLIENT, bytes(16), encode_envelope(b"kept", FIRST_LAYER, self.ack_packet))
-        self.store.commit()
-        self.successResultOf(d)
-        self.assertEqual(self.stored(), [b"\xe0kept"])
-        self.assertEqual(self.provider.acks_dropped, 1)
-
-    def test_without_sender_acks_are_not_sent(self):
-        """Built with two arguments the backend stores envelopes and sends nothing."""
-        provider = InboxProvider(self.store, self.clock)
-        d = provider.deliver(CLIENT, bytes(16), encode_envelope(b"b", FIRST_LAYER, self.ack_packet))
-        self.store.commit()
-        self.successResultOf(d)
-        self.assertEqual(self.stored(), [b"\xe0b"])
-        self.assertEqual(provider.acks_sent, 0)
+    def test_malformed_envelope_raises(self):
+        """A payload that claims to be an envelope and is not one raises the typed error."""
+        self.assertRaises(MalformedEnvelope, open_final, CLIENT, SURB_ID, b"\xe1too short for an ack")

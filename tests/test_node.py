@@ -59,8 +59,8 @@ class ScriptedProvider:
         self.result = result
         self.calls = []
 
-    def deliver(self, destination, surb_id, message):
-        self.calls.append((destination, surb_id, message))
+    def deliver(self, message):
+        self.calls.append(message)
         return self.result()
 
 

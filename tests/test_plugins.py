@@ -23,7 +23,7 @@ from nymprov.interfaces import IProvider, IProviderMaker
 from nymprov.plugins import all_makers, describe_backends, find_maker
 from nymprov.provider.service import ProviderService
 
-from .test_backend_surbreply import HOME, TOPOLOGY, RecordingSender, make_surb, walk
+from .test_backend_surbreply import TOPOLOGY, RecordingSender, final, make_surb, walk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "nymprov", "plugins", "shout.py")
@@ -166,7 +166,7 @@ class ExamplePluginTests(SynchronousTestCase):
             maker, options.provider_config.backend_option), sender, TOPOLOGY, Clock())
         verifyObject(IProvider, backend)
         message = encode_fragment(b"s" * 16, 0, 1, encode_request([make_surb()], b"hey"))
-        self.successResultOf(backend.deliver(HOME.address, HOME.surb_id, message))
+        self.successResultOf(backend.deliver(final(message)))
         [(_, packet)] = sender.sent
         reply = walk(packet)
         self.assertEqual(decode_fragment(reply[1:])[3], b"HEYHEY")

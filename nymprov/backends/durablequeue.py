@@ -26,8 +26,6 @@ from nymprov.backends.surbreply import (
     ServiceRequest,
     decode_fragment,
     decode_request,
-    open_message,
-    send_ack,
     send_reply,
 )
 from nymprov.errors import DeliveryError, StoreError
@@ -302,9 +300,9 @@ def send_stored_reply(sender, item, body):
 class QueuedBackend(Service):
     """
     The ``IProvider`` half of a queue-backed backend: a message is taken
-    (``deliver`` fires, then its SURB-ACK goes) once :meth:`accept` has
-    committed it; bad input fails with a ``DeliveryError`` and changes
-    nothing.
+    (``deliver`` fires, then the node sends its SURB-ACK) once
+    :meth:`accept` has committed it; bad input fails with a
+    ``DeliveryError`` and changes nothing.
 
     Subclasses set ``self.queue`` (a :class:`DurableQueue` whose ``done``
     is :meth:`answer`), may override :meth:`accept`, and implement the
@@ -334,15 +332,13 @@ class QueuedBackend(Service):
         """Payloads not yet done."""
         return self.queue.queued_count
 
-    def deliver(self, destination, surb_id, message):
+    def deliver(self, message):
         """IProvider API: fires once the payload is committed (or needs no commit)."""
         try:
-            fragment, ack = open_message(message, self.topology)
-            request = decode_one_packet_request(fragment, self.topology)
-            d = self.accept(request)
+            request = decode_one_packet_request(message.body, self.topology)
         except DeliveryError as e:
             return fail(e)
-        return d.addCallback(lambda _: send_ack(self.sender, ack))
+        return maybeDeferred(self.accept, request)
 
     def accept(self, request):
         """

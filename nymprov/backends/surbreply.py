@@ -15,7 +15,7 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 
 from nymprov.errors import DeliveryError
 from nymprov.sphinx import SURB, PacketSize, SphinxError
-from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope, is_envelope
+from nymprov.wire.envelope import encode_envelope
 
 FRAGMENT_VERSION = 1
 _FRAGMENT_HEADER = struct.Struct(">B16sHH")  # version, request id, index, count
@@ -261,36 +261,6 @@ def new_reply_key():
     return PrivateKey.generate()
 
 
-def open_message(message, topology):
-    """
-    Take a delivered message out of its envelope, if it has one.
-
-    :returns: ``(fragment_bytes, ack)``, ``ack`` being the SURB-ACK's
-        ``(first_hop, packet)`` to send once the message is accepted, or
-        ``None``.
-    :raises MalformedRequest: for a bad envelope or an ACK whose first hop
-        is not a first-layer mix node.
-    """
-    if not is_envelope(message):
-        return message, None
-    try:
-        envelope = decode_envelope(message)
-    except MalformedEnvelope as e:
-        raise MalformedRequest(str(e))
-    if not envelope.has_ack:
-        return envelope.body, None
-    if not topology.is_first_layer(envelope.ack_first_hop):
-        raise SurbRefused("SURB-ACK first hop is not a first-layer mix node")
-    return envelope.body, (envelope.ack_first_hop, envelope.ack_packet)
-
-
-def send_ack(sender, ack):
-    """Send a SURB-ACK (``None``: nothing to send); the result is ignored."""
-    if ack is not None:
-        sender.send(*ack)
-    return None
-
-
 # -- a base for backends that answer -------------------------------------------
 
 
@@ -300,11 +270,10 @@ class ReplyingBackend:
     fragments, decodes the request, checks its SURBs, then hands it to
     :meth:`handle`.
 
-    A message may come in an envelope (:mod:`nymprov.wire.envelope`); its
-    SURB-ACK is sent once the message is accepted.  ``deliver`` fires once
-    the fragment is kept (an incomplete request) or ``handle`` has accepted
-    the whole request; it fails with a
-    ``DeliveryError`` subclass, changing nothing, otherwise.
+    ``deliver`` fires once the fragment is kept (an incomplete request) or
+    ``handle`` has accepted the whole request (then the node sends the
+    message's SURB-ACK); it fails with a ``DeliveryError`` subclass,
+    changing nothing, otherwise.
 
     :param sender: the ``IMixSender`` for replies.
     :param topology: the ``ITopology`` that SURB first hops are checked in.
@@ -317,18 +286,16 @@ class ReplyingBackend:
         self.clock = clock
         self._reassembler = reassembler or Reassembler(clock)
 
-    def deliver(self, destination, surb_id, message):
+    def deliver(self, message):
         """IProvider API"""
         try:
-            fragment, ack = open_message(message, self.topology)
-            whole = self._reassembler.add(fragment)
+            whole = self._reassembler.add(message.body)
             if whole is None:
-                return succeed(send_ack(self.sender, ack))
+                return succeed(None)
             request = decode_request(whole[0], whole[1], self.topology)
         except DeliveryError as e:
             return fail(e)
-        d = maybeDeferred(self.handle, request)
-        return d.addCallback(lambda _: send_ack(self.sender, ack))
+        return maybeDeferred(self.handle, request)
 
     def handle(self, request):
         """

@@ -29,7 +29,7 @@ class _NoFinalHops:
 
     name = "none"
 
-    def deliver(self, destination, surb_id, message):
+    def deliver(self, message):
         """IProvider API"""
         return fail(DeliveryError("a mix node delivers nothing"))
 

@@ -2,7 +2,8 @@
 The node core: what happens to one Sphinx packet.
 
 A packet from the mix link must be a final hop here; it is unwrapped,
-checked against the replay cache and handed to the backend.  A packet from a
+checked against the replay cache, taken out of its envelope and handed to
+the backend; its SURB-ACK is sent only once the backend has taken it.  A packet from a
 client either names this node as its first hop (the Loopix route: it must
 be a forward hop, which is sent on after the delay its header asks for) or a
 first-layer mix node (the Nym route: it is relayed unchanged).  Every fate
@@ -23,6 +24,7 @@ from twisted.python.failure import Failure
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
 from nymprov.node.unwrap import unwrap_final
+from nymprov.wire.envelope import BadAckHop, MalformedEnvelope, open_final
 from nymprov.sphinx import (
     ForwardHop,
     PacketSize,
@@ -191,20 +193,28 @@ class NodeCore:
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
         try:
-            d = self._provider.deliver(unwrapped.destination, unwrapped.surb_id, unwrapped.message)
+            message, ack = open_final(unwrapped.destination, unwrapped.surb_id, unwrapped.message)
+            # Checked before the backend sees the message, so that a
+            # message whose ACK would go astray changes nothing.
+            if ack is not None and not self._topology.is_first_layer(ack[0]):
+                raise BadAckHop("SURB-ACK first hop is not a first-layer mix")
+        except MalformedEnvelope as e:
+            return self._refuse(e)
+        try:
+            d = self._provider.deliver(message)
         except Exception:
             d = fail()
         if d.called:
             # The backend answered at once: no deadline to keep, no timer.
-            return d.addBoth(self._delivery_done, None)
+            return d.addBoth(self._delivery_done, None, ack)
         key = next(self._keys)
         self._deliveries[key] = (self._clock.seconds() + self._deliver_timeout, d)
         if self._sweep_call is None:
             self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
-        d.addBoth(self._delivery_done, key)
+        d.addBoth(self._delivery_done, key, ack)
         return d
 
-    def _delivery_done(self, result, key):
+    def _delivery_done(self, result, key, ack):
         # key is None for a delivery that never had a deadline.
         timed_out = False
         if key is not None:
@@ -214,6 +224,8 @@ class NodeCore:
                 self._sweep_call = None
         if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
+            if ack is not None:
+                self._send_ack(*ack)
             return None
         # Counted by backend too, so that an operator can tell which
         # backend fails or hangs, and why.
@@ -228,6 +240,15 @@ class NodeCore:
         self._counters.incr("packets.dropped", "backend_error")
         self.log.failure("backend {backend} failed", result, backend=self._provider.name)
         return result
+
+    def _send_ack(self, first_hop, packet):
+        # Only here, after the backend took the message: an ACK always
+        # means "taken".  A refused ACK costs the sender a retransmission,
+        # which its recipient drops as a duplicate.
+        if self._sender.send(first_hop, packet):
+            self._counters.incr("acks.sent")
+        else:
+            self._counters.incr("acks.dropped", "queue_full")
 
     def _sweep_deliveries(self):
         # One timer for all deliveries instead of one per packet: entries

@@ -25,7 +25,7 @@ class InboxMaker:
         """IProviderMaker API"""
         from nymprov.backends.inbox import InboxProvider
 
-        return InboxProvider(context["store"], reactor, sender, topology)
+        return InboxProvider(context["store"], reactor)
 
 
 inbox = InboxMaker()

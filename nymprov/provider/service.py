@@ -8,7 +8,11 @@ from twisted.application.service import IService
 from twisted.internet.defer import inlineCallbacks, maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface.exceptions import Invalid
+from zope.interface.verify import verifyObject
 
+from nymprov.errors import ConfigError
+from nymprov.interfaces import IInbox, IProvider
 from nymprov.keys import load_or_create_keys
 from nymprov.metrics import Counters
 from nymprov.node.core import NodeCore
@@ -55,7 +59,14 @@ def make_backend(config, sender, topology, reactor, **context):
 
     maker = find_maker(config.backend)
     options = parse_backend_options(maker, config.backend_option)
-    return maker.make(config, options, sender, topology, reactor, **context)
+    backend = maker.make(config, options, sender, topology, reactor, **context)
+    # A backend written for another contract (one that opened envelopes
+    # and sent SURB-ACKs itself) is refused here, not at its first packet.
+    try:
+        verifyObject(IInbox if IInbox.providedBy(backend) else IProvider, backend)
+    except Invalid as e:
+        raise ConfigError(f"--backend {config.backend}: not an IProvider: {e}")
+    return backend
 
 
 class ProviderService(NodeService):
@@ -85,8 +96,8 @@ class ProviderService(NodeService):
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
-        # Made by the --backend plugin (the inbox by default, which sends
-        # SURB-ACKs to first-layer mixes once a message is stored).
+        # Made by the --backend plugin (the inbox by default); the node
+        # core sends each message's SURB-ACK once the backend took it.
         self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store)
         # Worker processes for the CPU work of unwrapping; None keeps it
         # all on the reactor thread.
@@ -158,10 +169,14 @@ class ProviderService(NodeService):
             # The address clients put in their routes, where the bound one
             # is a wildcard or not the one the world sees.
             self.node.add_own_address(encode_address(host, port))
-        security = "TLS" if self.certificate is not None else "plain TCP"
-        self.client_ports = yield self.listen(
-            self.config.client_listen, self._client_factory(), f"client API, {security}"
-        )
+        if IInbox.providedBy(self.backend):
+            security = "TLS" if self.certificate is not None else "plain TCP"
+            self.client_ports = yield self.listen(
+                self.config.client_listen, self._client_factory(), f"client API, {security}"
+            )
+        else:
+            # No inbox, nothing to pull: clients have no business here.
+            self.log.info("no client API: backend {backend} keeps no inbox", backend=self.backend.name)
         if self.unwrapper is not None:
             # Started once every port listens, so that a failed start leaves
             # no process behind; until then the reactor thread unwraps.

@@ -7,15 +7,19 @@ The plaintext envelope inside a Sphinx payload, which the final provider reads.
     header   = 0xE0 | flags   (bits 7..5 = 0b111: an envelope of version 1)
     flags    = bit 0: a SURB-ACK follows; bits 4..1 are reserved, zero
 
-``body`` is opaque to the provider (the client's end-to-end ciphertext, or
-an ACK's identifier).  The provider stores ``0xE0 || body``: the same
-envelope without the ACK, which is all its client needs.  ``ack_packet`` is
-an ACK-size Sphinx packet that the provider sends to ``ack_first_hop`` (a
-first-layer mix) once the message is committed.
+``body`` is opaque to the provider (the client's end-to-end ciphertext, a
+service request, or an ACK's identifier).  ``ack_packet`` is an ACK-size
+Sphinx packet that the provider sends to ``ack_first_hop`` (a first-layer
+mix) once its backend has taken the message.
+
+The node opens the envelope (:func:`open_final`) and keeps the ACK; the
+backend gets a :class:`FinalMessage`.  The inbox stores its
+:meth:`FinalMessage.inbox_form`, ``0xE0 || body``: the same envelope
+without the ACK, which is all its client needs.
 
 A payload whose first byte is below 0xE0 (including the empty payload) is
-not an envelope: it is an opaque message, stored as it is, so that senders
-who do not use envelopes keep working.
+not an envelope: it is an opaque message, handed on as it is, so that
+senders who do not use envelopes keep working.
 """
 
 from dataclasses import dataclass
@@ -44,6 +48,12 @@ class MalformedEnvelope(DeliveryError):
     reason = "malformed_envelope"
 
 
+class BadAckHop(MalformedEnvelope):
+    """The SURB-ACK's first hop is not a first-layer mix node."""
+
+    reason = "bad_ack_hop"
+
+
 @dataclass(frozen=True)
 class Envelope:
     """
@@ -60,10 +70,6 @@ class Envelope:
     def has_ack(self):
         """Whether a SURB-ACK travels with the body."""
         return self.ack_packet is not None
-
-    def stored(self):
-        """What the inbox keeps: the envelope without its ACK."""
-        return bytes([ENVELOPE_MARK]) + self.body
 
 
 def encode_envelope(body, ack_first_hop=None, ack_packet=None):
@@ -104,3 +110,49 @@ def decode_envelope(payload):
     first_hop = bytes(payload[1 : 1 + ACK_FIRST_HOP_LENGTH])
     packet = bytes(payload[1 + ACK_FIRST_HOP_LENGTH : 1 + ACK_LENGTH])
     return Envelope(bytes(payload[1 + ACK_LENGTH :]), first_hop, packet)
+
+
+_MARK = bytes([ENVELOPE_MARK])
+
+
+@dataclass(frozen=True)
+class FinalMessage:
+    """
+    What a backend is handed (``IProvider.deliver``): a message that
+    reached its final hop here, out of its envelope.  Its SURB-ACK, if it
+    had one, stays with the node.
+
+    :ivar bytes destination: the 32-byte destination address of the final hop.
+    :ivar bytes surb_id: the 16-byte SURB identifier of the final hop.
+    :ivar bytes body: the envelope's body; for an opaque payload (not an
+        envelope), the payload itself.
+    :ivar bool enveloped: whether the payload came in an envelope.
+    """
+
+    destination: bytes
+    surb_id: bytes
+    body: bytes
+    enveloped: bool = True
+
+    def inbox_form(self):
+        """
+        What a client reads from its inbox: the envelope without its ACK
+        (``0xE0 || body``), or an opaque payload as it came.
+        """
+        return _MARK + self.body if self.enveloped else self.body
+
+
+def open_final(destination, surb_id, payload):
+    """
+    Open a final hop's payload.
+
+    :returns: ``(message, ack)``: a :class:`FinalMessage`, and the SURB-ACK
+        as ``(first_hop, packet)`` or ``None``.
+    :raises MalformedEnvelope: if ``payload`` claims to be an envelope and
+        is not a well-formed one.
+    """
+    if not is_envelope(payload):
+        return FinalMessage(destination, surb_id, payload, enveloped=False), None
+    envelope = decode_envelope(payload)
+    ack = (envelope.ack_first_hop, envelope.ack_packet) if envelope.has_ack else None
+    return FinalMessage(destination, surb_id, envelope.body), ack

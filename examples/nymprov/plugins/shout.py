@@ -28,7 +28,8 @@ class ShoutProvider(ReplyingBackend):
 
     def handle(self, request):
         # Called with a whole request whose SURBs were checked; returning
-        # means "taken responsibility", raising a DeliveryError refuses.
+        # means "taken responsibility" (the node then sends the SURB-ACK),
+        # raising a DeliveryError refuses (no ACK).
         answer = request.body.upper() * self.times
         self.reply(request, answer[: request.reply_capacity])
 
