@@ -9,13 +9,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from nymprov.sphinx.params import PacketSize
 from nymprov.wire.frames import (
     FRAME_VERSION,
+    KEY_ROTATION_FRAME_VERSION,
     Frame,
     FrameDecoder,
     FrameError,
+    UnknownKeyRotation,
     UnknownPacketType,
     UnknownSizeTag,
     UnknownVersion,
     encode_frame,
+    rotation_of_epoch,
 )
 
 
@@ -175,9 +178,9 @@ class RefusalTests(SynchronousTestCase):
 
     def test_future_version(self):
         """
-        A version byte above 7 is UnknownVersion, from its first byte.
+        A version byte above 8 is UnknownVersion, from its first byte.
         """
-        for version in (8, 9, 200, 255):
+        for version in (9, 200, 255):
             e = self.assert_refused(bytes((version,)), UnknownVersion, "unknown_version")
             self.assertEqual(e.value, version)
 
@@ -231,7 +234,7 @@ class RefusalTests(SynchronousTestCase):
         """
         Each refusal is a FrameError.
         """
-        for error in (UnknownVersion, UnknownSizeTag, UnknownPacketType):
+        for error in (UnknownVersion, UnknownSizeTag, UnknownPacketType, UnknownKeyRotation):
             self.assertTrue(issubclass(error, FrameError))
 
     @settings(max_examples=200)
@@ -247,7 +250,9 @@ class RefusalTests(SynchronousTestCase):
                 for frame in decoder.feed(chunk):
                     self.assertEqual(len(frame.packet), frame.size.packet_size)
         except FrameError as e:
-            self.assertIn(e.reason, ("unknown_version", "unknown_size_tag", "unknown_packet_type"))
+            self.assertIn(
+                e.reason, ("unknown_version", "unknown_size_tag", "unknown_packet_type", "unknown_key_rotation")
+            )
 
     @settings(max_examples=100)
     @given(st.integers(0, 255), st.integers(0, 255), st.integers(0, 255))
@@ -258,8 +263,16 @@ class RefusalTests(SynchronousTestCase):
         data = bytes((first, second, third)) + bytes(33133)
         decoder = FrameDecoder()
         tags = {s.tag for s in PacketSize}
-        if first > 7:
+        if first > 8:
             self.assertRaises(UnknownVersion, decoder.feed, data)
+        elif first == 8:
+            # The fourth byte (here 0: rotation unknown) decides nothing more.
+            if second not in tags:
+                self.assertRaises(UnknownSizeTag, decoder.feed, data)
+            elif third != 0:
+                self.assertRaises(UnknownPacketType, decoder.feed, data)
+            else:
+                self.assertEqual(decoder.feed(data)[0].key_rotation, 0)
         elif first < 7:
             if first not in tags:
                 self.assertRaises(UnknownSizeTag, decoder.feed, data)
@@ -273,3 +286,38 @@ class RefusalTests(SynchronousTestCase):
             self.assertRaises(UnknownPacketType, decoder.feed, data)
         else:
             self.assertEqual(decoder.feed(data)[0].size.tag, second)
+
+
+class KeyRotationFrameTests(SynchronousTestCase):
+    """
+    Version 8 frames, as Nym's key-rotation release sends them: a fourth
+    header byte names the key the packet was built for.
+    """
+
+    @given(frames(), st.sampled_from([1, 2]), st.data())
+    def test_round_trip_with_rotation(self, frame, rotation, data):
+        """A frame with a rotation decodes to the same packet and rotation, split anywhere."""
+        encoded = encode_frame(frame.packet, rotation)
+        self.assertEqual(encoded[:4], bytes((KEY_ROTATION_FRAME_VERSION, frame.size.tag, 0, rotation)))
+        decoder = FrameDecoder()
+        decoded = []
+        for chunk in data.draw(chunkings(encoded + encode_frame(frame.packet))):
+            decoded += decoder.feed(chunk)
+        self.assertEqual(decoded, [Frame(frame.size, frame.packet, rotation), Frame(frame.size, frame.packet, 0)])
+
+    def test_unknown_rotation_refused(self):
+        """A rotation byte above 2 is refused before the packet arrives, and poisons the stream."""
+        for rotation in (3, 7, 255):
+            decoder = FrameDecoder()
+            e = self.assertRaises(UnknownKeyRotation, decoder.feed, bytes((8, 1, 0, rotation)))
+            self.assertEqual((e.reason, e.value), ("unknown_key_rotation", rotation))
+            self.assertRaises(UnknownKeyRotation, decoder.feed, encode_frame(bytes(386)))
+
+    def test_without_rotation_sends_todays_frame(self):
+        """Rotation 0 (unknown) is sent as the version 7 frame every peer reads."""
+        self.assertEqual(encode_frame(bytes(386), 0)[:3], bytes((FRAME_VERSION, 2, 0)))
+        self.assertRaises(ValueError, encode_frame, bytes(386), 3)
+
+    def test_rotation_of_epoch(self):
+        """Odd epochs' keys are rotation 1, even epochs' rotation 2 (Nym's values)."""
+        self.assertEqual([rotation_of_epoch(e) for e in (0, 1, 2, 7)], [2, 1, 2, 1])

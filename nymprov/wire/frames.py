@@ -3,7 +3,10 @@ The mix-link frame codec: Nym's header plus one fixed-size Sphinx packet.
 
 A frame is ``[version=7, size_tag, packet_type]`` followed by exactly one
 Sphinx packet of the size the tag names (DESIGN.md §4).  A first byte below
-7 is the legacy two-byte header ``[size_tag, packet_type]``.  Frames follow
+7 is the legacy two-byte header ``[size_tag, packet_type]``.  Version 8, as
+in Nym's key-rotation release, adds a fourth byte, the key rotation: which
+of the node's Sphinx keys the packet was built for (1: the key of an odd
+epoch, 2: of an even one, 0: not said), so the node unwraps it once.  Frames follow
 each other with no other length prefix, so a bad header leaves no way to
 find the next frame: the decoder refuses it and stays refused.
 
@@ -16,8 +19,15 @@ from nymprov.errors import NymProvError
 from nymprov.sphinx.params import PacketSize
 
 FRAME_VERSION = 7
+KEY_ROTATION_FRAME_VERSION = 8
 VERSIONED_HEADER_LENGTH = 3
+KEY_ROTATION_HEADER_LENGTH = 4
 LEGACY_HEADER_LENGTH = 2
+
+#: The key-rotation byte of a version 8 header (Nym's values).
+ROTATION_UNKNOWN = 0
+ROTATION_ODD = 1
+ROTATION_EVEN = 2
 
 PACKET_TYPE_SPHINX = 0
 # Known but refused: Nym's deprecated "vpn" mode and Outfox packets.
@@ -38,9 +48,15 @@ class FrameError(NymProvError):
 
 
 class UnknownVersion(FrameError):
-    """The version byte is above 7: a future frame format."""
+    """The version byte is above 8: a future frame format."""
 
     reason = "unknown_version"
+
+
+class UnknownKeyRotation(FrameError):
+    """The key-rotation byte of a version 8 header is not 0, 1 or 2."""
+
+    reason = "unknown_key_rotation"
 
 
 class UnknownSizeTag(FrameError):
@@ -57,23 +73,38 @@ class UnknownPacketType(FrameError):
 
 @dataclass(frozen=True)
 class Frame:
-    """One Sphinx packet received over the mix link."""
+    """
+    One Sphinx packet received over the mix link, and the key rotation its
+    header named (:data:`ROTATION_UNKNOWN` for older headers).
+    """
 
     size: PacketSize
     packet: bytes
+    key_rotation: int = ROTATION_UNKNOWN
 
 
-def encode_frame(packet):
+def rotation_of_epoch(epoch):
+    """:returns: the key-rotation byte of a packet built for ``epoch``'s keys."""
+    return ROTATION_ODD if epoch % 2 else ROTATION_EVEN
+
+
+def encode_frame(packet, key_rotation=ROTATION_UNKNOWN):
     """
-    Frame ``packet`` with the versioned three-byte header.
+    Frame ``packet``: with the version 8 header if ``key_rotation`` is
+    known, else with today's three-byte header (which every peer reads).
 
     :param bytes packet: a whole Sphinx packet of one of the five sizes.
+    :param int key_rotation: 0, 1 or 2 (see :func:`rotation_of_epoch`).
     :returns: the header followed by ``packet``.
-    :raises ValueError: if ``len(packet)`` is no packet size (a bug in the
-        caller, not bad input from a peer).
+    :raises ValueError: if ``len(packet)`` is no packet size, or the
+        rotation is not 0, 1 or 2 (bugs in the caller, not bad input).
     """
     size = PacketSize.from_packet_length(len(packet))
-    return bytes((FRAME_VERSION, size.tag, PACKET_TYPE_SPHINX)) + packet
+    if key_rotation == ROTATION_UNKNOWN:
+        return bytes((FRAME_VERSION, size.tag, PACKET_TYPE_SPHINX)) + packet
+    if key_rotation not in (ROTATION_ODD, ROTATION_EVEN):
+        raise ValueError(f"key rotation {key_rotation!r} is not 0, 1 or 2")
+    return bytes((KEY_ROTATION_FRAME_VERSION, size.tag, PACKET_TYPE_SPHINX, key_rotation)) + packet
 
 
 def _check_size_tag(tag):
@@ -96,27 +127,34 @@ def _parse_header(view, start, end):
     Check the header at ``view[start:end]`` byte by byte, as far as it has
     arrived, so that a bad peer is refused before its packet is buffered.
 
-    :returns: ``(header_length, size)`` once the header is complete, or
-        ``None`` while it is incomplete.
+    :returns: ``(header_length, size, key_rotation)`` once the header is
+        complete, or ``None`` while it is incomplete.
     :raises FrameError: as soon as a byte that has arrived is bad.
     """
     available = end - start
     first = view[start]
-    if first > FRAME_VERSION:
+    if first > KEY_ROTATION_FRAME_VERSION:
         raise UnknownVersion(first, f"unknown frame version {first}")
     if first < FRAME_VERSION:
         size = _check_size_tag(first)
         if available < LEGACY_HEADER_LENGTH:
             return None
         _check_packet_type(view[start + 1])
-        return LEGACY_HEADER_LENGTH, size
+        return LEGACY_HEADER_LENGTH, size, ROTATION_UNKNOWN
     if available < 2:
         return None
     size = _check_size_tag(view[start + 1])
     if available < VERSIONED_HEADER_LENGTH:
         return None
     _check_packet_type(view[start + 2])
-    return VERSIONED_HEADER_LENGTH, size
+    if first == FRAME_VERSION:
+        return VERSIONED_HEADER_LENGTH, size, ROTATION_UNKNOWN
+    if available < KEY_ROTATION_HEADER_LENGTH:
+        return None
+    rotation = view[start + 3]
+    if rotation > ROTATION_EVEN:
+        raise UnknownKeyRotation(rotation, f"unknown key rotation {rotation}")
+    return KEY_ROTATION_HEADER_LENGTH, size, rotation
 
 
 class FrameDecoder:
@@ -155,13 +193,13 @@ class FrameDecoder:
                     header = _parse_header(view, consumed, end)
                     if header is None:
                         break
-                    header_length, size = header
+                    header_length, size, rotation = header
                     packet_start = consumed + header_length
                     packet_end = packet_start + size.packet_size
                     if packet_end > end:
                         break
                     frames.append(
-                        Frame(size, view[packet_start:packet_end].tobytes())
+                        Frame(size, view[packet_start:packet_end].tobytes(), rotation)
                     )
                     consumed = packet_end
         except FrameError as e:
