@@ -84,6 +84,55 @@ class IReplayCache(Interface):
         """
 
 
+class IKeyedReplayCache(Interface):
+    """
+    Replay tags scoped to the Sphinx key that produced them, so that a key
+    retired at the end of its epoch takes all of its tags with it: disk and
+    memory are bounded by the live keys and their traffic, not by history.
+
+    ``key_id`` is 32 bytes, the SHA-256 of the Sphinx public key (see
+    :func:`nymprov.node.epochkeys.replay_key_id`).  A node has at most three
+    keys open at once (previous, current, next).  A shared store (several
+    processes, one PostgreSQL) implements it with a ``key_id`` column in
+    its tag table, ``retire_key`` being one ``DELETE ... WHERE key_id``.
+    """
+
+    def open_key(key_id):
+        """
+        Make ``key_id``'s tags checkable (loading those already stored).
+
+        :returns: a Deferred firing once :meth:`check_and_record` may be
+            called with ``key_id``.
+        """
+
+    def check_and_record(key_id, tag):
+        """
+        As :meth:`IReplayCache.check_and_record`, within ``key_id``'s tags
+        only: a tag seen under another key is new here.
+
+        :returns: a Deferred firing with ``True`` if new, ``False`` if a
+            replay; failing with ``KeyError`` if ``key_id`` is not open.
+        """
+
+    def retire_key(key_id):
+        """
+        Forget every tag recorded under ``key_id``, in memory and on disk.
+
+        :returns: a Deferred firing once they are gone (a retired key's
+            packets are refused before they reach the cache).
+        """
+
+    def open_keys():
+        """:returns: the ``key_id`` values open now (a frozenset)."""
+
+    def close():
+        """
+        Commit what is pending and release every key's storage.
+
+        :returns: a Deferred firing once done.
+        """
+
+
 class IInboxStore(Interface):
     """
     Clients, their access tokens and their messages.
