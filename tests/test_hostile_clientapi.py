@@ -179,3 +179,66 @@ class InviteModeTests(TestCase):
             token = await session.register(key, invite=code)
             await session.authenticate(bytes(key.verify_key), token)
         self.assertNotIn(b"Traceback", process.log)
+
+
+class RevocationTests(TestCase):
+    """Rotating a token or forgetting an address ends its other sessions."""
+
+    timeout = 60
+
+    async def connect(self, process, data_dir):
+        host, port = process.ports["client API"]
+        session = await provider_client.connect(reactor, host, port, process.fingerprint(data_dir))
+        self.addCleanup(session.close)
+        return session
+
+    def test_rotation_closes_other_sessions(self):
+        """
+        A thief authenticated with a stolen token loses its session the
+        moment the owner rotates the token: its next PULL is answered
+        REVOKED and the connection closes; the owner's session goes on.
+        """
+        return ensureDeferred(self._rotation_closes_other_sessions())
+
+    async def _rotation_closes_other_sessions(self):
+        process, data_dir = await spawn_provider(self, "--register-rate", "100")
+        owner = await self.connect(process, data_dir)
+        key = SigningKey.generate()
+        stolen = await owner.register(key)
+        thief = await self.connect(process, data_dir)
+        await thief.authenticate(bytes(key.verify_key), stolen)
+        await thief.pull(1)
+
+        await owner.register(key)
+        with self.assertRaises(api.RemoteError) as refused:
+            await thief.pull(1)
+        self.assertEqual(refused.exception.code, api.ErrorCode.REVOKED)
+        await thief.protocol.closed
+        with self.assertRaises(api.RemoteError) as refused:
+            await (await self.connect(process, data_dir)).authenticate(bytes(key.verify_key), stolen)
+        self.assertEqual(refused.exception.code, api.ErrorCode.BAD_TOKEN)
+        await owner.pull(1)
+
+    def test_forget_closes_other_sessions(self):
+        """
+        After FORGET on one session, another session of the same address
+        can neither pull nor send: it is answered REVOKED and closed.
+        """
+        return ensureDeferred(self._forget_closes_other_sessions())
+
+    async def _forget_closes_other_sessions(self):
+        process, data_dir = await spawn_provider(self, "--register-rate", "100")
+        first = await self.connect(process, data_dir)
+        key = SigningKey.generate()
+        token = await first.register(key)
+        second = await self.connect(process, data_dir)
+        await second.authenticate(bytes(key.verify_key), token)
+
+        await first.forget()
+        with self.assertRaises(api.RemoteError) as refused:
+            await second.pull(1)
+        self.assertEqual(refused.exception.code, api.ErrorCode.REVOKED)
+        await second.protocol.closed
+        with self.assertRaises(api.RemoteError) as refused:
+            await first.pull(1)
+        self.assertEqual(refused.exception.code, api.ErrorCode.NOT_AUTHENTICATED)

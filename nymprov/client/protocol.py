@@ -61,16 +61,17 @@ class ClientApiClientProtocol(Int32StringReceiver):
         except ClientApiError as e:
             self._broken(e)
             return
+        if isinstance(response, api.Error) and response.request_id == 0:
+            # The provider closes: it could not parse a frame of ours, or
+            # this session was revoked.
+            self._broken(response.as_exception())
+            return
         if not self._pending:
             self._broken(api.MalformedResponse("answer to no request", response.request_id))
             return
         oldest = next(iter(self._pending))
         if response.request_id != oldest:
-            if isinstance(response, api.Error) and response.request_id == 0:
-                # The provider could not parse a frame of ours and closes.
-                self._broken(response.as_exception())
-            else:
-                self._broken(api.MalformedResponse("answer out of order", response.request_id))
+            self._broken(api.MalformedResponse("answer out of order", response.request_id))
             return
         expected, d = self._pending.pop(oldest)
         if isinstance(response, api.Error):

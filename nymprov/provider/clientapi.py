@@ -1,7 +1,6 @@
 """The client API over Twisted: the provider's server protocol and its factory."""
 
 import hashlib
-import hmac
 import os
 from collections import deque
 
@@ -17,6 +16,8 @@ from twisted.python.failure import Failure
 from nymprov.errors import PacketRefused, UnknownLease
 from nymprov.net.flowcontrol import AnswerBudget
 from nymprov.net.transport import no_delay
+from nymprov.provider.registration import RegistrationPolicy
+from nymprov.provider.sessions import Sessions
 from nymprov.net.ratelimit import TokenBucketLimiter
 from nymprov.sphinx.errors import ReplayedPacket, SphinxError
 from nymprov.wire import clientapi as api
@@ -34,8 +35,6 @@ _SMALL_ANSWER = 4 + 5 + 2 + api.MAX_ERROR_MESSAGE + 64
 #: Seconds a closing connection may take to drain its last answer before it
 #: is aborted: a peer that stops reading must not hold the slot forever.
 CLOSE_GRACE = 10.0
-
-REGISTRATION_MODES = ("open", "invite", "closed")
 
 _PACKET_REFUSALS = {
     "unknown_first_hop": ErrorCode.UNKNOWN_FIRST_HOP,
@@ -55,10 +54,6 @@ def _refusal(code, message):
 
 def _token_hash(token):
     return hashlib.sha256(token).digest()
-
-
-def _invite_digest(code):
-    return hashlib.sha256(b"nymprov invite\x00" + code).digest()
 
 
 def _short(address):
@@ -138,6 +133,7 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         self._lost = True
         self._waiting.clear()
         self._responses.clear()
+        self._set_address(None)
         if self._counted:
             self._counted = False
             self.factory.connections -= 1
@@ -264,6 +260,29 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
                 api.Error(ErrorCode.INTERNAL, "internal error", request_id=response.request_id)
             )
 
+    # Sessions: which address this connection acts for, known to the
+    # factory so that a rotation or FORGET can end the others.
+
+    def _set_address(self, address):
+        if self._address is not None:
+            self.factory.sessions.unbind(self._address, self)
+        self._address = address
+        if address is not None:
+            self.factory.sessions.bind(address, self)
+
+    def revoke(self):
+        """End this session at once: its token was rotated or forgotten."""
+        self._set_address(None)
+        if self._closing or self._lost:
+            return
+        # Answers not yet sent (a PULL's messages, say) are dropped with
+        # the requests still waiting: none of them is for this peer now.
+        self._responses.clear()
+        self._waiting.clear()
+        self._refuse_and_close(
+            ClientApiError(ErrorCode.REVOKED, "token rotated or address forgotten")
+        )
+
     # Request handlers: each returns a response, a Deferred of one, or
     # raises ClientApiError; anything else becomes INTERNAL.
 
@@ -297,13 +316,16 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
             VerifyKey(request.address).verify(signed, request.signature)
         except (CryptoError, ValueError, TypeError):
             raise _refusal(ErrorCode.BAD_PROOF, "bad signature") from None
-        if not factory.registration_allowed(request.address, request.invite):
+        if not factory.registration.allows(request.address, request.invite):
             raise _refusal(ErrorCode.INVITE_REQUIRED, "registration needs a valid invite")
         token = factory.random_bytes(api.TOKEN_LENGTH)
         d = factory.store.register(request.address, _token_hash(token), factory.clock.seconds())
 
         def registered(_):
-            self._address = request.address
+            # A new token ends every other session of the address: one of
+            # them may be a thief's with the old token.
+            factory.sessions.revoke(request.address, keep=self)
+            self._set_address(request.address)
             self.log.debug("client {client} registered", client=_short(request.address))
             return api.Registered(token, request_id=request.request_id)
 
@@ -312,16 +334,24 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
     def _handle_auth(self, request):
         # A failed AUTH leaves the connection unauthenticated, whatever it
         # was before: the client said it is someone it could not prove.
-        self._address = None
-        d = self.factory.store.authenticate(request.address, _token_hash(request.token))
+        self._set_address(None)
+        factory = self.factory
+        token_hash = _token_hash(request.token)
+        revocations = factory.sessions.revocations
 
         def checked(ok):
+            nonlocal revocations
+            if ok and factory.sessions.revocations != revocations:
+                # A rotation or FORGET ended sessions while this lookup ran;
+                # it may have read the old token: look again.
+                revocations = factory.sessions.revocations
+                return factory.store.authenticate(request.address, token_hash).addCallback(checked)
             if not ok:
                 raise _refusal(ErrorCode.BAD_TOKEN, "unknown client or wrong token")
-            self._address = request.address
+            self._set_address(request.address)
             return api.AuthOk(request_id=request.request_id)
 
-        return d.addCallback(checked)
+        return factory.store.authenticate(request.address, token_hash).addCallback(checked)
 
     def _handle_send(self, request):
         address = self._require_auth()
@@ -372,7 +402,8 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         d = self.factory.store.forget(address)
 
         def forgotten(_):
-            self._address = None
+            self.factory.sessions.revoke(address, keep=self)
+            self._set_address(None)
             return api.ForgetOk(request_id=request.request_id)
 
         return d.addCallback(forgotten)
@@ -427,8 +458,6 @@ class ClientApiFactory(ServerFactory):
                  send_rate=(200.0, 400), pull_max=64, slot_size=2048,
                  lease_seconds=60.0, max_connections=1024, idle_timeout=300.0,
                  answer_budget=ANSWER_BUDGET, random_bytes=os.urandom):
-        if registration not in REGISTRATION_MODES:
-            raise ValueError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
         if not 1 <= pull_max <= 0xFFFF or slot_size < 1:
             raise ValueError("pull_max must be 1..65535 and slot_size positive")
         largest = 5 + 14 + pull_max * (api.SLOT_HEADER_LENGTH + slot_size)
@@ -439,14 +468,7 @@ class ClientApiFactory(ServerFactory):
         self.provider_identity = bytes(identity_key.verify_key)
         self.clock = clock
         self.counters = counters
-        self.registration = registration
-        # Codes from a config are text; the wire carries bytes.  Only their
-        # digests are kept, so every comparison is of 32 bytes with 32 bytes
-        # and its time says nothing about a code's length either.
-        self._invite_digests = tuple(
-            _invite_digest(code.encode("utf-8") if isinstance(code, str) else bytes(code))
-            for code in invite_codes
-        )
+        self.registration = RegistrationPolicy(registration, invite_codes, store)
         burst, per_seconds = register_rate
         self.register_limiter = TokenBucketLimiter(clock, burst / per_seconds, burst)
         rate, burst = send_rate
@@ -459,20 +481,4 @@ class ClientApiFactory(ServerFactory):
         self.answer_budget = answer_budget
         self.random_bytes = random_bytes
         self.connections = 0
-
-    def registration_allowed(self, address, invite):
-        """
-        :returns: whether ``address`` may register with ``invite`` now.
-            Registered clients may always rotate their token.
-        """
-        if self.registration == "open" or self.store.is_registered(address):
-            return True
-        if self.registration == "closed":
-            return False
-        # Compare against every code, in constant time each, so that the
-        # answer's timing says nothing about how close a guess was.
-        offered = _invite_digest(invite)
-        matched = False
-        for digest in self._invite_digests:
-            matched |= hmac.compare_digest(digest, offered)
-        return matched
+        self.sessions = Sessions(counters)

@@ -24,11 +24,12 @@ class ErrorCode(enum.IntEnum):
     BUSY = 14
     INTERNAL = 15
     INVALID_ARGUMENT = 16
+    REVOKED = 17
 
 
 #: Errors after which the provider closes the connection.
 CLOSING_ERRORS = frozenset(
-    (ErrorCode.MALFORMED, ErrorCode.UNKNOWN_TYPE, ErrorCode.FRAME_TOO_LARGE)
+    (ErrorCode.MALFORMED, ErrorCode.UNKNOWN_TYPE, ErrorCode.FRAME_TOO_LARGE, ErrorCode.REVOKED)
 )
 
 
