@@ -22,6 +22,7 @@ LAYERS = (
     ("nymprov.interfaces", "nymprov.wire", "nymprov.metrics", "nymprov.options"),
     ("nymprov.keys",),
     ("nymprov.net",),
+    ("nymprov.httpapi",),
     ("nymprov.topology", "nymprov.storage"),
     ("nymprov.netdoc",),
     ("nymprov.node",),

@@ -126,6 +126,11 @@ class NodeCore:
         return frozenset(self._own_addresses)
 
     @property
+    def stopping(self):
+        """Whether :meth:`stop` was called: client packets are refused."""
+        return self._stopped
+
+    @property
     def delayed_count(self):
         """How many forward hops are waiting for their delay."""
         return len(self._delayed)

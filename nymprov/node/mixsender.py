@@ -39,7 +39,7 @@ class _OutboundProtocol(Protocol):
 
     def connectionMade(self):
         self.transport.registerProducer(self, True)
-        self._neighbour.connected(self)
+        self._neighbour.connection_made(self)
 
     def dataReceived(self, data):
         # The mix link carries packets one way; a neighbour has nothing to
@@ -86,7 +86,17 @@ class _Neighbour:
         self.drain()
         return True
 
-    def connected(self, protocol):
+    @property
+    def depth(self):
+        """Frames waiting to be written."""
+        return len(self._queue)
+
+    @property
+    def connected(self):
+        """Whether a connection carries the frames now."""
+        return self._protocol is not None
+
+    def connection_made(self, protocol):
         self._protocol = protocol
         self._counters.incr("mix_sender.connected")
         self.drain()
@@ -165,6 +175,16 @@ class MixSenderPool(Service):
             )
             self._neighbours[address] = neighbour
         return neighbour.enqueue(packet)
+
+    def queue_depths(self):
+        """
+        :returns: ``{(host, port): frames queued}`` for every neighbour,
+            and whether it is connected: ``{(host, port): (depth, bool)}``.
+        """
+        return {
+            decode_address(address): (neighbour.depth, neighbour.connected)
+            for address, neighbour in self._neighbours.items()
+        }
 
     def stopService(self):
         """

@@ -112,7 +112,7 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         factory = self.factory
         no_delay(self.transport)
         if factory.connections >= factory.max_connections:
-            factory.counters.incr("client_api.error", "busy")
+            factory.counters.incr("client_api.refused", "too_many_connections")
             self.log.warn("client connection refused: {limit} connections open",
                           limit=factory.max_connections)
             self._responses.append(
@@ -310,6 +310,7 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         if nonce is None:
             raise _refusal(ErrorCode.BAD_PROOF, "no live challenge")
         if not factory.register_limiter.allow(self._peer_host()):
+            factory.counters.incr("client_api.rate_limited", "register")
             raise _refusal(ErrorCode.RATE_LIMITED, "too many registrations")
         signed = api.register_signed_bytes(factory.provider_identity, nonce, request.address)
         try:
@@ -357,6 +358,7 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         address = self._require_auth()
         factory = self.factory
         if not factory.send_limiter.allow(address):
+            factory.counters.incr("client_api.rate_limited", "send")
             raise _refusal(ErrorCode.RATE_LIMITED, "sending too fast")
         d = factory.node.send_from_client(request.first_hop, request.packet)
         d.addCallbacks(lambda _: api.Sent(request_id=request.request_id), _packet_refused)

@@ -69,6 +69,16 @@ class MemoryStore(Service):
         Service.stopService(self)
         return self.close()
 
+    @property
+    def replay_tag_count(self):
+        """How many replay tags are held (for the gauges)."""
+        return len(self._tags)
+
+    @property
+    def state(self):
+        """``open`` or ``closed``: whether the store takes requests."""
+        return "closed" if self._closed else "open"
+
     def start(self):
         """IInboxStore API"""
         return succeed(None)

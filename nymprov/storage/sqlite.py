@@ -76,6 +76,7 @@ class SQLiteStore(Service):
         self._quotas = InboxQuotas(limits)
         self._forgetting = {}
         self._filter = TagFilter(replay_filter_bytes)
+        self._tags_held = 0
         # Replay tags recorded but not yet committed, and tags whose
         # "maybe seen" is being checked against the table.
         self._unsaved_tags = set()
@@ -87,6 +88,16 @@ class SQLiteStore(Service):
         self._flush_call = None
         self._in_flight = 0
         self._last_flush = 0.0
+
+    @property
+    def replay_tag_count(self):
+        """How many replay tags are held (for the gauges)."""
+        return self._tags_held
+
+    @property
+    def state(self):
+        """``new``, ``starting``, ``open``, ``closing`` or ``closed``."""
+        return self._state
 
     @property
     def transactions(self):
@@ -127,6 +138,10 @@ class SQLiteStore(Service):
 
     def _opened(self, usage):
         self._state = OPEN
+        # The filter was filled with the stored tags, each once; it counts
+        # every insertion after that, replays too, so new ones are counted
+        # here.
+        self._tags_held = self._filter.count
         for address, count, size in usage:
             self._quotas.add_client(address, count, size)
         if len(self._quotas) or self._quotas.messages:
@@ -430,6 +445,7 @@ class SQLiteStore(Service):
         return self._run(self._file.tag_stored, tag).addBoth(answered)
 
     def _record_tag(self, tag):
+        self._tags_held += 1
         self._unsaved_tags.add(tag)
         self._pending_tags.append(tag)
         self._schedule_flush()
