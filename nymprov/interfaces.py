@@ -50,13 +50,17 @@ class IMixSender(Interface):
     Sends whole Sphinx packets to other nodes over the mix link.
     """
 
-    def send(address, packet):
+    def send(address, packet, key_rotation=0):
         """
         Queue ``packet`` for the node at ``address``.
 
         :param bytes address: a 32-byte Nym node address (an encoded socket
             address, see :mod:`nymprov.sphinx.address`).
         :param bytes packet: a complete Sphinx packet.
+        :param int key_rotation: the frame's key-rotation byte (1 odd, 2
+            even epoch's key; 0 not known: see ``doc/protocol.md``).  The
+            node passes it only when known, so a sender that ignores it
+            may keep the two-argument form.
         :returns: ``True`` if the packet was queued, ``False`` if the
             neighbour's bounded queue is full (the caller counts the drop).
         """

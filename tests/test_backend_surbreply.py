@@ -57,7 +57,7 @@ class RecordingSender:
         self.sent = []
         self.full = full
 
-    def send(self, address, packet):
+    def send(self, address, packet, key_rotation=0):
         if self.full:
             return False
         self.sent.append((address, packet))

@@ -36,7 +36,7 @@ class RecordingNode:
         self.pending = []
         self.answer_at_once = answer_at_once
 
-    def receive_many_from_mix(self, packets):
+    def receive_many_from_mix(self, packets, rotations=None):
         self.packets.extend(packets)
         if self.answer_at_once:
             return [succeed(None) for _ in packets]
@@ -137,7 +137,7 @@ class ReceivingProtocolTests(SynchronousTestCase):
         An untyped failure from the node is logged, not lost.
         """
         class Exploding(RecordingNode):
-            def receive_many_from_mix(self, packets):
+            def receive_many_from_mix(self, packets, rotations=None):
                 from twisted.internet.defer import fail
 
                 return [fail(RuntimeError("bug")) for _ in packets]

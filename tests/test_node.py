@@ -42,7 +42,7 @@ class RecordingSender:
         self.sent = []
         self.accept = accept
 
-    def send(self, address, packet):
+    def send(self, address, packet, key_rotation=0):
         if not self.accept:
             return False
         self.sent.append((address, packet))

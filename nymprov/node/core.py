@@ -23,7 +23,10 @@ from twisted.python.failure import Failure
 
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
+from nymprov.node.epochkeys import StaticKeys
 from nymprov.node.unwrap import unwrap_final
+from nymprov.sphinx.errors import BadMAC
+from nymprov.wire.frames import ROTATION_UNKNOWN
 from nymprov.wire.envelope import BadAckHop, MalformedEnvelope, open_final
 from nymprov.sphinx import (
     ForwardHop,
@@ -64,6 +67,10 @@ class NodeCore:
     :param unwrapper: an :class:`nymprov.node.pool.UnwrapPool` that
         unwraps batches of mix packets in worker processes, or ``None`` to
         unwrap them on the reactor thread.
+    :param keys: the key choice per packet: an
+        :class:`nymprov.node.epochkeys.RotatingKeys` for a node with epochs
+        (``keypair`` and ``replay_cache`` are then unused); by default
+        ``keypair`` with ``replay_cache`` for every packet.
     """
 
     log = Logger()
@@ -83,10 +90,11 @@ class NodeCore:
         max_delayed=DEFAULT_MAX_DELAYED,
         role="provider",
         unwrapper=None,
+        keys=None,
     ):
         if role not in ("provider", "mix"):
             raise ValueError(f"unknown role {role!r}")
-        assert IReplayCache.providedBy(replay_cache), replay_cache
+        assert keys is not None or IReplayCache.providedBy(replay_cache), replay_cache
         assert IProvider.providedBy(provider), provider
         assert IMixSender.providedBy(mix_sender), mix_sender
         assert ITopology.providedBy(topology), topology
@@ -110,6 +118,7 @@ class NodeCore:
         self._stopped = False
         self._role = role
         self._unwrapper = unwrapper
+        self._key_choice = StaticKeys(keypair, replay_cache) if keys is None else keys
 
     # -- configuration -----------------------------------------------------
 
@@ -149,9 +158,12 @@ class NodeCore:
         [d] = self.receive_many_from_mix([packet])
         return d
 
-    def receive_many_from_mix(self, packets):
+    def receive_many_from_mix(self, packets, rotations=None):
         """
         Handle packets that arrived together over the mix link, in order.
+
+        ``rotations`` are their frames' key-rotation bytes (all 0, "not
+        said", if ``None``): which of this node's keys each was built for.
 
         (Unwrapping a batch on a worker thread, so that X25519 runs without
         the GIL on the second core, was measured: ingest fell from about
@@ -161,12 +173,21 @@ class NodeCore:
         :returns: one Deferred per packet, as :meth:`receive_from_mix`.
         """
         self._counters.incr("packets.received", "mix", len(packets))
+        if rotations is None:
+            rotations = [ROTATION_UNKNOWN] * len(packets)
         if self._role == "mix":
             # A mix sends forward hops on to any node of the mixnet.
             return [
-                self._forward_hop(packet, self._topology.is_known_node, "final hop at a mix node")
-                for packet in packets
+                self._forward_hop(packet, self._topology.is_known_node, "final hop at a mix node", rotation)
+                for packet, rotation in zip(packets, rotations)
             ]
+        if not self._key_choice.static:
+            # Workers hold one key; with epochs, unwrap here.
+            results = []
+            for packet, rotation in zip(packets, rotations):
+                outcome, replay, _ = self._unwrap(packet, rotation, unwrap_final)
+                results.append(self._after_unwrap(outcome, replay))
+            return results
         if self._unwrapper is None:
             return [self._after_unwrap(unwrap_final(packet, self._keypair)) for packet in packets]
         results = [Deferred() for _ in packets]
@@ -187,10 +208,29 @@ class NodeCore:
         for result in results:
             result.errback(failure)
 
-    def _after_unwrap(self, outcome):
+    def _unwrap(self, packet, rotation, unwrap):
+        """
+        Unwrap ``packet`` with the key its frame names (one try), or, for a
+        frame that did not say, the current key and then the other usable
+        one if the MAC failed.
+
+        :returns: ``(outcome, replay cache, rotation to send on)``; the
+            outcome is the error (returned) if it failed.
+        """
+        try:
+            choices = self._key_choice.choose(rotation)
+        except PacketRefused as e:
+            return e, None, ROTATION_UNKNOWN
+        for index, (keypair, replay, rotation_out) in enumerate(choices):
+            outcome = unwrap(packet, keypair)
+            if not isinstance(outcome, BadMAC) or index + 1 == len(choices):
+                return outcome, replay, rotation_out
+        return PacketRefused("retired_key", "no usable key"), None, ROTATION_UNKNOWN
+
+    def _after_unwrap(self, outcome, replay=None):
         if isinstance(outcome, Exception):
             return self._refuse(outcome)
-        d = self._replay.check_and_record(outcome.replay_tag)
+        d = (replay or self._replay).check_and_record(outcome.replay_tag)
         d.addCallback(self._deliver_if_new, outcome)
         return d
 
@@ -300,7 +340,7 @@ class NodeCore:
         self._counters.incr("packets.relayed")
         return succeed(None)
 
-    def _forward_hop(self, packet, next_allowed, ending_here):
+    def _forward_hop(self, packet, next_allowed, ending_here, rotation=ROTATION_UNKNOWN):
         """
         Unwrap a packet that must be a forward hop to a node for which
         ``next_allowed(address)`` holds, and schedule it for its delay.
@@ -311,19 +351,21 @@ class NodeCore:
         arrived = self._clock.seconds()
         if self._stopped or len(self._delayed) >= self._max_delayed:
             return self._refuse(PacketRefused("busy", "too many delayed packets"))
+        hop, replay, rotation_out = self._unwrap(packet, rotation, _process)
         try:
-            hop = process_packet(packet, self._keypair)
+            if isinstance(hop, Exception):
+                raise hop
             if not isinstance(hop, ForwardHop):
                 raise PacketRefused("route_refused", ending_here)
             if not next_allowed(hop.next_address):
                 raise PacketRefused("unknown_next_hop")
         except (SphinxError, PacketRefused) as e:
             return self._refuse(e)
-        d = self._replay.check_and_record(hop.replay_tag)
-        d.addCallback(self._schedule_if_new, hop, arrived)
+        d = replay.check_and_record(hop.replay_tag)
+        d.addCallback(self._schedule_if_new, hop, arrived, rotation_out)
         return d
 
-    def _schedule_if_new(self, is_new, hop, arrived):
+    def _schedule_if_new(self, is_new, hop, arrived, rotation=ROTATION_UNKNOWN):
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
         # The delay is kept in nanoseconds until here, capped, and reduced by
@@ -333,16 +375,23 @@ class NodeCore:
         remaining = max(0.0, delay_ns / NANOSECONDS - waited)
         key = next(self._keys)
         call = self._clock.callLater(remaining, self._forward_now, key)
-        self._delayed[key] = (call, hop.next_address, hop.packet)
+        self._delayed[key] = (call, hop.next_address, hop.packet, rotation)
         self._counters.incr("packets.scheduled")
         return None
 
     def _forward_now(self, key):
-        _call, address, packet = self._delayed.pop(key)
-        self._send_on(address, packet)
+        _call, address, packet, rotation = self._delayed.pop(key)
+        self._send_on(address, packet, rotation)
 
-    def _send_on(self, address, packet):
-        if self._sender.send(address, packet):
+    def _send_on(self, address, packet, rotation=ROTATION_UNKNOWN):
+        # The next node's key is of the same epoch, so of the same rotation;
+        # passed only when known, so that simple senders keep two arguments.
+        sent = (
+            self._sender.send(address, packet, key_rotation=rotation)
+            if rotation != ROTATION_UNKNOWN
+            else self._sender.send(address, packet)
+        )
+        if sent:
             self._counters.incr("packets.forwarded")
         else:
             self._counters.incr("packets.dropped", "queue_full")
@@ -360,9 +409,9 @@ class NodeCore:
         self._stopped = True
         pending = list(self._delayed.values())
         self._delayed.clear()
-        for call, address, packet in pending:
+        for call, address, packet, rotation in pending:
             call.cancel()
-            self._send_on(address, packet)
+            self._send_on(address, packet, rotation)
         return len(pending)
 
     # -- helpers -------------------------------------------------------------
@@ -372,3 +421,11 @@ class NodeCore:
         self._counters.incr("packets.dropped", reason)
         self.log.debug("dropped a packet: {reason}", reason=reason)
         return fail(error)
+
+
+def _process(packet, keypair):
+    """``process_packet``, returning its Sphinx error instead of raising it."""
+    try:
+        return process_packet(packet, keypair)
+    except SphinxError as e:
+        return e

@@ -141,3 +141,59 @@ class EpochKeyRing:
         """:returns: ``[(epoch, public key)]`` to publish: the current and next keys."""
         current = self.epochs.number_at(now)
         return [(e, self._keys[e].public_bytes) for e in (current, current + 1) if e in self._keys]
+
+
+class StaticKeys:
+    """
+    The key choice of a node without epochs: one key, one replay cache,
+    whatever the frame says.
+    """
+
+    static = True
+
+    def __init__(self, keypair, replay_cache):
+        self._choice = [(keypair, replay_cache, ROTATION_UNKNOWN)]
+
+    def choose(self, rotation):
+        return self._choice
+
+
+class RotatingKeys:
+    """
+    The key choice of a node with epochs: the keys of an
+    :class:`EpochKeyRing` usable now, each with its own replay scope.
+
+    :param ring: the :class:`EpochKeyRing`.
+    :param keyed_cache: an ``IKeyedReplayCache`` with every usable key open.
+    :param clock: an ``IReactorTime``.
+    """
+
+    static = False
+
+    def __init__(self, ring, keyed_cache, clock):
+        from nymprov.storage.keyed import ScopedReplay
+
+        self._ring = ring
+        self._cache = keyed_cache
+        self._clock = clock
+        self._scoped = ScopedReplay
+        self._scopes = {}  # key_id -> ScopedReplay
+
+    def choose(self, rotation):
+        """
+        :returns: ``[(KeyPair, IReplayCache, rotation to send on)]`` to try
+            in order.
+        :raises PacketRefused: ``retired_key`` if no usable key matches.
+        """
+        choices = []
+        for epoch, keypair in self._ring.candidates(rotation, self._clock.seconds()):
+            key_id = replay_key_id(keypair)
+            scope = self._scopes.get(key_id)
+            if scope is None:
+                scope = self._scopes[key_id] = self._scoped(self._cache, key_id)
+            choices.append((keypair, scope, rotation_of_epoch(epoch)))
+        return choices
+
+    def forget(self, keypair):
+        """Drop the replay scope object of a retired key."""
+        self._scopes.pop(replay_key_id(keypair), None)

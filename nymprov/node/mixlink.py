@@ -55,7 +55,9 @@ class MixLinkProtocol(Protocol, TimeoutMixin):
             return
         if frames:
             self._in_flight += len(frames)
-            for d in self.factory.node.receive_many_from_mix([frame.packet for frame in frames]):
+            packets = [frame.packet for frame in frames]
+            rotations = [frame.key_rotation for frame in frames]
+            for d in self.factory.node.receive_many_from_mix(packets, rotations):
                 d.addBoth(self._packet_done)
         if self._in_flight >= HIGH_WATER and not self._paused:
             self._paused = True

@@ -79,10 +79,10 @@ class _Neighbour:
         )
         self._service.startService()
 
-    def enqueue(self, packet):
+    def enqueue(self, packet, key_rotation=0):
         if len(self._queue) >= self._queue_limit:
             return False
-        self._queue.append(encode_frame(packet))
+        self._queue.append(encode_frame(packet, key_rotation))
         self.drain()
         return True
 
@@ -159,7 +159,7 @@ class MixSenderPool(Service):
             return TCP6ClientEndpoint(self._reactor, host, port, timeout=10)
         return TCP4ClientEndpoint(self._reactor, host, port, timeout=10)
 
-    def send(self, address, packet):
+    def send(self, address, packet, key_rotation=0):
         """IMixSender API"""
         if self._closed:
             return False
@@ -174,7 +174,7 @@ class MixSenderPool(Service):
                 self._endpoint_for(host, port), self._reactor, self._queue_limit, self._counters
             )
             self._neighbours[address] = neighbour
-        return neighbour.enqueue(packet)
+        return neighbour.enqueue(packet, key_rotation)
 
     def queue_depths(self):
         """
