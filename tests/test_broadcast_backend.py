@@ -9,13 +9,17 @@ against a real node (anvil) in ``test_broadcast_anvil``.
 import base64
 import json
 import os
+import random
+import sqlite3
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
+from twisted.web.client import Agent
 from twisted.web.server import Site
+from zope.interface.verify import verifyObject
 
 from nymprov.backends.broadcast import rpc
 from nymprov.backends.broadcast.backend import (
@@ -28,6 +32,7 @@ from nymprov.backends.broadcast.backend import (
 from nymprov.backends.broadcast.errors import MalformedTransaction, UnsupportedTransaction
 from nymprov.backends.surbreply import decode_fragment, encode_fragment, encode_request
 from nymprov.errors import ConfigError
+from nymprov.interfaces import IProvider
 from nymprov.plugins import find_maker, parse_backend_options
 from nymprov.tools.testnet import _free_ports
 from nymprov.wire.envelope import decode_envelope
@@ -142,9 +147,10 @@ class BitcoinBroadcastTests(TestCase):
         self.path = path or self.mktemp() + ".sqlite"
         self.sender = RecordingSender()
         settings.setdefault("auth", rpc.BasicAuth(cookie_file=secret_file(self, COOKIE)))
-        backend = BroadcastProvider(self.sender, TOPOLOGY, reactor, chain="bitcoin", endpoints=[url],
-                                    path=self.path, delay=parse_delay("0"), retry_first=0.05,
-                                    retry_max=0.2, **settings)
+        settings.setdefault("delay", parse_delay("0"))
+        endpoints = [url] if isinstance(url, str) else url
+        backend = BroadcastProvider(self.sender, TOPOLOGY, reactor, chain="bitcoin", endpoints=endpoints,
+                                    path=self.path, retry_first=0.05, retry_max=0.2, **settings)
         await backend.startService()
         self.addCleanup(lambda: backend.running and backend.stopService())
         return backend
@@ -166,6 +172,46 @@ class BitcoinBroadcastTests(TestCase):
                                ("duplicate", TAPROOT)})
         self.assertEqual(backend.outcomes["duplicate"], 1)
         self.assertEqual(core.calls, 3)
+
+    async def test_random_endpoint_and_kept_delay(self):
+        """
+        Each broadcast goes to one of the endpoints, chosen at random; a
+        delay is kept in the queue, so a restart does not shorten it.
+        """
+        cores = [FakeBitcoinCore(), FakeBitcoinCore()]
+        urls = [await self.serve(core) for core in cores]
+        backend = await self.start(urls, rng=random.Random(5))
+        verifyObject(IProvider, backend)
+        for txid in (TAPROOT, SEGWIT_V0, LEGACY):
+            await backend.deliver(final(tx_message(mainnet(txid))))
+        await wait_for(lambda: backend.queued_count == 0, "three broadcasts")
+        self.assertEqual(sorted(len(core.taken) for core in cores), [1, 2])
+        await backend.stopService()
+
+        later = await self.start(urls[0], path=self.path, delay=parse_delay("3600"))
+        arrived = reactor.seconds()
+        await later.deliver(final(tx_message(mainnet(SEGWIT_V0)[:-4] + b"\x01\x00\x00\x00")))
+        await later.stopService()
+        again = await self.start(urls[0], path=self.path)
+        self.assertEqual(again.queued_count, 1)
+        db = sqlite3.connect(self.path)
+        self.addCleanup(db.close)
+        [(due,)] = db.execute("SELECT next_attempt FROM broadcast_queue").fetchall()
+        self.assertGreaterEqual(due, arrived + 3600)
+        self.assertEqual(sum(core.calls for core in cores), 3)
+
+    async def test_oversized_answer_is_transient(self):
+        """A node answer beyond the read limit is not kept: a transient failure."""
+        class Huge(Resource):
+            isLeaf = True
+
+            def render_POST(self, request):
+                return b"x" * (rpc.BODY_LIMIT * 4)
+
+        url = await self.serve(Huge())
+        with self.assertRaises(rpc.Transient) as caught:
+            await rpc.post(Agent(reactor), reactor, url, b"{}", b"application/json", 5)
+        self.assertIn("longer than", str(caught.exception))
 
     async def test_permanent_rejections_are_not_retried(self):
         """A -26 or -25 ends the attempt: one call, the node's words go back."""
@@ -299,7 +345,9 @@ class PartsTests(SynchronousTestCase):
         self.assertEqual(rpc.ethereum_verdict(200, answer(-32000, "transaction underpriced")).outcome, "rejected")
         for code, message in ((-32000, "txpool is full"), (-32005, "limit exceeded"), (-32603, "internal")):
             self.assertRaises(rpc.Transient, rpc.ethereum_verdict, 200, answer(code, message))
-        for status, body in ((503, b"down"), (200, b"not json"), (429, b""), (200, b'{"id":1}')):
+        self.assertEqual(rpc.ethereum_verdict(400, answer(-32000, "invalid sender")).outcome, "rejected")
+        quota = answer(-32002, "project ID does not have access")
+        for status, body in ((503, b"down"), (200, b"not json"), (429, b""), (200, b'{"id":1}'), (403, quota)):
             self.assertRaises(rpc.Transient, rpc.ethereum_verdict, status, body)
 
     def test_core_verdicts(self):

@@ -214,6 +214,10 @@ def ethereum_verdict(status, data):
     :returns: the :class:`Verdict` of an ``eth_sendRawTransaction`` answer.
     :raises Transient: for a busy or failing node.
     """
+    if status in (401, 403, 407, 429) or status >= 500:
+        # About the endpoint (credentials, quota, an outage), whatever the
+        # body says: never a verdict on the transaction.
+        raise Transient(f"status {status}")
     error = _json_rpc_error(data)
     if error is None:
         return _json_rpc_result(status, data)
