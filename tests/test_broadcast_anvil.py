@@ -28,8 +28,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from nymprov.client.webproxy import PayloadTooLarge
 from nymprov.tools.testnet import _free_ports
 
+from .support import wait_for
 from .test_e2e_backends import InProcessMixnet
 
 #: anvil's first two dev accounts (its default mnemonic; public test keys).
@@ -179,6 +181,18 @@ class AnvilTests(TestCase):
         self.assertEqual((len(proxy.sent()), backend.queued_count), (2, 0))
         self.assertEqual(backend.outcomes["rejected"], 1)
         self.assertIsNone(await self.rpc("eth_getTransactionReceipt", "0x" + bytes(stale.hash).hex()))
+
+        # Not a transaction: counted by the node under its reason, never sent.
+        counters = net.services["service"].counters
+        await service.submit(b"\x02" + os.urandom(120))
+        await wait_for(lambda: counters.get("packets.dropped", "tx_malformed") == 1, "the refusal to be counted")
+        # Too large for one packet beside its reply block: refused before sending.
+        bulky = Account.from_key(SENDER_KEY).sign_transaction(dict(
+            nonce=nonce + 1, to=RECIPIENT, value=1, gas=100_000, maxFeePerGas=10**10,
+            maxPriorityFeePerGas=10**9, chainId=CHAIN_ID, data=b"\x01" * 900))
+        with self.assertRaises(PayloadTooLarge):
+            await service.broadcast(bytes(bulky.raw_transaction), timeout=60)
+        self.assertEqual(len(proxy.sent()), 2)
 
         await self.cli_broadcast(net, await self.sign(nonce + 1, 7), proxy)
 

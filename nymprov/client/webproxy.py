@@ -34,6 +34,10 @@ class ServiceTimeout(Exception):
     """No complete answer came back in time."""
 
 
+class PayloadTooLarge(ValueError):
+    """A payload that a queue-backed service takes only in one packet needs more."""
+
+
 class _Waiting:
     """One request waiting for its answer's fragments."""
 
@@ -93,34 +97,41 @@ class ServiceClient:
                 waiting.done.errback(e)
         return True
 
-    async def _send(self, request_id, body, surbs, reply_key):
+    async def _send(self, request_id, body, surbs, reply_key, one_packet=False):
         client = self._client
         blocks = [client.router.surb_to_self(client.keys.identity_public_bytes) for _ in range(surbs)]
         data = encode_request(blocks, body, bytes(reply_key.public_key))
+        fragments = split_fragments(request_id, data, REQUEST_CHUNK_SIZE)
+        if one_packet and len(fragments) > 1:
+            room = REQUEST_CHUNK_SIZE - (len(data) - len(body))
+            raise PayloadTooLarge(f"{len(body)} bytes do not fit one packet beside {surbs} reply blocks "
+                                  f"(at most {room})")
 
         def builder(fragment):
             return lambda: client.router.forward(encode_envelope(fragment), self._service.identity, self._service)
 
         # Into the client's outgoing stream like its own packets, so that a
         # request shows on the link as nothing but the stream's ticks.
-        await client.queue_packets(
-            [builder(f) for f in split_fragments(request_id, data, REQUEST_CHUNK_SIZE)])
+        await client.queue_packets([builder(f) for f in fragments])
         if not client.running:
             # No stream drains the queue of a client that is not started.
             client.stream.flush_now()
 
-    async def request(self, body, surbs=8, timeout=60.0):
+    async def request(self, body, surbs=8, timeout=60.0, one_packet=False):
         """
         Send ``body`` with ``surbs`` reply blocks and wait for the answer.
 
+        :param bool one_packet: refuse to send a request that needs more
+            than one packet (``forward`` and ``broadcast`` take only those).
         :returns: the answer's bytes.
         :raises ServiceTimeout: if no complete answer came within ``timeout``.
+        :raises PayloadTooLarge: if ``one_packet`` and it does not fit one.
         """
         request_id = os.urandom(16)
         reply_key = new_reply_key()
         waiting = self._waiting[request_id] = _Waiting(reply_key)
         try:
-            await self._send(request_id, body, surbs, reply_key)
+            await self._send(request_id, body, surbs, reply_key, one_packet)
             deadline = self._reactor.seconds() + timeout
             while not waiting.done.called:
                 if self._reactor.seconds() > deadline:
@@ -144,8 +155,9 @@ class ServiceClient:
 
         :returns: once the packet is in the client's outgoing queue (or
             handed to the provider, for a client that is not started).
+        :raises PayloadTooLarge: if it does not fit one; nothing is sent then.
         """
-        await self._send(os.urandom(16), payload, 0, new_reply_key())
+        await self._send(os.urandom(16), payload, 0, new_reply_key(), one_packet=True)
 
     async def broadcast(self, transaction, timeout=180.0):
         """
@@ -157,8 +169,10 @@ class ServiceClient:
             (``outcome``: ``broadcast``, ``duplicate`` or ``rejected``;
             ``txid``; the node's ``message``).
         :raises ServiceTimeout: if no answer came back in time.
+        :raises PayloadTooLarge: if it does not fit one packet beside its
+            reply block (about 840 bytes); nothing is sent then.
         """
-        return decode_answer(await self.request(transaction, surbs=1, timeout=timeout))
+        return decode_answer(await self.request(transaction, surbs=1, timeout=timeout, one_packet=True))
 
     async def fetch(self, url, method=b"GET", headers=(), body=b"", surbs=32, timeout=60.0):
         """
