@@ -241,7 +241,7 @@ INVALID_COMMAND_LINES = [
     (["--stats-interval", "-1"], "--stats-interval"),
     (["--store", "postgres"], "--store"),
     (["--db-synchronous", "OFF"], "--db-synchronous"),
-    (["--registration", "closed"], "--registration"),
+    (["--registration", "maybe"], "--registration"),
     (["--registration", "invite"], "--invite-code"),
     (["--invite-code", " "], "--invite-code"),
     (["--mix-listen", "carrier-pigeon:1789"], "--mix-listen"),

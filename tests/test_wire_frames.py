@@ -321,3 +321,18 @@ class KeyRotationFrameTests(SynchronousTestCase):
     def test_rotation_of_epoch(self):
         """Odd epochs' keys are rotation 1, even epochs' rotation 2 (Nym's values)."""
         self.assertEqual([rotation_of_epoch(e) for e in (0, 1, 2, 7)], [2, 1, 2, 1])
+
+
+class PacketLengthTests(SynchronousTestCase):
+    """One table of packet lengths answers every "is this a packet?" question."""
+
+    @settings(max_examples=200)
+    @given(st.integers(0, 40_000))
+    def test_lengths_agree_with_the_sizes(self, length):
+        """A length is a packet length exactly when some size has it, and frames take it."""
+        sizes = [size for size in PacketSize if size.packet_size == length]
+        self.assertEqual(PacketSize.is_packet_length(length), bool(sizes))
+        if sizes:
+            self.assertEqual(PacketSize.from_packet_length(length), sizes[0])
+        else:
+            self.assertRaises(ValueError, PacketSize.from_packet_length, length)

@@ -46,8 +46,6 @@ DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds
 #: told the node is busy, so a flood cannot grow memory without bound.
 DEFAULT_MAX_DELAYED = 100_000
 
-_PACKET_LENGTHS = frozenset(size.packet_size for size in PacketSize)
-
 
 class NodeCore:
     """
@@ -324,7 +322,7 @@ class NodeCore:
             ``PacketRefused`` or a ``SphinxError`` (already counted).
         """
         self._counters.incr("packets.received", "client")
-        if len(packet) not in _PACKET_LENGTHS:
+        if not PacketSize.is_packet_length(len(packet)):
             return self._refuse(PacketRefused("bad_size", f"{len(packet)} bytes"))
         if self._stopped:
             return self._refuse(PacketRefused("busy", "node is stopping"))

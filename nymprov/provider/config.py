@@ -24,6 +24,7 @@ from nymprov.options import (
     whole_number,
 )
 from nymprov.node.pool import default_worker_count
+from nymprov.provider.registration import REGISTRATION_MODES
 
 MiB = 1024 * 1024
 DAY = 24 * 60 * 60  # seconds
@@ -33,7 +34,6 @@ DB_FILE = "nymprov.sqlite"
 
 STORES = ("sqlite", "memory")
 DB_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
-REGISTRATION_MODES = ("open", "invite")
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,7 @@ _HELP = {
     "slot_size": "bytes per stored message slot",
     "lease_seconds": "seconds a pulled batch stays leased before redelivery",
     "pull_max": "messages per pull",
-    "registration": "who may register: open or invite",
+    "registration": "who may register: open, invite (with --invite-code) or closed (no new clients)",
     "register_rate": "registrations per client IP per hour",
     "send_rate": "packets per second per client",
     "max_connections": "open connections at most",

@@ -3,6 +3,8 @@
 import hashlib
 import hmac
 
+#: Who may register (``--registration``): anyone; holders of an invite
+#: code; no new client.  Registered clients may always rotate their token.
 REGISTRATION_MODES = ("open", "invite", "closed")
 
 

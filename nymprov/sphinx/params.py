@@ -61,6 +61,11 @@ class PacketSize(enum.Enum):
         return size
 
     @classmethod
+    def is_packet_length(cls, length):
+        """Whether some size's whole packet is ``length`` bytes."""
+        return length in _SIZES_BY_LENGTH
+
+    @classmethod
     def from_packet_length(cls, length):
         """
         :returns: the size whose whole packet is ``length`` bytes.

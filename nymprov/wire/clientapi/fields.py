@@ -3,8 +3,6 @@
 import struct
 from dataclasses import field
 
-from nymprov.sphinx.params import PacketSize
-
 
 MAX_REQUEST_FRAME = 65536
 #: Largest provider-to-client frame after the length prefix.
@@ -27,7 +25,6 @@ SLOT_HEADER_LENGTH = 5
 
 _FRAME_HEAD = struct.Struct(">IBI")
 _BODY_HEAD = struct.Struct(">BI")
-_PACKET_LENGTHS = frozenset(size.packet_size for size in PacketSize)
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")

@@ -3,6 +3,7 @@
 import struct
 from dataclasses import dataclass
 
+from nymprov.sphinx.params import PacketSize
 from nymprov.wire.clientapi.fields import (
     ADDRESS_LENGTH,
     MAX_INVITE,
@@ -10,7 +11,6 @@ from nymprov.wire.clientapi.fields import (
     SIGNATURE_LENGTH,
     TOKEN_LENGTH,
     _Message,
-    _PACKET_LENGTHS,
     _U64,
     _check_bytes,
     _check_uint,
@@ -96,7 +96,7 @@ class Send(_Message):
     def _validate(self):
         super()._validate()
         _check_bytes("first_hop", self.first_hop, ADDRESS_LENGTH)
-        if not isinstance(self.packet, bytes) or len(self.packet) not in _PACKET_LENGTHS:
+        if not isinstance(self.packet, bytes) or not PacketSize.is_packet_length(len(self.packet)):
             raise ValueError("packet must be of one of the Sphinx packet sizes")
 
     def _encode_body(self, fill):
