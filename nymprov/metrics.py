@@ -92,6 +92,8 @@ FAMILIES = {
     "packets.forwarded": Family("packets_forwarded", "Forward hops sent on after their delay"),
     "packets.relayed": Family("packets_relayed", "Client packets relayed unchanged to a first-layer mix"),
     "packets.dropped": Family("packets_dropped", "Packets dropped, by reason"),
+    "acks.sent": Family("surb_acks_sent", "SURB-ACKs sent once the backend took their message"),
+    "acks.dropped": Family("surb_acks_dropped", "SURB-ACKs not sent (their message was taken), by reason"),
     "messages.expired": Family("messages_expired", "Stored messages deleted unread at their expiry"),
     "mix_link.connections": Family(
         "connections", "Connections accepted, by listener", labels={"listener": "mix_link"}),
