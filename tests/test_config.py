@@ -240,6 +240,7 @@ INVALID_COMMAND_LINES = [
     (["--mix-queue", "-3"], "--mix-queue"),
     (["--stats-interval", "-1"], "--stats-interval"),
     (["--store", "postgres"], "--store"),
+    (["--store", "postgresql://u:secret@host/db?nosuchparam=1"], "--store"),
     (["--db-synchronous", "OFF"], "--db-synchronous"),
     (["--registration", "maybe"], "--registration"),
     (["--registration", "invite"], "--invite-code"),
@@ -351,3 +352,19 @@ class HostPortTests(SynchronousTestCase):
             return
         self.assertIsInstance(host, str)
         self.assertTrue(0 < port < 65536)
+
+
+class PostgresStoreSettingTests(SynchronousTestCase):
+    """--store takes a PostgreSQL URL besides sqlite and memory."""
+
+    def test_url_accepted(self):
+        """A postgresql:// or postgres:// URL is kept as given."""
+        for url in ("postgresql://nym@db.example:5433/nym", "postgres:///nym?host=/run/postgresql"):
+            self.assertEqual(ProviderConfig(store=url).store, url)
+
+    def test_bad_url_not_echoed(self):
+        """A malformed URL is refused without quoting it: it may hold a password."""
+        with self.assertRaises(InvalidSetting) as caught:
+            ProviderConfig(store="postgresql://nym:hunter2@db/nym?nosuchparam=1")
+        self.assertIn("--store", str(caught.exception))
+        self.assertNotIn("hunter2", str(caught.exception))

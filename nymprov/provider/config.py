@@ -33,6 +33,8 @@ DEFAULT_DATA_DIR = "~/.local/share/nymprov"
 DB_FILE = "nymprov.sqlite"
 
 STORES = ("sqlite", "memory")
+#: A --store beginning with one of these is a PostgreSQL URL.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 DB_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
 
 
@@ -181,12 +183,31 @@ def _check_backend_options(backend, pairs):
         raise InvalidSetting("backend_option", str(e).split(": ", 1)[1])
 
 
+def _check_store(field, value):
+    if isinstance(value, str) and value.lower().startswith(POSTGRES_SCHEMES):
+        from psycopg import ProgrammingError
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(value)
+        except ProgrammingError:
+            # libpq's message may quote the URL, password and all.
+            raise InvalidSetting(field, "not a valid PostgreSQL URL") from None
+        return value
+    try:
+        return choice(*STORES)(field, value)
+    except InvalidSetting:
+        raise InvalidSetting(
+            field, f"expected sqlite, memory or a postgresql:// URL, got {describe(value)}"
+        ) from None
+
+
 _CHECKS = {
     "data_dir": check_path,
     "mix_listen": list_of(check_endpoint, non_empty=True),
     "client_listen": list_of(check_endpoint, non_empty=True),
     "client_tls": check_bool,
-    "store": choice(*STORES),
+    "store": _check_store,
     "db_path": check_optional_path,
     "db_synchronous": choice(*DB_SYNCHRONOUS_MODES),
     "max_delay": number(0.0),
@@ -222,7 +243,7 @@ _FLOAT = {field.name for field in fields(ProviderConfig) if field.type is float}
 
 _HELP = {
     "data_dir": "directory for keys, certificate and database",
-    "store": "message store: sqlite or memory",
+    "store": "message store: sqlite, memory or a postgresql:// URL (shared by several processes)",
     "db_path": "SQLite file (default: <data-dir>/nymprov.sqlite)",
     "db_synchronous": "SQLite synchronous mode: FULL or NORMAL",
     "max_delay": "cap on a forward hop's delay, seconds",

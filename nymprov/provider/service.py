@@ -18,6 +18,7 @@ from nymprov.metrics import Counters
 from nymprov.node.core import NodeCore
 from nymprov.node.service import NodeService
 from nymprov.provider.clientapi import ClientApiFactory
+from nymprov.provider.config import POSTGRES_SCHEMES
 from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
 from nymprov.sphinx import encode_address
@@ -43,6 +44,10 @@ def make_store(config, reactor, keys):
         from nymprov.storage.memory import MemoryStore
 
         return MemoryStore(reactor, limits)
+    if config.store.lower().startswith(POSTGRES_SCHEMES):
+        from nymprov.storage.postgresql import PostgresStore
+
+        return PostgresStore(reactor, config.store, limits, replay_key_id=keys.replay_key_id)
     from nymprov.storage.sqlite import SQLiteStore
 
     return SQLiteStore(
