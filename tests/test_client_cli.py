@@ -7,12 +7,16 @@ import os
 import sys
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov import __version__
 from nymprov.cli import client as cli
+from nymprov.client.daemon import API_FILE
 from nymprov.tools.testnet import Testnet
+from tests.support import wait_for
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,6 +71,38 @@ class PrintableTests(SynchronousTestCase):
         self.assertEqual(cli.printable(b"bell\x07"), "[binary, 5 bytes, base64] YmVsbAc=\n")
 
 
+class RunningClient(ProcessProtocol):
+    """``nym-client run ARGS`` in a child, its output kept."""
+
+    def __init__(self, *args):
+        self.output = b""
+        self.ended = Deferred()
+        env = dict(os.environ, PYTHONPATH=_ROOT)
+        self.process = reactor.spawnProcess(
+            self, sys.executable, [sys.executable, "-m", "nymprov.cli.client", "run", *args], env=env,
+            path=_ROOT)
+
+    def outReceived(self, data):
+        self.output += data
+
+    errReceived = outReceived
+
+    def processEnded(self, reason):
+        self.ended.callback(reason.value.exitCode)
+
+    async def stop(self):
+        """SIGTERM, and the exit code once it ended (bounded by the test's timeout)."""
+        if not self.ended.called:
+            self.process.signalProcess("TERM")
+        return await self.ended
+
+
+def start_running_client(test, *args):
+    client = RunningClient(*args)
+    test.addCleanup(lambda: client.ended.called or client.stop())
+    return client
+
+
 class CommandTests(TestCase):
     """init, address, send and receive across two providers."""
 
@@ -96,6 +132,36 @@ class CommandTests(TestCase):
         self.assertEqual(err.decode().splitlines(), [
             "nym-client send: no acknowledgement within 0.001 seconds (--wait);"
             " the message may still arrive, or may be lost"])
+
+    async def test_send_and_receive_use_a_running_client(self):
+        """
+        With ``nym-client run`` going for B, ``receive`` takes B's messages
+        from it (no fallback notice); A has no running client, so ``send``
+        says plainly that it connects by itself.  The running client stops
+        on SIGTERM and removes its API file.
+        """
+        net = Testnet(self.mktemp(), layers=3, per_layer=1, providers=2, mean_delay_ms=5)
+        self.addCleanup(net.stop)
+        await net.start()
+        first, second = net.client_config_paths
+        out, err, code = await nym_client("init", "--config", second)
+        self.assertEqual(code, 0, err)
+        bob = out.decode().strip()
+        bob_dir = os.path.join(os.path.dirname(second), "client-2")
+        running = start_running_client(self, "--data-dir", bob_dir, "--api-listen", "tcp:0:interface=127.0.0.1")
+        api_file = os.path.join(bob_dir, API_FILE)
+        await wait_for(lambda: os.path.exists(api_file) or running.ended.called, "the running client's API file")
+        self.assertIn(b"local API on ws://127.0.0.1:", running.output)
+        self.assertIn(b"shaped: \xce\xbb_P 100/s", running.output)
+        out, err, code = await nym_client("send", "--config", first, bob, "through the daemon")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"no running client", err)
+        self.assertIn(b"observer", err)
+        out, err, code = await nym_client("receive", "--data-dir", bob_dir, "--wait", "5")
+        self.assertEqual((code, out), (0, b"through the daemon\n"), err)
+        self.assertNotIn(b"no running client", err)
+        self.assertEqual(await running.stop(), 0, running.output)
+        self.assertFalse(os.path.exists(api_file))
 
     async def test_bad_usage_exits_2(self):
         """A bad address or missing settings exit 2 with a message, not a traceback."""

@@ -1,4 +1,4 @@
-"""The ``nym-client`` command: init, address, send, receive and bench."""
+"""The ``nym-client`` command: init, address, run, send, receive, broadcast and bench."""
 
 import base64
 import json
@@ -9,6 +9,7 @@ from twisted.internet.defer import TimeoutError, ensureDeferred
 from twisted.internet.task import deferLater, react
 from twisted.python import usage
 
+from nymprov.cli import clientrun
 from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov.cli.provider import parse_command_options
 from nymprov._version import __version__
@@ -104,6 +105,13 @@ class SendOptions(_Common):
         self["address"], self["message"] = address, message
 
 
+class RunOptions(_Common):
+    synopsis = f"Usage: {PROGRAM} run [options]"
+    optParameters = [["api-listen", None, "tcp:1977:interface=127.0.0.1",
+                      "the local WebSocket API's endpoint (loopback or unix: only, unless --api-public)"]]
+    optFlags = [["api-public", None, "allow the local API on an address other than loopback"]]
+
+
 class ReceiveOptions(_Common):
     synopsis = f"Usage: {PROGRAM} receive [options]"
     optParameters = [["wait", "w", 3.0, "seconds to keep pulling", float]]
@@ -140,6 +148,7 @@ class Options(usage.Options):
     subCommands = [
         ["init", None, InitOptions, "create keys and register with the provider"],
         ["address", None, AddressOptions, "print this client's address"],
+        ["run", None, RunOptions, "keep running: shaped streams, pulls, a local WebSocket API"],
         ["send", None, SendOptions, "send a message (from the argument or stdin)"],
         ["receive", None, ReceiveOptions, "pull, print and acknowledge messages"],
         ["broadcast", None, BroadcastOptions, "hand a signed transaction (hex or raw, file or stdin) to a broadcaster"],
@@ -220,13 +229,21 @@ async def _init(reactor, settings, out):
     await client.stop()
     kept = {"topology": os.path.abspath(settings["topology"]), "provider": settings["provider"],
             "mean_delay_ms": float(settings["mean_delay_ms"])}
+    kept.update({key: float(settings[key]) for key in ("send_rate", "loop_rate", "drop_rate")})
     text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in kept.items())
     write_file_atomically(os.path.join(settings["data_dir"], CONFIG_FILE), text.encode(), mode=0o644)
     print(client.address, file=out)
 
 
-async def _send(reactor, settings, options, out, stdin):
+async def _send(reactor, settings, options, out, err, stdin):
     data = stdin.buffer.read() if options["message"] == "-" else options["message"].encode("utf-8")
+    api = await clientrun.connect_running(reactor, settings["data_dir"], clientrun.SEND_ONLY_QUERY)
+    if api is not None:
+        await clientrun.send_through(reactor, api, options["address"], data, options["wait"])
+        print(f"sent {len(data)} bytes through the running client; acknowledged by the recipient's provider",
+              file=out)
+        return
+    clientrun.fallback_notice(PROGRAM, "send", settings["data_dir"], err)
     client = _client(settings, reactor)
     earlier = _load_received(client, settings["data_dir"])
     await client.start()
@@ -247,7 +264,14 @@ async def _send(reactor, settings, options, out, stdin):
         _save_received(client, settings["data_dir"], earlier + _drain(client))
 
 
-async def _receive(reactor, settings, options, out):
+async def _receive(reactor, settings, options, out, err):
+    api = await clientrun.connect_running(reactor, settings["data_dir"])
+    if api is not None:
+        for message in await clientrun.receive_through(reactor, api, options["wait"]):
+            out.write(printable(message))
+        out.flush()
+        return
+    clientrun.fallback_notice(PROGRAM, "receive", settings["data_dir"], err)
     client = _client(settings, reactor)
     messages = _load_received(client, settings["data_dir"])
     await client.start()
@@ -258,6 +282,13 @@ async def _receive(reactor, settings, options, out):
         out.write(printable(message))
     out.flush()
     _save_received(client, settings["data_dir"], [])
+
+
+async def _run(reactor, settings, options, out):
+    client = _client(settings, reactor)
+    earlier = _load_received(client, settings["data_dir"])
+    await clientrun.run(reactor, client, settings, options, out, earlier,
+                        lambda left: _save_received(client, settings["data_dir"], left))
 
 
 def read_transaction(data, chain):
@@ -334,11 +365,13 @@ def main(argv=None, stdout=None, stderr=None, stdin=None):
             if command == "init":
                 await _init(reactor, settings, out)
             elif command == "send":
-                await _send(reactor, settings, sub, out, stdin)
+                await _send(reactor, settings, sub, out, err, stdin)
+            elif command == "run":
+                await _run(reactor, settings, sub, out)
             elif command == "broadcast":
                 outcome["code"] = await _broadcast(reactor, settings, sub, out, stdin)
             else:
-                await _receive(reactor, settings, sub, out)
+                await _receive(reactor, settings, sub, out, err)
         except ConfigError as e:
             print(f"{PROGRAM} {command}: {e}", file=err)
             outcome["code"] = 1

@@ -93,7 +93,7 @@ class OutgoingStream:
         self.shaped = shaped
         self._queue = collections.deque()
         self._waiting = collections.deque()  # (packets needed, Deferred)
-        self._calls = {}
+        self._call = None
         self._running = False
         self.longest_queue = 0
         self.last_queue_delay = 0.0
@@ -184,26 +184,38 @@ class OutgoingStream:
         if not self.shaped:
             self.log.warn("the client sends unshaped: an observer of its link sees when and how much it sends")
             self.flush_now()
-        for name, (rate, _) in self._streams.items():
-            if rate > 0:
-                self._schedule(name)
+        self._schedule()
 
     def stop(self):
         """Stop the streams; queued packets stay queued, waiters keep waiting."""
         self._running = False
-        for call in self._calls.values():
-            if call.active():
-                call.cancel()
-        self._calls.clear()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
 
-    def _schedule(self, name):
-        rate, tick = self._streams[name]
-        self._calls[name] = self._clock.callLater(self._rng.expovariate(rate), self._tick, name, tick)
+    @property
+    def total_rate(self):
+        """Packets per second on the link: the sum of the running streams' rates."""
+        return sum(rate for rate, _ in self._streams.values())
 
-    def _tick(self, name, tick):
-        # The next tick is drawn first, so that how long a tick takes does
-        # not shift the process.
-        self._schedule(name)
+    def _schedule(self):
+        # The streams run as one Poisson process of the summed rate whose
+        # every tick goes to one stream with probability rate/total: the
+        # same thing in law as independent processes, but with one timer,
+        # so a stall of the reactor delays one packet instead of making
+        # several timers fire back to back (a burst an observer could see).
+        total = self.total_rate
+        if total > 0:
+            self._call = self._clock.callLater(self._rng.expovariate(total), self._tick)
+
+    def _tick(self):
+        self._schedule()
+        active = [(name, rate, tick) for name, (rate, tick) in self._streams.items() if rate > 0]
+        pick = self._rng.random() * self.total_rate
+        for name, rate, tick in active:  # the last one if rounding leaves pick >= 0
+            pick -= rate
+            if pick < 0:
+                break
         try:
             tick()
         except Exception:
