@@ -195,6 +195,8 @@ class AnvilTests(TestCase):
         self.assertEqual(len(proxy.sent()), 2)
 
         await self.cli_broadcast(net, await self.sign(nonce + 1, 7), proxy)
+        outcomes = {o: counters.get("broadcast.transactions", o) for o in ("broadcast", "duplicate", "rejected")}
+        self.assertEqual(outcomes, {"broadcast": 2, "duplicate": 1, "rejected": 1})
 
     async def cli_broadcast(self, net, signed, proxy):
         """``nym-client broadcast`` in a subprocess, the hex on stdin."""

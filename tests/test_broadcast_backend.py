@@ -30,9 +30,11 @@ from nymprov.backends.broadcast.backend import (
     parse_delay,
 )
 from nymprov.backends.broadcast.errors import MalformedTransaction, UnsupportedTransaction
-from nymprov.backends.surbreply import decode_fragment, encode_fragment, encode_request
+from nymprov.backends.durablequeue import DurableQueue
+from nymprov.backends.surbreply import ServiceRequest, decode_fragment, encode_fragment, encode_request
 from nymprov.errors import ConfigError
 from nymprov.interfaces import IProvider
+from nymprov.metrics import Counters
 from nymprov.plugins import find_maker, parse_backend_options
 from nymprov.tools.testnet import _free_ports
 from nymprov.wire.envelope import decode_envelope
@@ -124,6 +126,12 @@ class FakeEsplora(Resource):
         return txid.encode()
 
 
+def file_bytes(path):
+    """:returns: the whole content of the file at ``path``."""
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def secret_file(test, text, mode=0o600):
     """A file holding ``text`` with ``mode``."""
     path = test.mktemp()
@@ -212,6 +220,34 @@ class BitcoinBroadcastTests(TestCase):
         with self.assertRaises(rpc.Transient) as caught:
             await rpc.post(Agent(reactor), reactor, url, b"{}", b"application/json", 5)
         self.assertIn("longer than", str(caught.exception))
+
+    async def test_done_transactions_leave_no_trace_in_the_file(self):
+        """Once broadcast, a transaction's bytes are overwritten in the queue file, not just unlinked."""
+        core = FakeBitcoinCore()
+        core.errors[LEGACY] = [(-28, "Loading block index...")] * 10_000  # stays queued beside it
+        counters = Counters()
+        backend = await self.start(await self.serve(core), counters=counters)
+        raw = mainnet(TAPROOT)
+        await backend.deliver(final(tx_message(mainnet(LEGACY))))
+        await backend.deliver(final(tx_message(raw)))
+        await wait_for(lambda: backend.queued_count == 1, "the broadcast")
+        await backend.stopService()
+        self.assertFalse(os.path.exists(self.path + "-wal") and os.path.getsize(self.path + "-wal"))
+        self.assertTrue(raw[40:120] not in file_bytes(self.path), "the broadcast transaction is still in the file")
+        self.assertEqual(counters.get("broadcast.transactions", "broadcast"), 1)
+
+    async def test_what_the_file_keeps_without_secure_delete(self):
+        """The check above can fail: without secure_delete the deleted bytes stay in the file."""
+        path = self.mktemp()
+        queue = DurableQueue(reactor, path, "q", lambda item: None, lambda item, result: None,
+                             name="test", secure_delete=False)
+        await queue.start()
+        kept, done = b"K" * 300, os.urandom(300)
+        for body in (kept, done):
+            await queue.add(ServiceRequest(os.urandom(16), [], bytes(32), body), delay=3600 if body == kept else 0)
+        await wait_for(lambda: queue.queued_count == 1, "the attempt")
+        await queue.stop()
+        self.assertTrue(done in file_bytes(path), "the deleted payload is not in the file")
 
     async def test_permanent_rejections_are_not_retried(self):
         """A -26 or -25 ends the attempt: one call, the node's words go back."""

@@ -67,12 +67,16 @@ class DurableQueue:
 
     :param str table: the queue's table (its columns are fixed).
     :param schema: more ``CREATE`` statements for the owner's own tables.
+    :param bool secure_delete: overwrite what is deleted with zeros, so
+        that done payloads (signed transactions, say) do not linger in
+        the file's free space; set either way, as SQLite builds differ in
+        their default.
     """
 
     log = Logger()
 
     def __init__(self, reactor, path, table, attempt, done, *, name, retry_first=1.0, retry_max=300.0,
-                 max_queue=10000, max_parallel=4, schema=()):
+                 max_queue=10000, max_parallel=4, schema=(), secure_delete=True):
         self._reactor = reactor
         self._path = path
         self._table = table
@@ -95,6 +99,7 @@ class DurableQueue:
             )""",
             *schema,
         ]
+        self._secure_delete = secure_delete
         self._threads = ThreadPool(minthreads=1, maxthreads=1, name=f"nymprov-{name}")
         self._db = None
         self._due = {}  # id -> time of the next attempt, for rows not in flight
@@ -114,6 +119,7 @@ class DurableQueue:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA secure_delete={'ON' if self._secure_delete else 'OFF'}")
         for statement in self._schema:
             db.execute(statement)
         self._db = db

@@ -98,6 +98,7 @@ class BroadcastMaker:
             retry_first=options["retry-first"],
             retry_max=options["retry-max"],
             max_queue=options["max-queue"],
+            counters=context.get("counters"),
         )
 
 

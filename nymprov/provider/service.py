@@ -103,7 +103,8 @@ class ProviderService(NodeService):
         )
         # Made by the --backend plugin (the inbox by default); the node
         # core sends each message's SURB-ACK once the backend took it.
-        self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store)
+        self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store,
+                                    counters=self.counters)
         # Worker processes for the CPU work of unwrapping; None keeps it
         # all on the reactor thread.
         self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if config.unwrap_workers else None

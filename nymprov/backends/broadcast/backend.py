@@ -131,7 +131,7 @@ class BroadcastProvider(QueuedBackend):
 
     def __init__(self, sender, topology, reactor, *, chain, endpoints, path, node=None, api=None, auth=None,
                  delay=None, duplicate_window=86400.0, max_size=None, chain_id=None, timeout=10.0,
-                 retry_first=1.0, retry_max=300.0, max_queue=10000, max_parallel=4, rng=None):
+                 retry_first=1.0, retry_max=300.0, max_queue=10000, max_parallel=4, rng=None, counters=None):
         QueuedBackend.__init__(self, sender, topology, reactor)
         if chain not in CHAINS:
             raise ValueError(f"chain {chain!r}: one of {', '.join(sorted(CHAINS))}")
@@ -153,8 +153,10 @@ class BroadcastProvider(QueuedBackend):
             node = rpc.NODES[kind](agent, reactor, timeout=timeout, auth=auth)
         self._node = node
         #: What became of the transactions: broadcast, duplicate,
-        #: rejected, known (by the node), retried (transient failures).
+        #: rejected, known (by the node), retried (transient failures);
+        #: also in the node's ``counters`` as ``broadcast.transactions``.
         self.outcomes = Counter()
+        self._counters = counters
         self.queue = DurableQueue(
             reactor, path, "broadcast_queue", self._broadcast, self.answer, name="broadcast",
             retry_first=retry_first, retry_max=retry_max, max_queue=max_queue, max_parallel=max_parallel,
@@ -193,7 +195,7 @@ class BroadcastProvider(QueuedBackend):
         if row_id is not None:
             self.log.debug("broadcast: queued {txid}", txid=tx.txid.hex())
             return
-        self.outcomes["duplicate"] += 1
+        self._count("duplicate")
         self.log.debug("broadcast: {txid} seen before; not broadcast again", txid=tx.txid.hex())
         if request.surbs:
             send_reply(self.sender, request, encode_answer(DUPLICATE, tx.txid, "seen before"))
@@ -205,15 +207,20 @@ class BroadcastProvider(QueuedBackend):
         try:
             verdict = yield self._node.send(url, item.payload)
         except rpc.Transient as e:
-            self.outcomes["retried"] += 1
+            self._count("retried")
             raise Retry(str(e))
         outcome = _VERDICT_OUTCOMES[verdict.outcome]
-        self.outcomes[verdict.outcome] += 1
+        self._count(verdict.outcome)
         if verdict.outcome == rpc.REJECTED:
             self.log.info("broadcast: the node refused a transaction: {message}", message=verdict.message)
         self.log.debug("broadcast: {txid} {outcome}", txid=tx.txid.hex(), outcome=verdict.outcome)
         reported = verdict.message if outcome != BROADCAST else self._reported_txid(tx, verdict.message)
         return encode_answer(outcome, tx.txid, reported)
+
+    def _count(self, outcome):
+        self.outcomes[outcome] += 1
+        if self._counters is not None:
+            self._counters.incr("broadcast.transactions", outcome)
 
     def _reported_txid(self, tx, reported):
         ours = tx.txid_hex
