@@ -54,7 +54,7 @@ class DirectoryHTTPTests(TestCase):
 
     def setUp(self):
         self.agent = make_agent(reactor)
-        self.addCleanup(self.agent._pool.closeCachedConnections)
+        self.addCleanup(self.agent.connection_pool.closeCachedConnections)
 
     async def post(self, url, body):
         status, answer = await request(self.agent, b"POST", url + "/v1/descriptors", body)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from twisted.python import usage
 
 from nymprov._version import __version__
+from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
 from nymprov.options import (
     InvalidOption,
     InvalidSetting,
@@ -42,16 +43,31 @@ class MixNodeConfig:
     max_connections: int = 1024
     idle_timeout: float = 300.0  # seconds
     stats_interval: float = 60.0  # seconds; 0 disables
+    layer: int = 1  # the mix layer this node announces to the directory
+    epoch_length: float = 0.0  # seconds; 0: one Sphinx key forever
+    epoch_zero: float = 0.0
+    epoch_grace: float = None  # seconds; None: a quarter epoch
+    directory: str = None  # URL of the nym-directory
+    directory_key: str = None  # its key, base58
+    publish_interval: float = 30.0  # seconds
 
     def __post_init__(self):
         for field in fields(self):
             value = _CHECKS[field.name](field.name, getattr(self, field.name))
             object.__setattr__(self, field.name, value)
+        check_network_settings(self)
 
     @property
     def replay_db_path(self):
         """The SQLite file of replay tags."""
         return os.path.join(self.data_dir, REPLAY_DB_FILE)
+
+
+def _check_layer(field, value):
+    value = whole_number(1)(field, value)
+    if value > 4:
+        raise InvalidSetting(field, f"a Sphinx route has mix layers 1..4, got {value}")
+    return value
 
 
 _CHECKS = {
@@ -64,6 +80,8 @@ _CHECKS = {
     "max_connections": whole_number(1),
     "idle_timeout": number(0.0, exclusive=True),
     "stats_interval": number(0.0),
+    "layer": _check_layer,
+    **network_checks(),
 }
 
 _DEFAULTS = MixNodeConfig.__dataclass_fields__
@@ -77,6 +95,8 @@ _HELP = {
     "max_connections": "open connections at most",
     "idle_timeout": "seconds before an idle connection is closed",
     "stats_interval": "seconds between counter log lines (0: never)",
+    "layer": "mix layer (1..4) announced to the directory",
+    **NETWORK_HELP,
 }
 
 
@@ -137,8 +157,9 @@ class MixNodeOptions(usage.Options):
         except InvalidSetting as e:
             in_file = e.field in from_file and e.field not in given_here
             raise InvalidOption(f"{e} (in {path})" if in_file else str(e))
-        if self.needs_topology and self.mixnode_config.topology is None:
-            raise InvalidOption("--topology: a mix node needs the topology file to run")
+        config = self.mixnode_config
+        if self.needs_topology and config.topology is None and config.directory is None:
+            raise InvalidOption("--topology: a mix node needs the topology file (or --directory) to run")
 
 
 def _field_for_key(key):

@@ -14,9 +14,18 @@ from nymprov.metrics import Counters
 from nymprov.node.core import NodeCore
 from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
+from nymprov.netdoc.signed import key_from_text
+from nymprov.node.network import (
+    DirectoryLink,
+    DocumentTopology,
+    KeyRotation,
+    describe_node,
+    make_epochs,
+    published_address,
+)
 from nymprov.node.service import NodeService
 from nymprov.storage.limits import StoreLimits
-from nymprov.topology import load_topology
+from nymprov.topology import StaticTopology, load_topology
 
 
 @implementer(IProvider)
@@ -55,22 +64,39 @@ class MixNodeService(NodeService):
         from nymprov.storage.sqlite import SQLiteStore
 
         if topology is None:
-            if config.topology is None:
-                raise ConfigError("--topology: a mix node needs the topology file to run")
-            topology = load_topology(config.topology)
+            if config.topology is not None:
+                topology = load_topology(config.topology)
+            elif config.directory is not None:
+                topology = StaticTopology()
+            else:
+                raise ConfigError("--topology: a mix node needs the topology file (or --directory) to run")
         self.config = config
-        self.topology = topology
         NodeService.__init__(self, reactor, stop_reactor_on_failure)
         self.counters = Counters()
         self.keys = load_or_create_keys(config.data_dir)
-        # The store is used only as the persistent IReplayCache; tags are
-        # only meaningful for the key that produced them.
-        self.replay_cache = SQLiteStore(
-            reactor,
-            config.replay_db_path,
-            StoreLimits(),
-            replay_key_id=self.keys.replay_key_id,
-        )
+        epochs = make_epochs(config.epoch_length, config.epoch_zero)
+        self.rotation = None
+        self.replay_cache = None
+        if epochs is not None:
+            # Keys by epoch, each with its own replay file.
+            self.rotation = KeyRotation(config.data_dir, epochs, config.epoch_grace, reactor, self.counters)
+        else:
+            # The store is used only as the persistent IReplayCache; tags
+            # are only meaningful for the key that produced them.
+            self.replay_cache = SQLiteStore(
+                reactor,
+                config.replay_db_path,
+                StoreLimits(),
+                replay_key_id=self.keys.replay_key_id,
+            )
+        self.directory = None
+        if config.directory is not None:
+            self.directory = DirectoryLink(
+                reactor, config.directory, key_from_text(config.directory_key, "--directory-key"),
+                self.keys.identity, self._describe, epochs, config.publish_interval, self.counters,
+            )
+            topology = DocumentTopology(self.directory.holder, topology)
+        self.topology = topology
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         self.node = NodeCore(
             self.keys.sphinx,
@@ -83,14 +109,24 @@ class MixNodeService(NodeService):
             max_delay=config.max_delay,
             max_delayed=config.max_delayed,
             role="mix",
+            keys=None if self.rotation is None else self.rotation.keys,
         )
         self.mix_ports = []
 
+    def _describe(self, timestamp):
+        address = published_address(self.mix_ports)
+        describe = describe_node("mix", self.keys.identity_public_bytes, address, self.rotation, layer=self.config.layer)
+        return describe(timestamp)
+
     @inlineCallbacks
     def _start(self):
-        yield self.replay_cache.start()
+        if self.rotation is not None:
+            yield self.rotation.start()
+            self.add_chore(self.rotation.check_interval, self.rotation.tick)
+        else:
+            yield self.replay_cache.start()
         own = self.keys.sphinx.public_bytes
-        if not any(node.sphinx_key == own for node in getattr(self.topology, "nodes", ())):
+        if self.rotation is None and not any(node.sphinx_key == own for node in getattr(self.topology, "nodes", ())):
             self.log.warn("this node's Sphinx key is not in the topology; no one will route here")
         factory = MixLinkFactory(
             self.node,
@@ -100,6 +136,10 @@ class MixNodeService(NodeService):
             idle_timeout=self.config.idle_timeout,
         )
         self.mix_ports = yield self.listen(self.config.mix_listen, factory, "mix link", self.node)
+        if self.directory is not None:
+            # Not waited for: an unreachable directory must not stop the node.
+            self.directory.start()
+            self.add_chore(self.config.publish_interval, self.directory.refresh)
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
 
@@ -110,9 +150,14 @@ class MixNodeService(NodeService):
     def stopService(self):
         yield self._stop_listening()
         self.mix_ports = []
+        if self.directory is not None:
+            yield self.directory.stop()
         sent_early = self.node.stop()
         if sent_early:
             self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
         yield self.sender.stopService()
-        yield self.replay_cache.close()
+        if self.rotation is not None:
+            yield self.rotation.stop()
+        else:
+            yield self.replay_cache.close()
         self.log.info("nym-mixnode stopped; counters: {counters}", counters=self.counters.snapshot())

@@ -63,10 +63,16 @@ class _BoundedReader(Protocol):
 
 
 def make_agent(reactor):
-    """:returns: an ``Agent`` with a small pool of persistent connections."""
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 2
-    return Agent(reactor, pool=pool)
+    """
+    :returns: an ``Agent`` whose connections close after each answer: a
+        node speaks to the directory every few seconds at most, and a kept
+        connection would outlive a stop.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    agent = Agent(reactor, pool=pool)
+    # Kept for closing at stop (Agent has no public accessor for it).
+    agent.connection_pool = pool
+    return agent
 
 
 def request(agent, method, url, body=None, max_bytes=16 * 1024 * 1024):

@@ -23,6 +23,7 @@ from nymprov.options import (
     unknown_setting,
     whole_number,
 )
+from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
 from nymprov.node.pool import default_worker_count
 from nymprov.provider.registration import REGISTRATION_MODES
 
@@ -78,6 +79,12 @@ class ProviderConfig:
     topology: str = None  # topology file (JSON); None: --first-layer only
     backend: str = "inbox"  # an IProviderMaker plugin's name
     backend_option: tuple = ()  # (name, value) pairs for the backend's options
+    epoch_length: float = 0.0  # seconds; 0: one Sphinx key forever
+    epoch_zero: float = 0.0
+    epoch_grace: float = None  # seconds; None: a quarter epoch
+    directory: str = None  # URL of the nym-directory
+    directory_key: str = None  # its key, base58
+    publish_interval: float = 30.0  # seconds
 
     def __post_init__(self):
         for field in fields(self):
@@ -85,6 +92,7 @@ class ProviderConfig:
             value = check(field.name, getattr(self, field.name))
             # Frozen: normalising a value needs the base class's setattr.
             object.__setattr__(self, field.name, value)
+        check_network_settings(self)
         if self.db_path is None:
             object.__setattr__(self, "db_path", os.path.join(self.data_dir, DB_FILE))
         if self.registration == "invite" and not self.invite_code:
@@ -231,6 +239,7 @@ _CHECKS = {
     "topology": _check_topology_file,
     "backend": _check_backend_name,
     "backend_option": _check_backend_option_pairs,
+    **network_checks(),
 }
 
 _DEFAULTS = ProviderConfig.__dataclass_fields__
@@ -263,6 +272,7 @@ _HELP = {
     "stats_interval": "seconds between counter log lines (0: never)",
     "topology": "topology file (JSON): its first layer is added to --first-layer",
     "backend": "what happens to delivered messages ('nym-provider help backends')",
+    **NETWORK_HELP,
 }
 
 

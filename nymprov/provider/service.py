@@ -23,6 +23,15 @@ from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
 from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
+from nymprov.netdoc.signed import key_from_text
+from nymprov.node.network import (
+    DirectoryLink,
+    DocumentTopology,
+    KeyRotation,
+    describe_node,
+    make_epochs,
+    published_address,
+)
 from nymprov.topology import provider_topology
 from nymprov.node.pool import UnwrapPool
 
@@ -101,13 +110,27 @@ class ProviderService(NodeService):
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
+        epochs = make_epochs(config.epoch_length, config.epoch_zero)
+        # With epochs, Sphinx keys rotate, each with its own replay file.
+        self.rotation = None
+        if epochs is not None:
+            self.rotation = KeyRotation(config.data_dir, epochs, config.epoch_grace, reactor, self.counters)
+        self.directory = None
+        if config.directory is not None:
+            self.directory = DirectoryLink(
+                reactor, config.directory, key_from_text(config.directory_key, "--directory-key"),
+                self.keys.identity, self._describe, epochs, config.publish_interval, self.counters,
+            )
+            self.topology = DocumentTopology(self.directory.holder, self.topology)
         # Made by the --backend plugin (the inbox by default); the node
         # core sends each message's SURB-ACK once the backend took it.
         self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store,
                                     counters=self.counters)
         # Worker processes for the CPU work of unwrapping; None keeps it
         # all on the reactor thread.
-        self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if config.unwrap_workers else None
+        # (Workers hold one key: with epochs the reactor thread unwraps.)
+        use_workers = config.unwrap_workers and self.rotation is None
+        self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if use_workers else None
         self.node = NodeCore(
             self.keys.sphinx,
             self.store,
@@ -118,6 +141,7 @@ class ProviderService(NodeService):
             self.counters,
             max_delay=config.max_delay,
             unwrapper=self.unwrapper,
+            keys=None if self.rotation is None else self.rotation.keys,
         )
         self.certificate = None
         if config.client_tls:
@@ -165,8 +189,22 @@ class ProviderService(NodeService):
 
     # -- life cycle ----------------------------------------------------------
 
+    def _describe(self, timestamp):
+        from nymprov.net.tls import certificate_fingerprint
+
+        client = published_address(self.client_ports)
+        fingerprint = None if self.certificate is None else certificate_fingerprint(self.certificate)
+        describe = describe_node(
+            "provider", self.keys.identity_public_bytes, published_address(self.mix_ports, self.config.announce),
+            self.rotation, client=(*client, self.certificate is not None, fingerprint),
+        )
+        return describe(timestamp)
+
     @inlineCallbacks
     def _start(self):
+        if self.rotation is not None:
+            yield self.rotation.start()
+            self.add_chore(self.rotation.check_interval, self.rotation.tick)
         yield maybeDeferred(self.store.start)
         if IService.providedBy(self.backend):
             yield maybeDeferred(self.backend.startService)
@@ -187,6 +225,10 @@ class ProviderService(NodeService):
             # Started once every port listens, so that a failed start leaves
             # no process behind; until then the reactor thread unwraps.
             self.unwrapper.start()
+        if self.directory is not None:
+            # Not waited for: an unreachable directory must not stop the node.
+            self.directory.start()
+            self.add_chore(self.config.publish_interval, self.directory.refresh)
         self.add_chore(EXPIRY_INTERVAL, self._expire)
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
@@ -195,6 +237,8 @@ class ProviderService(NodeService):
     def stopService(self):
         yield self._stop_listening()
         self.mix_ports, self.client_ports = [], []
+        if self.directory is not None:
+            yield self.directory.stop()
         if self.unwrapper is not None:
             # Batches still in the workers reach the store before it closes.
             yield self.unwrapper.stop()
@@ -206,6 +250,8 @@ class ProviderService(NodeService):
             yield maybeDeferred(self.backend.stopService)
         yield self.sender.stopService()
         yield self.store.close()
+        if self.rotation is not None:
+            yield self.rotation.stop()
         self.log.info("nym-provider stopped; counters: {counters}", counters=self.counters.snapshot())
 
     # -- chores --------------------------------------------------------------
