@@ -81,6 +81,37 @@ class StaticTopology:
         return address in self._known
 
 
+@implementer(ITopology)
+class SwappableTopology:
+    """
+    A topology that can be replaced while the node runs (SIGHUP reloads
+    the topology file): the node's parts keep this one object and see the
+    new topology at once.
+
+    :param current: the ``ITopology`` to start with.
+    """
+
+    def __init__(self, current):
+        self.current = current
+
+    def replace(self, topology):
+        """Use ``topology`` from now on."""
+        self.current = topology
+
+    def is_first_layer(self, address):
+        """ITopology API"""
+        return self.current.is_first_layer(address)
+
+    def is_known_node(self, address):
+        """ITopology API"""
+        return self.current.is_known_node(address)
+
+    def __getattr__(self, name):
+        # The rest of a topology's API (nodes, providers, ...) is the
+        # current one's.
+        return getattr(self.current, name)
+
+
 def provider_topology(first_layer=(), topology_path=None):
     """
     What a provider knows: the ``first_layer`` addresses it was given and,

@@ -68,7 +68,6 @@ def series(name, **labels):
 class ApiFixture:
     async def serve(self, status):
         service = HttpApiService(status, [LOOPBACK], reactor)
-        status.http_api = service
         service.startService()
         self.addCleanup(service.stopService)
         await service.when_listening()

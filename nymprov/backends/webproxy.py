@@ -289,6 +289,19 @@ class WebProxyProvider(ReplyingBackend, Service):
         self._agent = agent or Agent(reactor, connectTimeout=timeout, pool=self._pool)
         self._in_flight = set()
 
+    def reload(self, options):
+        """
+        Take the allow-list, time-out and limits of ``options`` (a parsed
+        ``WebProxyOptions``) from now on; fetches under way keep theirs.
+
+        :returns: what could not be changed (nothing).
+        """
+        self._allowed = options["allowed"]
+        self._timeout = options["timeout"]
+        self._max_body = options["max-body"]
+        self._max_concurrent = options["max-concurrent"]
+        return []
+
     def handle(self, request):
         """Check the request against the allow-list and start the fetch."""
         if len(self._in_flight) >= self._max_concurrent:

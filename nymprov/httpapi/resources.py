@@ -15,7 +15,8 @@ from twisted.web.server import NOT_DONE_YET, Site
 JSON = b"application/json"
 
 
-def _json(request, code, document):
+def json_response(request, code, document):
+    """Set ``code`` and the JSON headers on ``request``; :returns: the body."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", JSON)
     request.setHeader(b"cache-control", b"no-store")
@@ -72,18 +73,18 @@ class HealthResource(_Leaf):
     def render_GET(self, request):
         health = self.status.health()
         if request.postpath and request.postpath[0] == b"live":
-            return _json(request, 200 if health.live else 503, {"live": health.live})
+            return json_response(request, 200 if health.live else 503, {"live": health.live})
         document = {"live": health.live, "ready": health.ready}
         if not health.ready:
             document["reason"] = health.reason
-        return _json(request, 200 if health.ready else 503, document)
+        return json_response(request, 200 if health.ready else 503, document)
 
 
 class DescriptionResource(_Leaf):
     """``/description``: version, role, keys, endpoints, packet sizes, backend."""
 
     def render_GET(self, request):
-        return _json(request, 200, self.status.description())
+        return json_response(request, 200, self.status.description())
 
 
 class _Index(Resource):
@@ -99,7 +100,7 @@ class _Index(Resource):
         return Resource.getChild(self, path, request)
 
     def render_GET(self, request):
-        return _json(request, 200, {"routes": self._routes})
+        return json_response(request, 200, {"routes": self._routes})
 
 
 def make_site(status):

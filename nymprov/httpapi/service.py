@@ -2,9 +2,10 @@
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import quoteStringArgument, serverFromString
 from twisted.logger import Logger
 
+from nymprov.httpapi.admin import make_admin_site
 from nymprov.httpapi.resources import make_site
 from nymprov.net.addresses import show_address
 from nymprov.net.listeners import ConnectionTracker
@@ -13,24 +14,24 @@ from nymprov.net.listeners import ConnectionTracker
 CLOSE_GRACE = 2.0  # seconds
 
 
-class HttpApiService(Service):
+class WebService(Service):
     """
-    Serves :func:`nymprov.httpapi.resources.make_site` on every endpoint
-    string in ``descriptions`` (none: serves nothing).
+    Serves a ``twisted.web`` site on every endpoint string in
+    ``descriptions`` (none: serves nothing), and closes its connections
+    when stopped.
 
-    :param status: the node's status object (see ``make_site``).
+    :param str what: what it is, for the "Listening on" log line.
     :param reactor: the reactor (injected, for tests).
     """
 
     log = Logger()
-    name = "http-api"
 
-    def __init__(self, status, descriptions, reactor):
-        self.status = status
+    def __init__(self, site, descriptions, reactor, what):
         self.descriptions = tuple(descriptions)
         self.ports = []
+        self.what = what
         self._reactor = reactor
-        self._tracker = ConnectionTracker(make_site(status))
+        self._tracker = ConnectionTracker(site)
         self._listening = None
         self._waiters = []
 
@@ -46,7 +47,7 @@ class HttpApiService(Service):
 
         def listening(port):
             self.ports.append(port)
-            self.log.info("Listening on {address} (operator HTTP API)", address=show_address(port.getHost()))
+            self.log.info("Listening on {address} ({what})", address=show_address(port.getHost()), what=self.what)
 
         return d.addCallback(listening)
 
@@ -83,3 +84,34 @@ class HttpApiService(Service):
         d = DeferredList([maybeDeferred(port.stopListening) for port in ports])
         d.addCallback(lambda _: self._tracker.close_all(self._reactor, CLOSE_GRACE))
         return d
+
+
+class HttpApiService(WebService):
+    """
+    The operator's HTTP API (:func:`nymprov.httpapi.resources.make_site`)
+    on every endpoint string in ``descriptions``.
+
+    :param status: the node's status object (see ``make_site``).
+    """
+
+    name = "http-api"
+
+    def __init__(self, status, descriptions, reactor):
+        WebService.__init__(self, make_site(status), descriptions, reactor, "operator HTTP API")
+        self.status = status
+        status.http_api = self
+
+
+class AdminSocketService(WebService):
+    """
+    The admin interface (:func:`nymprov.httpapi.admin.make_admin_site`) on
+    a UNIX socket at ``path``, mode 0600; a socket left by a process that
+    died is replaced, one in use is not.
+    """
+
+    name = "admin-socket"
+
+    def __init__(self, routes, path, reactor):
+        description = f"unix:{quoteStringArgument(path)}:mode=600:lockfile=1"
+        WebService.__init__(self, make_admin_site(routes), [description], reactor, "admin socket")
+        self.path = path

@@ -8,12 +8,13 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymprov.interfaces import IMixSender
+from nymprov.net.addresses import host_port_text
 from nymprov.sphinx import InvalidAddress, decode_address
 from nymprov.wire.frames import encode_frame
 
@@ -74,6 +75,8 @@ class _Neighbour:
         self._drained = []
         self._clock = clock
         factory = Factory.forProtocol(lambda: _OutboundProtocol(self))
+        # One "Starting factory" line per connection attempt is noise.
+        factory.noisy = False
         self._service = ClientService(
             endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0), clock=clock
         )
@@ -129,6 +132,27 @@ class _Neighbour:
         return dropped, self._service.stopService()
 
 
+@implementer(IStreamClientEndpoint)
+class _NamedEndpoint:
+    """
+    An endpoint that says which node it reaches, so that the reconnection
+    lines name the peer ("Scheduling retry 2 to connect mix node
+    192.0.2.1:1789") instead of an object address.
+    """
+
+    def __init__(self, endpoint, name):
+        self._endpoint = endpoint
+        self._name = name
+
+    def connect(self, factory):
+        return self._endpoint.connect(factory)
+
+    def __str__(self):
+        return self._name
+
+    __repr__ = __str__
+
+
 @implementer(IMixSender)
 class MixSenderPool(Service):
     """
@@ -171,7 +195,8 @@ class MixSenderPool(Service):
                 self._counters.incr("mix_sender.bad_address")
                 return False
             neighbour = _Neighbour(
-                self._endpoint_for(host, port), self._reactor, self._queue_limit, self._counters
+                _NamedEndpoint(self._endpoint_for(host, port), f"mix node {host_port_text(host, port)}"),
+                self._reactor, self._queue_limit, self._counters
             )
             self._neighbours[address] = neighbour
         return neighbour.enqueue(packet, key_rotation)

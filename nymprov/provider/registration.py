@@ -25,6 +25,13 @@ class RegistrationPolicy:
             raise ValueError(f"registration must be one of {', '.join(REGISTRATION_MODES)}")
         self.mode = mode
         self._store = store
+        self._invite_digests = ()
+        self.set_invite_codes(invite_codes)
+        #: Addresses the operator revoked: they may not register again.
+        self.revoked = set()
+
+    def set_invite_codes(self, invite_codes):
+        """Accept ``invite_codes`` (and only them) from now on."""
         # Codes from a config are text; the wire carries bytes.  Only their
         # digests are kept, so every comparison is of 32 bytes with 32 bytes
         # and its time says nothing about a code's length either.
@@ -36,8 +43,11 @@ class RegistrationPolicy:
     def allows(self, address, invite):
         """
         :returns: whether ``address`` may register with ``invite`` now.
-            Registered clients may always rotate their token.
+            Registered clients may always rotate their token, unless the
+            operator revoked them.
         """
+        if address in self.revoked:
+            return False
         if self.mode == "open" or self._store.is_registered(address):
             return True
         if self.mode == "closed":
