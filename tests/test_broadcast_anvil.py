@@ -208,6 +208,7 @@ class AnvilTests(TestCase):
         out = await run(command, ("0x" + bytes(signed.raw_transaction).hex() + "\n").encode())
         txid = bytes(signed.hash).hex()
         self.assertEqual(out["code"], 0, out)
+        self.assertIn(b"connecting once by itself", out["stderr"])
         self.assertEqual(out["stdout"].decode().splitlines(), [f"txid 0x{txid}", f"broadcast {txid}: 0x{txid}"])
         self.assertEqual(len(proxy.sent()), 3)
         receipt = await self.rpc("eth_getTransactionReceipt", "0x" + txid)

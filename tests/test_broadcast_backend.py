@@ -11,6 +11,7 @@ import json
 import os
 import random
 import sqlite3
+import sys
 
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -340,6 +341,27 @@ class BitcoinBroadcastTests(TestCase):
         with self.assertRaises(MalformedTransaction):
             await backend.deliver(final(tx_message(mainnet(TAPROOT)[:-1])))
         self.assertEqual((backend.queued_count, core.calls, self.sender.sent), (0, 0, []))
+
+
+class CommandLineTests(TestCase):
+    """``nym-client broadcast`` checks the transaction before anything else."""
+
+    async def test_not_a_transaction(self):
+        """Hex that is not a transaction of the chain: exit 1, the typed reason, nothing opened."""
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        missing = self.mktemp()
+        command = ["-m", "nymprov.cli.client", "broadcast", "--data-dir", missing, "--topology", missing,
+                   "--provider", "x", "--chain", "bitcoin", "--service", "x"]
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("0x" + mainnet(TAPROOT)[:-1].hex() + "\n")
+        out, err, code = await getProcessOutputAndValue(sys.executable, command + [path],
+                                                        env=os.environ, reactor=reactor)
+        self.assertEqual(code, 1)
+        self.assertIn(b"MalformedTransaction", err)
+        self.assertEqual(out, b"")
+        self.assertFalse(os.path.exists(missing))
 
 
 class PartsTests(SynchronousTestCase):

@@ -309,7 +309,7 @@ def read_transaction(data, chain):
     return CHAINS[chain].parse_transaction(raw)
 
 
-async def _broadcast(reactor, settings, options, out, stdin):
+async def _broadcast(reactor, settings, options, out, err, stdin):
     from nymprov.client.webproxy import ServiceClient
 
     if options["source"] == "-":
@@ -319,6 +319,11 @@ async def _broadcast(reactor, settings, options, out, stdin):
             data = f.read()
     tx = read_transaction(data, options["chain"])
     print(f"txid {tx.txid_hex}", file=out)
+    # A running client's API has no service requests (yet): this one
+    # connects by itself; the broadcaster's random delay still separates
+    # the sending from the broadcast.
+    print(f"{PROGRAM} broadcast: connecting once by itself: an observer of the link can see when this happens",
+          file=err)
     client = _client(settings, reactor)
     await client.start()
     try:
@@ -369,7 +374,7 @@ def main(argv=None, stdout=None, stderr=None, stdin=None):
             elif command == "run":
                 await _run(reactor, settings, sub, out)
             elif command == "broadcast":
-                outcome["code"] = await _broadcast(reactor, settings, sub, out, stdin)
+                outcome["code"] = await _broadcast(reactor, settings, sub, out, err, stdin)
             else:
                 await _receive(reactor, settings, sub, out, err)
         except ConfigError as e:
