@@ -12,12 +12,12 @@ from twisted.web.server import Site
 
 from nymprov.backends.forward import ForwardProvider, backoff, decode_status, encode_status
 from nymprov.backends.surbreply import (
-    MalformedRequest,
+    MalformedServiceRequest,
     ServiceBusy,
     SurbRefused,
     decode_fragment,
     encode_fragment,
-    encode_request,
+    encode_service_request,
 )
 from nymprov.sphinx import SURB
 from nymprov.wire.envelope import decode_envelope
@@ -27,7 +27,7 @@ from .test_backend_surbreply import HOME, ROUTE, TOPOLOGY, RecordingSender, fina
 
 def payload_message(payload, surbs=()):
     """A one-fragment forward request."""
-    return encode_fragment(os.urandom(16), 0, 1, encode_request(list(surbs), payload))
+    return encode_fragment(os.urandom(16), 0, 1, encode_service_request(list(surbs), payload))
 
 
 async def sleep(seconds):
@@ -95,7 +95,7 @@ class QueueTests(TestCase):
         self.assertEqual(sink.bodies, [b"tx"] * 3)
         [(first_hop, packet)] = self.sender.sent
         self.assertEqual(first_hop, ROUTE[0].address)
-        data = decode_fragment(decode_envelope(walk(packet)).body)[3]
+        data = decode_fragment(decode_envelope(walk(packet)).body).chunk
         self.assertEqual(decode_status(data), (200, b"OK"))
         self.assertEqual(stat.S_IMODE(os.stat(self.path).st_mode), 0o600)
 
@@ -104,10 +104,10 @@ class QueueTests(TestCase):
         backend = await self.start()
         bad = [
             b"\x01garbage",
-            encode_fragment(b"m" * 16, 0, 2, encode_request([], b"half")),
+            encode_fragment(b"m" * 16, 0, 2, encode_service_request([], b"half")),
             payload_message(b"x", [SURB.create(ROUTE[1:], [0], HOME)]),
         ]
-        for message, error in zip(bad, (MalformedRequest, MalformedRequest, SurbRefused)):
+        for message, error in zip(bad, (MalformedServiceRequest, MalformedServiceRequest, SurbRefused)):
             with self.assertRaises(error):
                 await backend.deliver(final(message))
         self.assertEqual(backend.queued_count, 0)

@@ -2,28 +2,31 @@
 
 from hypothesis import given, settings, strategies as st
 from nacl.public import PrivateKey
+from twisted.internet.defer import fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from nymprov.backends.echo import EchoProvider
 from nymprov.backends.surbreply import (
+    FRAGMENT_HEADER_SIZE,
     REPLY_CHUNK_SIZE,
-    MalformedRequest,
-    Reassembler,
+    MalformedServiceRequest,
     ServiceBusy,
     SurbRefused,
     decode_fragment,
-    decode_request,
+    decode_service_request,
     encode_fragment,
-    encode_request,
+    encode_service_request,
     open_reply,
+    service_reassembler,
     split_fragments,
 )
 from nymprov.interfaces import IMixSender, IProvider
 from nymprov.sphinx import SURB, Destination, KeyPair, Node, encode_address, process_packet
 from nymprov.topology import StaticTopology
 from nymprov.wire.envelope import FinalMessage, decode_envelope
+from nymprov.wire.fragments import Fragment, Reassembler
 
 MIXES = [KeyPair.generate() for _ in range(2)]
 ROUTE = [Node(encode_address("127.0.0.1", 2000 + i), kp.public_bytes) for i, kp in enumerate(MIXES)]
@@ -65,41 +68,55 @@ class RecordingSender:
 
 
 class FragmentTests(SynchronousTestCase):
-    """Fragments round-trip; garbage raises MalformedRequest only."""
+    """Service fragments round-trip; garbage raises MalformedServiceRequest only."""
 
     @settings(max_examples=100)
     @given(st.binary(min_size=16, max_size=16), st.binary(max_size=5000), st.integers(20, 3000))
     def test_split_and_join(self, request_id, data, chunk):
         """Splitting then reassembling in reverse order gives the data back."""
         fragments = split_fragments(request_id, data, chunk)
-        joiner = Reassembler(Clock(), max_bytes=10_000)
-        results = [joiner.add(f) for f in reversed(fragments)]
-        self.assertEqual(results[-1], (request_id, data))
+        joiner = service_reassembler(Clock())
+        results = [joiner.add(decode_fragment(f)) for f in reversed(fragments)]
+        self.assertEqual(results[-1], data)
         self.assertEqual(results[:-1], [None] * (len(fragments) - 1))
-        self.assertEqual(joiner.pending_count, 0)
+        self.assertEqual({decode_fragment(f).message_id for f in fragments}, {request_id})
+        self.assertEqual(joiner.partial_count, 0)
 
     @settings(max_examples=200)
     @given(st.binary(max_size=64))
     def test_garbage(self, data):
-        """Arbitrary bytes decode as a fragment or raise MalformedRequest."""
+        """Arbitrary bytes decode as a fragment or raise MalformedServiceRequest."""
         try:
-            request_id, index, count, _ = decode_fragment(data)
-        except MalformedRequest:
+            fragment = decode_fragment(data)
+        except MalformedServiceRequest:
             return
-        self.assertLess(index, count)
+        self.assertLess(fragment.index, fragment.count)
+        self.assertLessEqual(fragment.count, 256)
+
+    def test_layout(self):
+        """A service fragment is the version byte, then a client fragment's bytes."""
+        encoded = encode_fragment(b"i" * 16, 1, 3, b"data")
+        self.assertEqual(encoded, b"\x01" + Fragment(b"i" * 16, 1, 3, b"data").to_bytes())
+        self.assertEqual(len(encoded) - len(b"data"), FRAGMENT_HEADER_SIZE)
 
     def test_bounds(self):
-        """A reassembler refuses new requests when full and oversize ones, keeping nothing."""
+        """A service refuses new requests when full and oversize ones as busy, keeping nothing."""
         clock = Clock()
-        joiner = Reassembler(clock, max_pending=1, max_bytes=10, timeout=5)
-        self.assertIsNone(joiner.add(encode_fragment(b"a" * 16, 0, 2, b"12345")))
-        self.assertRaises(ServiceBusy, joiner.add, encode_fragment(b"b" * 16, 0, 2, b"x"))
-        self.assertRaises(ServiceBusy, joiner.add, encode_fragment(b"a" * 16, 1, 2, b"123456"))
-        self.assertRaises(MalformedRequest, joiner.add, encode_fragment(b"a" * 16, 0, 2, b"x"))
-        self.assertRaises(MalformedRequest, joiner.add, encode_fragment(b"a" * 16, 1, 3, b"x"))
+        joiner = Reassembler(max_partial=1, max_bytes=10, clock=clock, timeout=5, evict_oldest=False)
+        backend = EchoProvider(RecordingSender(), TOPOLOGY, clock, reassembler=joiner)
+
+        def deliver(request_id, index, count, data):
+            return backend.deliver(final(encode_fragment(request_id, index, count, data)))
+
+        self.assertIsNone(self.successResultOf(deliver(b"a" * 16, 0, 2, b"12345")))
+        self.failureResultOf(deliver(b"b" * 16, 0, 2, b"x"), ServiceBusy)
+        self.failureResultOf(deliver(b"a" * 16, 1, 2, b"123456"), ServiceBusy)
+        # A copy of a fragment already kept (its ACK was lost) is taken again.
+        self.assertIsNone(self.successResultOf(deliver(b"a" * 16, 0, 2, b"x")))
+        self.failureResultOf(deliver(b"a" * 16, 1, 3, b"x"), MalformedServiceRequest)
         clock.advance(6)
-        self.assertIsNone(joiner.add(encode_fragment(b"b" * 16, 0, 2, b"x")))
-        self.assertEqual(joiner.pending_count, 1)
+        self.assertIsNone(self.successResultOf(deliver(b"b" * 16, 0, 2, b"x")))
+        self.assertEqual(joiner.partial_count, 1)
 
 
 class RequestTests(SynchronousTestCase):
@@ -108,24 +125,24 @@ class RequestTests(SynchronousTestCase):
     def test_round_trip(self):
         """A request's SURBs, reply key and body come back as encoded."""
         surbs = [make_surb(), make_surb()]
-        data = encode_request(surbs, b"body", b"\x05" * 32)
-        request = decode_request(b"r" * 16, data, TOPOLOGY)
+        data = encode_service_request(surbs, b"body", b"\x05" * 32)
+        request = decode_service_request(b"r" * 16, data, TOPOLOGY)
         self.assertEqual(request.surbs, surbs)
         self.assertEqual((request.reply_key, request.body), (b"\x05" * 32, b"body"))
         self.assertEqual(request.reply_capacity, 2 * REPLY_CHUNK_SIZE - 48)
 
     def test_surb_elsewhere_refused(self):
         """A SURB whose first hop is not a first-layer mix is refused."""
-        data = encode_request([SURB.create(ROUTE[1:], [0], HOME)], b"")
-        self.assertRaises(SurbRefused, decode_request, b"r" * 16, data, TOPOLOGY)
+        data = encode_service_request([SURB.create(ROUTE[1:], [0], HOME)], b"")
+        self.assertRaises(SurbRefused, decode_service_request, b"r" * 16, data, TOPOLOGY)
 
     @settings(max_examples=100)
     @given(st.binary(max_size=600))
     def test_garbage(self, data):
         """Arbitrary bytes decode as a request or raise a DeliveryError subclass."""
         try:
-            decode_request(b"r" * 16, data, TOPOLOGY)
-        except (MalformedRequest, SurbRefused):
+            decode_service_request(b"r" * 16, data, TOPOLOGY)
+        except (MalformedServiceRequest, SurbRefused):
             pass
 
 
@@ -143,12 +160,13 @@ class EchoTests(SynchronousTestCase):
         self.assertTrue(IProvider.providedBy(backend))
         key = PrivateKey.generate()
         body = bytes(range(256)) * 12
-        self.deliver_all(backend, b"q" * 16, encode_request([make_surb() for _ in range(3)], body,
+        self.deliver_all(backend, b"q" * 16, encode_service_request([make_surb() for _ in range(3)], body,
                                                              bytes(key.public_key)))
         self.assertEqual([a for a, _ in sender.sent], [ROUTE[0].address] * 2)
         parts = {}
         for _, packet in sender.sent:
-            request_id, index, count, data = decode_fragment(decode_envelope(walk(packet)).body)
+            fragment = decode_fragment(decode_envelope(walk(packet)).body)
+            request_id, index, count, data = fragment.message_id, fragment.index, fragment.count, fragment.chunk
             self.assertEqual((request_id, count), (b"q" * 16, 2))
             parts[index] = data
         self.assertEqual(open_reply(parts[0] + parts[1], key), body)
@@ -157,7 +175,29 @@ class EchoTests(SynchronousTestCase):
         """A request with a SURB elsewhere is refused and nothing is sent."""
         sender = RecordingSender()
         backend = EchoProvider(sender, TOPOLOGY, Clock())
-        data = encode_request([SURB.create(ROUTE[1:], [0], HOME)], b"hi")
+        data = encode_service_request([SURB.create(ROUTE[1:], [0], HOME)], b"hi")
         d = backend.deliver(final(encode_fragment(b"z" * 16, 0, 1, data)))
         self.failureResultOf(d, SurbRefused)
         self.assertEqual(sender.sent, [])
+
+    def test_copy_of_a_taken_request_is_not_handled_again(self):
+        """A retransmitted copy of a request already taken (its ACK was lost) is taken, not echoed twice."""
+        sender = RecordingSender()
+        backend = EchoProvider(sender, TOPOLOGY, Clock())
+        message = final(encode_fragment(b"c" * 16, 0, 1, encode_service_request([make_surb()], b"once")))
+        self.successResultOf(backend.deliver(message))
+        self.successResultOf(backend.deliver(message))
+        self.assertEqual(len(sender.sent), 1)
+
+    def test_request_not_taken_may_come_again(self):
+        """A request its backend refused is handled when its sender retransmits it."""
+        sender = RecordingSender()
+        backend = EchoProvider(sender, TOPOLOGY, Clock())
+        refusals = [ServiceBusy("busy now")]
+        handle = backend.handle
+        backend.handle = lambda request: fail(refusals.pop()) if refusals else handle(request)
+        message = final(encode_fragment(b"r" * 16, 0, 1, encode_service_request([make_surb()], b"again")))
+        self.failureResultOf(backend.deliver(message), ServiceBusy)
+        self.assertEqual(sender.sent, [])
+        self.successResultOf(backend.deliver(message))
+        self.assertEqual(len(sender.sent), 1)

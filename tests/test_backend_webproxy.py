@@ -1,5 +1,7 @@
 """Tests for nymprov.backends.webproxy: codecs, the allow-list and fetches on loopback."""
 
+import os
+
 from hypothesis import given, settings, strategies as st
 from nacl.public import PrivateKey
 from twisted.internet import reactor
@@ -9,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from nymprov.backends.surbreply import ServiceBusy, decode_fragment, encode_fragment, encode_request, open_reply
+from nymprov.backends.surbreply import ServiceBusy, decode_fragment, encode_fragment, encode_service_request, open_reply
 from nymprov.backends.webproxy import (
     CodecError,
     HttpResponse,
@@ -109,14 +111,16 @@ class FetchTests(TestCase):
     async def ask(self, backend, url, surbs=4):
         """Deliver a GET of ``url``; returns the decoded answer once all SURBs it needs are used."""
         key = PrivateKey.generate()
-        request = encode_request([make_surb() for _ in range(surbs)],
+        request = encode_service_request([make_surb() for _ in range(surbs)],
                                  encode_http_request(b"GET", url), bytes(key.public_key))
-        await backend.deliver(final(encode_fragment(b"f" * 16, 0, 1, request)))
+        del self.sender.sent[:]
+        await backend.deliver(final(encode_fragment(os.urandom(16), 0, 1, request)))
         while True:
             parts = {}
             for _, packet in self.sender.sent:
-                _id, index, count, data = decode_fragment(decode_envelope(walk(packet)).body)
-                parts[index] = data
+                fragment = decode_fragment(decode_envelope(walk(packet)).body)
+                count = fragment.count
+                parts[fragment.index] = fragment.chunk
             if parts and len(parts) == count:
                 return decode_reply(open_reply(b"".join(parts[i] for i in range(count)), key))
             d = Deferred()
@@ -163,7 +167,7 @@ class FetchTests(TestCase):
     async def test_busy(self):
         """Past max-concurrent fetches, a request is refused with ServiceBusy and not answered."""
         backend = await self.proxy(max_concurrent=1, timeout=0.3)
-        request = encode_request([make_surb()], encode_http_request(b"GET", self.base + "/slow"))
+        request = encode_service_request([make_surb()], encode_http_request(b"GET", self.base + "/slow"))
         await backend.deliver(final(encode_fragment(b"1" * 16, 0, 1, request)))
         with self.assertRaises(ServiceBusy):
             await backend.deliver(final(encode_fragment(b"2" * 16, 0, 1, request)))

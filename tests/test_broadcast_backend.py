@@ -32,7 +32,7 @@ from nymprov.backends.broadcast.backend import (
 )
 from nymprov.backends.broadcast.errors import MalformedTransaction, UnsupportedTransaction
 from nymprov.backends.durablequeue import DurableQueue
-from nymprov.backends.surbreply import ServiceRequest, decode_fragment, encode_fragment, encode_request
+from nymprov.backends.surbreply import ServiceRequest, decode_fragment, encode_fragment, encode_service_request
 from nymprov.errors import ConfigError
 from nymprov.interfaces import IProvider
 from nymprov.metrics import Counters
@@ -49,12 +49,12 @@ COOKIE = "__cookie__:9f3d5c0e1a2b4c6d8e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0
 
 def tx_message(raw, surbs=()):
     """A one-fragment request carrying ``raw``."""
-    return encode_fragment(os.urandom(16), 0, 1, encode_request(list(surbs), raw))
+    return encode_fragment(os.urandom(16), 0, 1, encode_service_request(list(surbs), raw))
 
 
 def answers(sender):
     """The broadcast answers that went back through SURBs, decoded."""
-    return [decode_answer(decode_fragment(decode_envelope(walk(packet)).body)[3]) for _, packet in sender.sent]
+    return [decode_answer(decode_fragment(decode_envelope(walk(packet)).body).chunk) for _, packet in sender.sent]
 
 
 class FakeBitcoinCore(Resource):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from nacl.public import PrivateKey
 from twisted.trial.unittest import SynchronousTestCase
 
-from nymprov.client.fragments import Fragment, MalformedFragment, Reassembler, split_message
+from nymprov.wire.fragments import Fragment, MalformedFragment, Reassembler, split_message
 from nymprov.client.identity import (
     ClientAddress,
     InvalidClientAddress,

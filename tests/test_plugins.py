@@ -16,7 +16,7 @@ from nymprov.cli import provider as cli
 from nymprov.backends.echo import EchoProvider
 from nymprov.backends.forward import ForwardProvider
 from nymprov.backends.inbox import InboxProvider
-from nymprov.backends.surbreply import decode_fragment, encode_fragment, encode_request
+from nymprov.backends.surbreply import decode_fragment, encode_fragment, encode_service_request
 from nymprov.backends.webproxy import WebProxyProvider
 from nymprov.provider.config import InvalidSetting, ProviderConfig, RunOptions, read_config_file
 from nymprov.interfaces import IProvider, IProviderMaker
@@ -165,8 +165,8 @@ class ExamplePluginTests(SynchronousTestCase):
         backend = maker.make(options.provider_config, nymprov.plugins.parse_backend_options(
             maker, options.provider_config.backend_option), sender, TOPOLOGY, Clock())
         verifyObject(IProvider, backend)
-        message = encode_fragment(b"s" * 16, 0, 1, encode_request([make_surb()], b"hey"))
+        message = encode_fragment(b"s" * 16, 0, 1, encode_service_request([make_surb()], b"hey"))
         self.successResultOf(backend.deliver(final(message)))
         [(_, packet)] = sender.sent
         reply = walk(packet)
-        self.assertEqual(decode_fragment(reply[1:])[3], b"HEYHEY")
+        self.assertEqual(decode_fragment(reply[1:]).chunk, b"HEYHEY")

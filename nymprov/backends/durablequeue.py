@@ -21,11 +21,11 @@ from twisted.python.threadpool import ThreadPool
 
 from nymprov.backends.surbreply import (
     NO_REPLY_KEY,
-    MalformedRequest,
+    MalformedServiceRequest,
     ServiceBusy,
     ServiceRequest,
     decode_fragment,
-    decode_request,
+    decode_service_request,
     send_reply,
 )
 from nymprov.errors import DeliveryError, StoreError
@@ -287,14 +287,14 @@ class DurableQueue:
 def decode_one_packet_request(fragment, topology):
     """
     :returns: the :class:`ServiceRequest` in a one-fragment message.
-    :raises MalformedRequest: for anything else.  One packet per payload:
-        a payload split over packets could be lost half-accepted, which
-        at-least-once forbids.
+    :raises MalformedServiceRequest: for anything else.  One packet per
+        payload: a payload split over packets could be lost half-accepted,
+        which at-least-once forbids.
     """
-    request_id, _index, count, data = decode_fragment(fragment)
-    if count != 1:
-        raise MalformedRequest("a queued payload must fit one packet")
-    return decode_request(request_id, data, topology)
+    fragment = decode_fragment(fragment)
+    if fragment.count != 1:
+        raise MalformedServiceRequest("a queued payload must fit one packet")
+    return decode_service_request(fragment.message_id, fragment.chunk, topology)
 
 
 def send_stored_reply(sender, item, body):

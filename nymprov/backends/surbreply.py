@@ -2,9 +2,10 @@
 Service messages: requests that carry reply blocks, split into fragments,
 and answers sent back through those SURBs.
 
-Codecs, :class:`Reassembler`, :func:`send_reply` and the
-:class:`ReplyingBackend` base; the layout is
-in ``doc/providers.md``.  Written by hand: it is nymprov's own format.
+Codecs, :func:`send_reply` and the :class:`ReplyingBackend` base; the
+fragments are :mod:`nymprov.wire.fragments` behind a version byte.  The
+layout is in ``doc/providers.md``.  Written by hand: it is nymprov's own
+format.
 """
 
 import struct
@@ -16,10 +17,18 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 from nymprov.errors import DeliveryError
 from nymprov.sphinx import SURB, PacketSize, SphinxError
 from nymprov.wire.envelope import encode_envelope
+from nymprov.wire.fragments import (
+    FRAGMENT_HEADER_LENGTH,
+    Fragment,
+    MalformedFragment,
+    Reassembler,
+    ReassemblyFull,
+    split_message,
+)
 
 FRAGMENT_VERSION = 1
-_FRAGMENT_HEADER = struct.Struct(">B16sHH")  # version, request id, index, count
-FRAGMENT_HEADER_SIZE = _FRAGMENT_HEADER.size  # 21 bytes
+_VERSION_BYTE = bytes([FRAGMENT_VERSION])
+FRAGMENT_HEADER_SIZE = 1 + FRAGMENT_HEADER_LENGTH  # 21 bytes: the version, then a fragment's header
 
 #: Replies travel in regular packets (the requester's provider stores them
 #: in its inbox, whose slots are sized for regular packets), each fragment
@@ -36,10 +45,10 @@ _REQUEST_HEAD = struct.Struct(">32sHH")  # reply key, SURB count, SURB length
 MAX_FRAGMENTS = 256
 
 
-class MalformedRequest(DeliveryError):
-    """A service message or its fragment cannot be decoded."""
+class MalformedServiceRequest(DeliveryError):
+    """A service request or its fragment cannot be decoded."""
 
-    reason = "malformed_request"
+    reason = "malformed_service_request"
 
 
 class SurbRefused(DeliveryError):
@@ -62,87 +71,26 @@ class MalformedReply(ValueError):
 
 
 def encode_fragment(request_id, index, count, data):
-    """:returns: one fragment's bytes."""
-    return _FRAGMENT_HEADER.pack(FRAGMENT_VERSION, request_id, index, count) + data
+    """:returns: one service fragment's bytes: the version, then the fragment."""
+    return _VERSION_BYTE + Fragment(request_id, index, count, data).to_bytes()
 
 
-def decode_fragment(message, error=MalformedRequest):
+def decode_fragment(message, error=MalformedServiceRequest):
     """
-    :returns: ``(request_id, index, count, data)``.
-    :raises error: if ``message`` is not a fragment.
+    :returns: the :class:`nymprov.wire.fragments.Fragment` in a service fragment.
+    :raises error: if ``message`` is not one.
     """
-    if len(message) < FRAGMENT_HEADER_SIZE:
-        raise error("shorter than a fragment header")
-    version, request_id, index, count = _FRAGMENT_HEADER.unpack_from(message)
-    if version != FRAGMENT_VERSION:
-        raise error(f"unknown fragment version {version}")
-    if not 0 < count <= MAX_FRAGMENTS or index >= count:
-        raise error(f"fragment {index} of {count}")
-    return request_id, index, count, bytes(message[FRAGMENT_HEADER_SIZE:])
+    if not message or message[0] != FRAGMENT_VERSION:
+        raise error(f"unknown fragment version {message[0] if message else None}")
+    try:
+        return Fragment.from_bytes(memoryview(message)[1:], MAX_FRAGMENTS)
+    except MalformedFragment as e:
+        raise error(str(e))
 
 
 def split_fragments(request_id, data, chunk_size):
-    """:returns: the fragments that carry ``data``, ``chunk_size`` bytes each."""
-    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)] or [b""]
-    if len(chunks) > MAX_FRAGMENTS:
-        raise ValueError(f"{len(data)} bytes need more than {MAX_FRAGMENTS} fragments")
-    return [encode_fragment(request_id, i, len(chunks), c) for i, c in enumerate(chunks)]
-
-
-class Reassembler:
-    """
-    Joins fragments into whole messages, in memory, within bounds: at most
-    ``max_pending`` incomplete messages of at most ``max_bytes`` each, each
-    forgotten ``timeout`` seconds after its first fragment.
-
-    :param clock: an ``IReactorTime``.
-    """
-
-    def __init__(self, clock, *, max_pending=64, max_bytes=256 * 1024, timeout=60.0):
-        self._clock = clock
-        self._max_pending = max_pending
-        self._max_bytes = max_bytes
-        self._timeout = timeout
-        self._pending = {}  # request id -> (deadline, count, {index: data})
-
-    def add(self, message):
-        """
-        Add one fragment.
-
-        :returns: ``(request_id, data)`` when ``message`` completes a
-            message, else ``None``.
-        :raises MalformedRequest: for a bad fragment or one that disagrees
-            with its siblings; ``ServiceBusy`` at the bounds.  Either way
-            nothing is kept.
-        """
-        request_id, index, count, data = decode_fragment(message)
-        if count == 1:
-            return request_id, data
-        now = self._clock.seconds()
-        self._pending = {k: v for k, v in self._pending.items() if v[0] > now}
-        entry = self._pending.get(request_id)
-        if entry is None:
-            if len(self._pending) >= self._max_pending:
-                raise ServiceBusy("too many incomplete requests")
-            entry = (now + self._timeout, count, {})
-        deadline, expected, parts = entry
-        if expected != count:
-            raise MalformedRequest("fragment count differs from its siblings'")
-        if index in parts:
-            raise MalformedRequest("fragment received twice")
-        if sum(map(len, parts.values())) + len(data) > self._max_bytes:
-            raise ServiceBusy("request too large")
-        parts = {**parts, index: data}
-        if len(parts) < count:
-            self._pending[request_id] = (deadline, count, parts)
-            return None
-        self._pending.pop(request_id, None)
-        return request_id, b"".join(parts[i] for i in range(count))
-
-    @property
-    def pending_count(self):
-        """How many messages are incomplete."""
-        return len(self._pending)
+    """:returns: the service fragments that carry ``data``, ``chunk_size`` bytes each."""
+    return [_VERSION_BYTE + f.to_bytes() for f in split_message(request_id, data, chunk_size, MAX_FRAGMENTS)]
 
 
 # -- requests ------------------------------------------------------------------
@@ -171,7 +119,7 @@ class ServiceRequest:
         return max(room, 0)
 
 
-def encode_request(surbs, body, reply_key=NO_REPLY_KEY):
+def encode_service_request(surbs, body, reply_key=NO_REPLY_KEY):
     """
     :param surbs: :class:`nymprov.sphinx.SURB` objects, all of one length.
     :returns: the request bytes, before fragmenting.
@@ -183,19 +131,19 @@ def encode_request(surbs, body, reply_key=NO_REPLY_KEY):
     return _REQUEST_HEAD.pack(reply_key, len(blobs), length) + b"".join(blobs) + body
 
 
-def decode_request(request_id, data, topology):
+def decode_service_request(request_id, data, topology):
     """
     :returns: a :class:`ServiceRequest`.
-    :raises MalformedRequest: if ``data`` is not a request.
+    :raises MalformedServiceRequest: if ``data`` is not a request.
     :raises SurbRefused: if a SURB is malformed or would make this node
         send anywhere but to a first-layer mix node.
     """
     if len(data) < _REQUEST_HEAD.size:
-        raise MalformedRequest("shorter than a request header")
+        raise MalformedServiceRequest("shorter than a request header")
     reply_key, count, length = _REQUEST_HEAD.unpack_from(data)
     end = _REQUEST_HEAD.size + count * length
     if end > len(data):
-        raise MalformedRequest("SURBs run past the end of the request")
+        raise MalformedServiceRequest("SURBs run past the end of the request")
     surbs = []
     for offset in range(_REQUEST_HEAD.size, end, length or 1):
         try:
@@ -261,6 +209,16 @@ def new_reply_key():
     return PrivateKey.generate()
 
 
+def service_reassembler(clock):
+    """
+    The bounds of a service's reassembly: 64 incomplete requests of 256 KiB
+    at most, each forgotten 60 s after its first fragment; beyond them a
+    fragment is refused (``ServiceBusy``), so its sender retransmits.
+    """
+    return Reassembler(max_partial=64, max_bytes=256 * 1024, remember=4096, clock=clock, timeout=60.0,
+                       evict_oldest=False)
+
+
 # -- a base for backends that answer -------------------------------------------
 
 
@@ -284,18 +242,30 @@ class ReplyingBackend:
         self.sender = sender
         self.topology = topology
         self.clock = clock
-        self._reassembler = reassembler or Reassembler(clock)
+        self._reassembler = reassembler or service_reassembler(clock)
 
     def deliver(self, message):
         """IProvider API"""
         try:
-            whole = self._reassembler.add(message.body)
-            if whole is None:
-                return succeed(None)
-            request = decode_request(whole[0], whole[1], self.topology)
+            fragment = decode_fragment(message.body)
+            whole = self._reassembler.add(fragment)
+        except MalformedFragment as e:
+            return fail(MalformedServiceRequest(str(e)))
+        except ReassemblyFull as e:
+            return fail(ServiceBusy(str(e)))
         except DeliveryError as e:
             return fail(e)
-        return maybeDeferred(self.handle, request)
+        if whole is None:
+            return succeed(None)
+        d = maybeDeferred(decode_service_request, fragment.message_id, whole, self.topology)
+        d.addCallback(self.handle)
+        # Not taken: a retransmitted copy must not pass for a duplicate.
+        d.addErrback(self._not_taken, fragment.message_id)
+        return d
+
+    def _not_taken(self, failure, request_id):
+        self._reassembler.forget(request_id)
+        return failure
 
     def handle(self, request):
         """

@@ -183,7 +183,7 @@ def _client(settings, reactor):
 
 def _load_received(client, data_dir):
     """Resume fragments and unprinted messages kept by an earlier run."""
-    from nymprov.client.fragments import Reassembler
+    from nymprov.wire.fragments import Reassembler
 
     path = os.path.join(data_dir, STATE_FILE)
     if not os.path.exists(path):

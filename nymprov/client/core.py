@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nymprov.client.cover import CoverBuilder
-from nymprov.client.fragments import Fragment, MalformedFragment, Reassembler, split_message
+from nymprov.wire.fragments import Fragment, MalformedFragment, Reassembler, split_message
 from nymprov.client.identity import ClientAddress, load_token, save_token
 from nymprov.client.routes import Router
 from nymprov.client.sealing import (

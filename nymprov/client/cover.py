@@ -5,7 +5,7 @@ with a SURB-ACK and a sealed full-size fragment, so that neither the own
 provider nor a mix can tell them from real ones.
 """
 
-from nymprov.client.fragments import split_message
+from nymprov.wire.fragments import split_message
 from nymprov.client.sealing import ACK_ID_LENGTH, CHUNK_SIZE, HINT_LENGTH, KIND_COVER, Record, seal
 from nymprov.wire.envelope import encode_envelope
 

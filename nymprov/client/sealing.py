@@ -31,7 +31,7 @@ from nacl.bindings import crypto_generichash_blake2b_salt_personal
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
-from nymprov.client.fragments import FRAGMENT_HEADER_LENGTH
+from nymprov.wire.fragments import FRAGMENT_HEADER_LENGTH
 from nymprov.wire.envelope import MAX_BODY_WITH_ACK
 
 HINT_LENGTH = 16

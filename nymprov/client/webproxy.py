@@ -16,7 +16,7 @@ from nymprov.backends.surbreply import (
     FRAGMENT_HEADER_SIZE,
     MalformedReply,
     decode_fragment,
-    encode_request,
+    encode_service_request,
     new_reply_key,
     open_reply,
     split_fragments,
@@ -24,6 +24,7 @@ from nymprov.backends.surbreply import (
 from nymprov.backends.webproxy import ProxyError, decode_reply, encode_http_request
 from nymprov.sphinx import PacketSize
 from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
+from nymprov.wire.fragments import MalformedFragment, Reassembler
 
 #: Request bytes per regular packet: the envelope's byte and the fragment
 #: header come off the plaintext.
@@ -39,12 +40,10 @@ class PayloadTooLarge(ValueError):
 
 
 class _Waiting:
-    """One request waiting for its answer's fragments."""
+    """One request waiting for its answer."""
 
     def __init__(self, reply_key):
         self.reply_key = reply_key
-        self.parts = {}
-        self.count = None
         self.done = Deferred()
 
 
@@ -71,26 +70,26 @@ class ServiceClient:
         self._reactor = reactor
         self._poll_interval = poll_interval
         self._waiting = {}  # request id -> _Waiting
+        # Only fragments of waiting requests are added, so it holds at
+        # most one incomplete answer per waiting request.
+        self._answers = Reassembler()
         client.add_stored_handler(self._take)
 
     def _take(self, stored):
         try:
-            request_id, index, count, data = decode_fragment(
-                decode_envelope(stored).body, error=MalformedReply
-            )
+            fragment = decode_fragment(decode_envelope(stored).body, error=MalformedReply)
         except (MalformedEnvelope, MalformedReply):
             return False
-        waiting = self._waiting.get(request_id)
+        waiting = self._waiting.get(fragment.message_id)
         if waiting is None:
             return False
-        if waiting.count not in (None, count):
+        try:
+            sealed = self._answers.add(fragment)
+        except MalformedFragment:
             self.log.debug("service reply fragment disagrees with its siblings; dropped")
             return True
-        waiting.count = count
-        waiting.parts[index] = data
-        if len(waiting.parts) == count:
-            del self._waiting[request_id]
-            sealed = b"".join(waiting.parts[i] for i in range(count))
+        if sealed is not None:
+            del self._waiting[fragment.message_id]
             try:
                 waiting.done.callback(open_reply(sealed, waiting.reply_key))
             except MalformedReply as e:
@@ -100,7 +99,7 @@ class ServiceClient:
     async def _send(self, request_id, body, surbs, reply_key, one_packet=False):
         client = self._client
         blocks = [client.router.surb_to_self(client.keys.identity_public_bytes) for _ in range(surbs)]
-        data = encode_request(blocks, body, bytes(reply_key.public_key))
+        data = encode_service_request(blocks, body, bytes(reply_key.public_key))
         fragments = split_fragments(request_id, data, REQUEST_CHUNK_SIZE)
         if one_packet and len(fragments) > 1:
             room = REQUEST_CHUNK_SIZE - (len(data) - len(body))
@@ -145,6 +144,7 @@ class ServiceClient:
             return await waiting.done
         finally:
             self._waiting.pop(request_id, None)
+            self._answers.forget(request_id)
 
     async def submit(self, payload):
         """
