@@ -10,6 +10,7 @@ format.
 
 import struct
 
+from nacl.bindings import crypto_box_SEALBYTES
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from twisted.internet.defer import fail, maybeDeferred, succeed
@@ -37,12 +38,11 @@ REPLY_PLAINTEXT_SIZE = PacketSize.REGULAR.plaintext
 REPLY_CHUNK_SIZE = REPLY_PLAINTEXT_SIZE - 1 - FRAGMENT_HEADER_SIZE
 
 NO_REPLY_KEY = bytes(32)
-SEAL_OVERHEAD = 48  # a SealedBox adds an ephemeral key and a MAC
 
 _REQUEST_HEAD = struct.Struct(">32sHH")  # reply key, SURB count, SURB length
 
-#: More fragments than this in one message is refused.
-MAX_FRAGMENTS = 256
+#: More fragments than this in one service request or reply is refused.
+MAX_SERVICE_FRAGMENTS = 256
 
 
 class MalformedServiceRequest(DeliveryError):
@@ -83,14 +83,15 @@ def decode_fragment(message, error=MalformedServiceRequest):
     if not message or message[0] != FRAGMENT_VERSION:
         raise error(f"unknown fragment version {message[0] if message else None}")
     try:
-        return Fragment.from_bytes(memoryview(message)[1:], MAX_FRAGMENTS)
+        return Fragment.from_bytes(memoryview(message)[1:], MAX_SERVICE_FRAGMENTS)
     except MalformedFragment as e:
         raise error(str(e))
 
 
 def split_fragments(request_id, data, chunk_size):
     """:returns: the service fragments that carry ``data``, ``chunk_size`` bytes each."""
-    return [_VERSION_BYTE + f.to_bytes() for f in split_message(request_id, data, chunk_size, MAX_FRAGMENTS)]
+    fragments = split_message(request_id, data, chunk_size, MAX_SERVICE_FRAGMENTS)
+    return [_VERSION_BYTE + f.to_bytes() for f in fragments]
 
 
 # -- requests ------------------------------------------------------------------
@@ -115,7 +116,7 @@ class ServiceRequest:
         """Most bytes of reply body that the SURBs can carry."""
         room = len(self.surbs) * REPLY_CHUNK_SIZE
         if self.reply_key != NO_REPLY_KEY:
-            room -= SEAL_OVERHEAD
+            room -= crypto_box_SEALBYTES
         return max(room, 0)
 
 

@@ -27,7 +27,7 @@ The reassembled message is a record::
 import struct
 from dataclasses import dataclass
 
-from nacl.bindings import crypto_generichash_blake2b_salt_personal
+from nacl.bindings import crypto_box_SEALBYTES, crypto_generichash_blake2b_salt_personal
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
@@ -36,9 +36,8 @@ from nymprov.wire.envelope import MAX_BODY_WITH_ACK
 
 HINT_LENGTH = 16
 ACK_ID_LENGTH = 16
-SEAL_OVERHEAD = 48  # ephemeral public key 32 + Poly1305 tag 16
 #: Message bytes per fragment of a regular packet that carries a SURB-ACK.
-CHUNK_SIZE = MAX_BODY_WITH_ACK - HINT_LENGTH - SEAL_OVERHEAD - FRAGMENT_HEADER_LENGTH
+CHUNK_SIZE = MAX_BODY_WITH_ACK - HINT_LENGTH - crypto_box_SEALBYTES - FRAGMENT_HEADER_LENGTH
 
 KIND_MESSAGE = 1
 KIND_REPLY = 2
@@ -73,7 +72,7 @@ def open_body(encryption_key, body):
     :raises UnreadableBody: if neither the long-term nor the hint's reply
         key opens it.
     """
-    if len(body) < HINT_LENGTH + SEAL_OVERHEAD:
+    if len(body) < HINT_LENGTH + crypto_box_SEALBYTES:
         raise UnreadableBody("too short for a sealed body")
     hint, sealed = body[:HINT_LENGTH], body[HINT_LENGTH:]
     for key, is_reply in ((encryption_key, False), (reply_private_key(encryption_key, hint), True)):
