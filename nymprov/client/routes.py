@@ -38,8 +38,22 @@ class Router:
         """Hops of a forward route, provider(s) included."""
         return len(self._topology.layers) + 1 + (1 if self._loopix else 0)
 
-    def _mixes(self):
-        return [self._rng.choice(nodes).route_node for _, nodes in sorted(self._topology.layers.items())]
+    def _snapshot(self):
+        # With a directory the topology follows the epochs (a LiveTopology):
+        # one packet takes every key from one epoch's topology.
+        current = getattr(self._topology, "current", None)
+        return current() if current is not None else self._topology
+
+    @staticmethod
+    def _provider(topology, provider):
+        # Looked up again by identity, for the provider's key of the epoch.
+        try:
+            return topology.provider(provider.identity)
+        except KeyError:
+            return provider
+
+    def _mixes(self, topology):
+        return [self._rng.choice(nodes).route_node for _, nodes in sorted(topology.layers.items())]
 
     def _delays(self, count):
         if self._mean_ns <= 0:
@@ -54,9 +68,10 @@ class Router:
 
         :returns: ``(first_hop, packet)`` to hand to the own provider.
         """
-        route = self._mixes() + [recipient_provider.route_node]
+        topology = self._snapshot()
+        route = self._mixes(topology) + [self._provider(topology, recipient_provider).route_node]
         if self._loopix:
-            route.insert(0, self._own_provider.route_node)
+            route.insert(0, self._provider(topology, self._own_provider).route_node)
         destination = Destination(recipient_identity, self._rng.randbytes(IDENTIFIER_LENGTH))
         packet = build_packet(message, route, self._delays(len(route)), destination)
         return route[0].address, packet
@@ -67,7 +82,8 @@ class Router:
         first hop is a first-layer mix, as providers relay SURB packets
         unchanged.
         """
-        route = self._mixes() + [self._own_provider.route_node]
+        topology = self._snapshot()
+        route = self._mixes(topology) + [self._provider(topology, self._own_provider).route_node]
         destination = Destination(own_identity, self._rng.randbytes(IDENTIFIER_LENGTH))
         return SURB.create(route, self._delays(len(route)), destination)
 

@@ -139,7 +139,6 @@ class MixNodeService(NodeService):
         if self.directory is not None:
             # Not waited for: an unreachable directory must not stop the node.
             self.directory.start()
-            self.add_chore(self.config.publish_interval, self.directory.refresh)
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
 

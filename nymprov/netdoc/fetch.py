@@ -131,3 +131,63 @@ class DocumentFetcher:
         except DocumentError as e:
             return fail(e)
 
+
+
+class DocumentRefresher:
+    """
+    Keeps a :class:`DocumentHolder` fresh: fetches the current epoch's and
+    the next epoch's documents now and every ``interval`` seconds.  A failed
+    fetch is counted and changes nothing held.
+
+    :param fetcher: a :class:`DocumentFetcher`.
+    :param epochs: the network's :class:`nymprov.netdoc.Epochs`.
+    :param clock: an ``IReactorTime``.
+    :param float interval: seconds between refreshes.
+    """
+
+    log = Logger()
+
+    def __init__(self, fetcher, epochs, clock, interval):
+        self.fetcher = fetcher
+        self.holder = fetcher.holder
+        self.epochs = epochs
+        self._clock = clock
+        self.interval = interval
+        self._refreshing = None
+        self._loop = None
+
+    def refresh(self):
+        """Fetch both documents; the Deferred never fails."""
+        from twisted.internet.defer import DeferredList
+
+        if self._refreshing is not None:
+            return self._refreshing
+        current = self.epochs.number_at(self._clock.seconds())
+        waits = [self.fetcher.fetch(epoch) for epoch in (current, current + 1)]
+        d = DeferredList(waits, consumeErrors=True).addCallback(self._fetched)
+        if not d.called:
+            self._refreshing = d
+        return d
+
+    def _fetched(self, results):
+        self._refreshing = None
+        for ok, failure in results:
+            if not ok:
+                # Counted by the holder or fetcher; the last good one stays.
+                self.log.debug("fetching a network document failed: {why}", why=failure.getErrorMessage())
+
+    def start(self):
+        """Refresh now and every interval; returns the first refresh's Deferred."""
+        from twisted.internet.task import LoopingCall
+
+        self._loop = LoopingCall(self.refresh)
+        self._loop.clock = self._clock
+        self._loop.start(self.interval, now=True)
+        return self._refreshing or succeed(None)
+
+    def stop(self):
+        """Stop refreshing; fires once no fetch is in flight."""
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        return self._refreshing if self._refreshing is not None else succeed(None)

@@ -242,51 +242,26 @@ class DirectoryLink:
     :param counters: a :class:`nymprov.metrics.Counters`.
     """
 
-    log = Logger()
-
     def __init__(self, reactor, url, directory_key, identity_key, describe, epochs, interval, counters):
-        from nymprov.netdoc.fetch import DocumentFetcher, DocumentHolder
+        from nymprov.netdoc.fetch import DocumentFetcher, DocumentHolder, DocumentRefresher
         from nymprov.netdoc.http import make_agent
         from nymprov.netdoc.publish import DescriptorPublisher
 
-        self._reactor = reactor
-        self._agent = make_agent(reactor)
-        self._pool = self._agent.connection_pool
+        agent = make_agent(reactor)
+        self._pool = agent.connection_pool
         self.holder = DocumentHolder(directory_key, counters)
-        self.fetcher = DocumentFetcher(self._agent, url, self.holder)
-        self.publisher = DescriptorPublisher(self._agent, url, describe, identity_key, reactor, interval, counters)
-        self.epochs = epochs
-        self.interval = interval
-        self._refreshing = None
+        self.refresher = DocumentRefresher(DocumentFetcher(agent, url, self.holder), epochs, reactor, interval)
+        self.publisher = DescriptorPublisher(agent, url, describe, identity_key, reactor, interval, counters)
 
     def start(self):
         """Publish now and every interval; fetch the documents likewise."""
         self.publisher.start()
-        return self.refresh()
-
-    def refresh(self):
-        """Fetch this epoch's and the next epoch's documents; never fails."""
-        if self._refreshing is not None:
-            return self._refreshing
-        current = self.epochs.number_at(self._reactor.seconds())
-        waits = [self.fetcher.fetch(epoch) for epoch in (current, current + 1)]
-        d = DeferredList(waits, consumeErrors=True).addCallback(self._fetched)
-        if not d.called:
-            self._refreshing = d
-        return d
-
-    def _fetched(self, results):
-        self._refreshing = None
-        for ok, failure in results:
-            if not ok:
-                # Counted by the holder or fetcher; the last good one stays.
-                self.log.debug("fetching a network document failed: {why}", why=failure.getErrorMessage())
+        return self.refresher.start()
 
     @inlineCallbacks
     def stop(self):
         yield self.publisher.stop()
-        if self._refreshing is not None:
-            yield self._refreshing
+        yield self.refresher.stop()
         yield self._pool.closeCachedConnections()
 
 

@@ -228,7 +228,6 @@ class ProviderService(NodeService):
         if self.directory is not None:
             # Not waited for: an unreachable directory must not stop the node.
             self.directory.start()
-            self.add_chore(self.config.publish_interval, self.directory.refresh)
         self.add_chore(EXPIRY_INTERVAL, self._expire)
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
