@@ -4,13 +4,16 @@ path: its log, the ports it announces, its counters and its memory.
 """
 
 import ast
+import time
 import os
 import re
 import sys
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import ProcessProtocol, Protocol
 
 from nymprov.net.tls import certificate_fingerprint, load_certificate
 
@@ -88,3 +91,33 @@ async def spawn_provider(testcase, *extra, data_dir=None):
     if process.ended.called:
         raise AssertionError("provider exited: " + process.log.decode("utf-8", "replace"))
     return process, data_dir
+
+
+class Peer(Protocol):
+    """A raw peer that notices when the provider hangs up."""
+
+    def __init__(self):
+        self.closed = Deferred()
+        self.closed_at = None
+
+    def connectionLost(self, reason):
+        self.closed_at = time.monotonic()
+        self.closed.callback(None)
+
+
+async def open_peers(host, port, count, source, first=b""):
+    """
+    Open ``count`` connections from ``source``; each says ``first`` and
+    then nothing: a slow or stuck peer.
+    """
+    peers = []
+    for _ in range(count):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, bindAddress=(source, 0))
+        try:
+            peer = await connectProtocol(endpoint, Peer())
+        except ConnectError:
+            continue
+        if first:
+            peer.transport.write(first)
+        peers.append(peer)
+    return peers

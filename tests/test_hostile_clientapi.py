@@ -19,7 +19,7 @@ from nymprov.client import session as provider_client
 from nymprov.net.tls import pinned_tls_options
 from nymprov.wire import clientapi as api
 
-from tests.provider_process import spawn_provider
+from tests.provider_process import open_peers, spawn_provider
 from tests.support import WAIT_LIMIT, wait_for
 
 MiB = 1024 * 1024
@@ -242,3 +242,54 @@ class RevocationTests(TestCase):
         with self.assertRaises(api.RemoteError) as refused:
             await first.pull(1)
         self.assertEqual(refused.exception.code, api.ErrorCode.NOT_AUTHENTICATED)
+
+
+class ConnectionFloodTests(TestCase):
+    """Raw connections from one address cannot lock out other clients."""
+
+    timeout = 120
+
+    def test_one_address_cannot_fill_the_client_api(self):
+        """
+        1,100 connections from 127.0.0.1 that never start TLS (more than
+        the global cap of 1,024) leave room for a client on 127.0.0.2, who
+        registers and is answered.
+        """
+        return ensureDeferred(self._one_address_cannot_fill_the_client_api())
+
+    async def _one_address_cannot_fill_the_client_api(self):
+        process, data_dir = await spawn_provider(self)
+        host, port = process.ports["client API"]
+        stalled = await open_peers(host, port, 1100, "127.0.0.1")
+        self.addCleanup(lambda: [peer.transport.abortConnection() for peer in stalled if peer.closed_at is None])
+        # The provider refuses the connections past the address's share of
+        # 128 (not the global cap): up to 128 refusals wait to hand over
+        # their BUSY, the rest are aborted at once.
+        await wait_for(lambda: sum(peer.closed_at is None for peer in stalled) <= 2 * 128,
+                       "the connections past the per-address cap to be refused")
+
+        endpoint = wrapClientTLS(pinned_tls_options(process.fingerprint(data_dir)),
+                                 TCP4ClientEndpoint(reactor, host, port, bindAddress=("127.0.0.2", 0)))
+        protocol = await connectProtocol(endpoint, provider_client._SessionProtocol())
+        session = provider_client.ProviderSession(protocol)
+        self.addCleanup(session.close)
+        await session.register(SigningKey.generate())
+        started = time.monotonic()
+        await session.protocol.request(api.Ping())
+        self.assertLess(time.monotonic() - started, 0.1)
+
+    def test_tls_handshake_deadline(self):
+        """
+        A connection that never completes its TLS handshake is closed once
+        the frame timeout has passed, long before the idle timeout.
+        """
+        return ensureDeferred(self._tls_handshake_deadline())
+
+    async def _tls_handshake_deadline(self):
+        process, data_dir = await spawn_provider(self, "--frame-timeout", "1", "--idle-timeout", "300")
+        host, port = process.ports["client API"]
+        opened = time.monotonic()
+        [stalled] = await open_peers(host, port, 1, "127.0.0.1", b"\x16\x03\x01")
+        await stalled.closed
+        self.assertLess(stalled.closed_at - opened, 10)
+        self.assertGreaterEqual(stalled.closed_at - opened, 1)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
@@ -51,12 +52,12 @@ class ReceivingProtocolTests(SynchronousTestCase):
     slows down fast ones.
     """
 
-    def connect(self, node=None, max_connections=10):
+    def connect(self, node=None, max_connections=10, **limits):
         self.clock = Clock()
         self.counters = Counters()
         self.node = node or RecordingNode()
         self.factory = MixLinkFactory(self.node, self.counters, self.clock, max_connections=max_connections,
-                                      idle_timeout=60.0)
+                                      idle_timeout=60.0, **limits)
         protocol = self.factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
@@ -113,7 +114,56 @@ class ReceivingProtocolTests(SynchronousTestCase):
         self.assertFalse(transport.disconnected)
         self.clock.advance(2)
         self.assertTrue(transport.disconnected)
-        self.assertEqual(self.counters.get("mix_link.idle_timeout"), 1)
+        self.assertEqual(self.counters.get("mix_link.idle_timeout", "idle"), 1)
+
+    def test_idle_counts_from_complete_frames(self):
+        """
+        Bytes that never complete a frame keep nothing open: a peer that
+        sends a byte a second is cut off once the frame timeout has passed
+        since the frame's first byte, and counted as such.
+        """
+        protocol, transport = self.connect(frame_timeout=5.0)
+        frame = encode_frame(packet(1))
+        for byte in frame[:5]:
+            self.assertFalse(transport.disconnected)
+            protocol.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.counters.get("mix_link.idle_timeout", "frame"), 1)
+
+    def test_frame_deadline_within_idle(self):
+        """
+        A frame begun just before the idle timeout does not extend it.
+        """
+        protocol, transport = self.connect(frame_timeout=30.0)
+        self.clock.advance(58)
+        protocol.dataReceived(encode_frame(packet(1))[:10])
+        self.clock.advance(2)
+        self.assertTrue(transport.disconnected)
+
+    def test_connections_per_address(self):
+        """
+        One IPv4 address, or one IPv6 /64, gets at most its share of the
+        connections; another address still gets in.
+        """
+        self.connect(max_connections=10, max_connections_per_ip=2)
+
+        def from_host(host):
+            protocol = self.factory.buildProtocol(None)
+            transport = StringTransport(peerAddress=IPv6Address("TCP", host, 1) if ":" in host
+                                        else IPv4Address("TCP", host, 1))
+            protocol.makeConnection(transport)
+            return transport
+
+        self.assertFalse(from_host("192.0.2.1").disconnected)
+        self.assertFalse(from_host("192.0.2.1").disconnected)
+        self.assertTrue(from_host("192.0.2.1").disconnected)
+        self.assertFalse(from_host("192.0.2.2").disconnected)
+        self.assertFalse(from_host("2001:db8::1").disconnected)
+        self.assertFalse(from_host("2001:db8::2").disconnected)
+        self.assertTrue(from_host("2001:db8::ffff:1").disconnected)
+        self.assertFalse(from_host("2001:db8:0:1::1").disconnected)
+        self.assertEqual(self.counters.get("mix_link.refused", "too_many_from_peer"), 2)
 
     def test_connection_limit(self):
         """

@@ -800,6 +800,34 @@ class ConnectionLimitTests(SynchronousTestCase):
         self.assertTrue(conn.transport.disconnected)
         self.assertEqual(factory.counters.get("client_api.timeout"), 1)
 
+    def test_dripped_bytes_keep_nothing_open(self):
+        """
+        Bytes that never complete a frame do not restart the idle timer: a
+        frame begun must be complete within frame_timeout.
+        """
+        factory = make_factory(idle_timeout=30.0, frame_timeout=5.0)
+        conn = Connection(factory)
+        frame = api.encode(api.Ping())
+        for byte in frame[:5]:
+            self.assertFalse(conn.transport.disconnected)
+            conn.protocol.dataReceived(bytes([byte]))
+            factory.clock.advance(1)
+        self.assertTrue(conn.transport.disconnected)
+
+    def test_connections_per_address(self):
+        """
+        One IPv4 address gets at most max_connections_per_ip connections,
+        the rest BUSY; another address still gets in.
+        """
+        factory = make_factory(max_connections=10, max_connections_per_ip=2)
+        first, _second = Connection(factory), Connection(factory)
+        third = Connection(factory)
+        self.assertEqual(third.answers(), [api.Error(ErrorCode.BUSY, "too many connections")])
+        self.assertEqual(Connection(factory, host="10.9.9.9").ask(api.Ping()), api.Pong())
+        self.assertEqual(factory.counters.get("client_api.refused", "too_many_from_peer"), 1)
+        first.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(Connection(factory).ask(api.Ping()), api.Pong())
+
     def test_no_delay(self):
         """
         The server turns off Nagle's algorithm on TCP transports.

@@ -6,14 +6,17 @@ from collections import deque
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
+from zope.interface import implementer
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
-from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from nymprov.errors import PacketRefused, UnknownLease
+from nymprov.net.connlimit import ConnectionLimits
+from nymprov.net.deadlines import FrameDeadlines
 from nymprov.net.flowcontrol import AnswerBudget
 from nymprov.net.transport import no_delay
 from nymprov.provider.registration import RegistrationPolicy
@@ -32,6 +35,13 @@ ANSWER_BUDGET = 1024 * 1024
 #: What any answer but MESSAGES may take at most, in bytes, framed.
 _SMALL_ANSWER = 4 + 5 + 2 + api.MAX_ERROR_MESSAGE + 64
 
+#: Connections at most from one IPv4 address or IPv6 /64, beside the cap on
+#: all connections: one host cannot take every slot.
+MAX_CONNECTIONS_PER_IP = 128
+
+#: Seconds a request frame, or the TLS handshake, may take once begun.
+FRAME_TIMEOUT = 30.0
+
 #: Seconds a closing connection may take to drain its last answer before it
 #: is aborted: a peer that stops reading must not hold the slot forever.
 CLOSE_GRACE = 10.0
@@ -41,6 +51,8 @@ _PACKET_REFUSALS = {
     "route_refused": ErrorCode.ROUTE_REFUSED,
     "busy": ErrorCode.BUSY,
 }
+
+_CONNECTION_REFUSALS = {"total": "too_many_connections", "per_ip": "too_many_from_peer"}
 
 # Requests that read or change the connection's state (nonce, identity).
 # They wait for every earlier request to finish, and later requests wait
@@ -74,7 +86,8 @@ class _Pending:
         self.estimate = estimate
 
 
-class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
+@implementer(IHandshakeListener)
+class ClientApiProtocol(AnswerBudget, Int32StringReceiver, FrameDeadlines):
     """
     One client connection: decodes requests, runs them against the store
     and the node, and answers each in request order.
@@ -100,33 +113,58 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         self._starting = False
         self._closing = False
         self._lost = False
-        self._counted = False
+        self._network = None
+        self._handshaking = False
+        self._completed = False
+        self._refusing = False
 
     # Connection life.
-
-    def callLater(self, period, func):
-        """TimeoutMixin API: timers run on the factory's injected clock."""
-        return self.factory.clock.callLater(period, func)
 
     def connectionMade(self):
         factory = self.factory
         no_delay(self.transport)
-        if factory.connections >= factory.max_connections:
-            factory.counters.incr("client_api.refused", "too_many_connections")
-            self.log.warn("client connection refused: {limit} connections open",
-                          limit=factory.max_connections)
-            self._responses.append(
-                _Pending(api.Error(ErrorCode.BUSY, "too many connections"), close=True)
-            )
-            self._closing = True
-            self._flush()
+        host = self._peer_host()
+        self._network = factory.limits.admit(host)
+        if self._network is None:
+            reason = factory.limits.refusal(host)
+            factory.counters.incr("client_api.refused", _CONNECTION_REFUSALS[reason])
+            refused = factory.limits.refused_to_log(factory.clock.seconds())
+            if refused:
+                self.log.warn("client connections refused ({count} since the last such line):"
+                              " {limit} open in all, or {per_ip} from one address",
+                              count=refused, limit=factory.limits.max_total,
+                              per_ip=factory.limits.max_per_network)
+            self._refuse_connection()
             return
-        factory.connections += 1
-        self._counted = True
         factory.counters.incr("client_api.connection")
         self.budget = factory.answer_budget
         self.start_flow_control()
-        self.setTimeout(factory.idle_timeout)
+        if ISSLTransport.providedBy(self.transport):
+            # The TLS handshake must be over within the frame timeout.
+            self._handshaking = True
+            self.frame_begins()
+        else:
+            self.frame_complete()
+
+    def _refuse_connection(self):
+        # BUSY, then close; while refusals are pending (each may wait for a
+        # TLS handshake and its reader) past the listener's per-address cap,
+        # further ones are aborted at once, so a flood holds no more sockets.
+        factory = self.factory
+        if factory.refusing >= factory.limits.max_per_network:
+            self.transport.abortConnection()
+            return
+        factory.refusing += 1
+        self._refusing = True
+        self._responses.append(
+            _Pending(api.Error(ErrorCode.BUSY, "too many connections"), close=True)
+        )
+        self._closing = True
+        self._flush()
+
+    def handshakeCompleted(self):
+        self._handshaking = False
+        self.frame_complete()
 
     def connectionLost(self, reason):
         self.setTimeout(None)
@@ -134,9 +172,12 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         self._waiting.clear()
         self._responses.clear()
         self._set_address(None)
-        if self._counted:
-            self._counted = False
-            self.factory.connections -= 1
+        if self._network is not None:
+            self.factory.limits.release(self._network)
+            self._network = None
+        if self._refusing:
+            self._refusing = False
+            self.factory.refusing -= 1
 
     def timeoutConnection(self):
         self.log.info("client connection idle or stuck; aborting")
@@ -149,6 +190,16 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
         if self._closing:
             return
         super().dataReceived(data)
+        if self._closing or self._lost:
+            return
+        if self._completed:
+            self._completed = False
+            self.frame_complete()
+        # _unprocessed: the parser's buffer of an incomplete frame.  While
+        # reading is paused (the peer does not read) it may hold whole
+        # frames: that wait is the peer's, under the idle timeout.
+        if self._unprocessed and not self.paused and not self._handshaking:
+            self.frame_begins()
 
     def on_pause(self):
         self.factory.counters.incr("client_api.paused")
@@ -162,7 +213,7 @@ class ClientApiProtocol(AnswerBudget, Int32StringReceiver, TimeoutMixin):
     def stringReceived(self, frame):
         if self._closing:
             return
-        self.resetTimeout()
+        self._completed = True
         try:
             request = api.decode_request(frame)
         except ClientApiError as e:
@@ -445,7 +496,11 @@ class ClientApiFactory(ServerFactory):
         largest message.
     :param float lease_seconds: how long pulled messages stay leased.
     :param int max_connections: open connections before BUSY.
+    :param int max_connections_per_ip: open connections from one IPv4
+        address or IPv6 /64 before BUSY.
     :param float idle_timeout: seconds without a complete frame.
+    :param float frame_timeout: seconds a begun frame, or the TLS
+        handshake, may take.
     :param int answer_budget: bytes of answers a connection may owe before
         its requests stop being read.
     :param random_bytes: ``random_bytes(n)`` for nonces, tokens and fill.
@@ -458,8 +513,9 @@ class ClientApiFactory(ServerFactory):
     def __init__(self, store, node, identity_key, clock, counters, *,
                  registration="open", invite_codes=(), register_rate=(5, 3600.0),
                  send_rate=(200.0, 400), pull_max=64, slot_size=2048,
-                 lease_seconds=60.0, max_connections=1024, idle_timeout=300.0,
-                 answer_budget=ANSWER_BUDGET, random_bytes=os.urandom):
+                 lease_seconds=60.0, max_connections=1024,
+                 max_connections_per_ip=MAX_CONNECTIONS_PER_IP, idle_timeout=300.0,
+                 frame_timeout=FRAME_TIMEOUT, answer_budget=ANSWER_BUDGET, random_bytes=os.urandom):
         if not 1 <= pull_max <= 0xFFFF or slot_size < 1:
             raise ValueError("pull_max must be 1..65535 and slot_size positive")
         largest = 5 + 14 + pull_max * (api.SLOT_HEADER_LENGTH + slot_size)
@@ -478,9 +534,16 @@ class ClientApiFactory(ServerFactory):
         self.pull_max = pull_max
         self.slot_size = slot_size
         self.lease_seconds = lease_seconds
-        self.max_connections = max_connections
+        self.limits = ConnectionLimits(max_connections, max_connections_per_ip)
         self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        # Refused connections still writing their BUSY.
+        self.refusing = 0
         self.answer_budget = answer_budget
         self.random_bytes = random_bytes
-        self.connections = 0
         self.sessions = Sessions(counters)
+
+    @property
+    def connections(self):
+        """How many connections are open."""
+        return self.limits.total

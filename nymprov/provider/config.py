@@ -72,8 +72,10 @@ class ProviderConfig:
     register_rate: int = 5  # registrations per client IP per hour
     send_rate: float = 200.0  # packets per second per client
     max_connections: int = 1024
+    max_connections_per_ip: int = 128  # per listener, per IPv4 address or IPv6 /64
     unwrap_workers: int = default_worker_count()  # processes; 0: unwrap on the reactor thread
     idle_timeout: float = 300.0  # seconds
+    frame_timeout: float = 30.0  # seconds a begun frame or TLS handshake may take
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
     topology: str = None  # topology file (JSON); None: --first-layer only
@@ -232,8 +234,10 @@ _CHECKS = {
     "register_rate": whole_number(0),
     "send_rate": number(0.0, exclusive=True),
     "max_connections": whole_number(1),
+    "max_connections_per_ip": whole_number(1),
     "unwrap_workers": whole_number(0),
     "idle_timeout": number(0.0, exclusive=True),
+    "frame_timeout": number(0.0, exclusive=True),
     "mix_queue": whole_number(1),
     "stats_interval": number(0.0),
     "topology": _check_topology_file,
@@ -265,9 +269,11 @@ _HELP = {
     "registration": "who may register: open, invite (with --invite-code) or closed (no new clients)",
     "register_rate": "registrations per client IP per hour",
     "send_rate": "packets per second per client",
-    "max_connections": "open connections at most",
+    "max_connections": "open connections at most, per listener",
+    "max_connections_per_ip": "open connections at most from one IPv4 address or IPv6 /64, per listener",
     "unwrap_workers": "processes that unwrap mix packets beside the reactor (default: cores - 1, at most 4)",
-    "idle_timeout": "seconds before an idle connection is closed",
+    "idle_timeout": "seconds after the last complete frame before a connection is closed",
+    "frame_timeout": "seconds a frame (or the TLS handshake) may take once begun",
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",
     "topology": "topology file (JSON): its first layer is added to --first-layer",

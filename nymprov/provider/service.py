@@ -159,7 +159,9 @@ class ProviderService(NodeService):
             self.counters,
             self._reactor,
             max_connections=self.config.max_connections,
+            max_connections_per_ip=self.config.max_connections_per_ip,
             idle_timeout=self.config.idle_timeout,
+            frame_timeout=self.config.frame_timeout,
         )
 
     def _client_factory(self):
@@ -178,7 +180,9 @@ class ProviderService(NodeService):
             slot_size=config.slot_size,
             lease_seconds=config.lease_seconds,
             max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
             idle_timeout=config.idle_timeout,
+            frame_timeout=config.frame_timeout,
         )
         if self.certificate is not None:
             from nymprov.net.tls import server_tls_options
