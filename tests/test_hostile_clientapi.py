@@ -20,7 +20,7 @@ from nymprov.net.tls import pinned_tls_options
 from nymprov.wire import clientapi as api
 
 from tests.provider_process import open_peers, spawn_provider
-from tests.support import WAIT_LIMIT, wait_for
+from tests.support import wait_for
 
 MiB = 1024 * 1024
 
