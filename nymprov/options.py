@@ -194,3 +194,11 @@ def parse_command_options(options, args, stdout, stderr, program):
         # --help and --version exit once they have printed.
         return e.code or EXIT_OK
     return None
+
+
+def fraction(field, value):
+    """A share from 0 to 1."""
+    value = number(0.0)(field, value)
+    if value > 1.0:
+        raise InvalidSetting(field, f"must be at most 1, got {value:g}")
+    return value

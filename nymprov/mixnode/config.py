@@ -8,6 +8,7 @@ from twisted.python import usage
 from nymprov._version import __version__
 from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
 from nymprov.options import (
+    fraction,
     InvalidOption,
     InvalidSetting,
     check_endpoint,
@@ -50,6 +51,10 @@ class MixNodeConfig:
     directory: str = None  # URL of the nym-directory
     directory_key: str = None  # its key, base58
     publish_interval: float = 30.0  # seconds
+    node_loop_rate: float = 0.0  # λ_M: the node's own loops per second; 0 sends none
+    node_loop_window: float = 30.0  # seconds over which the loops' returned share is judged
+    node_loop_threshold: float = 0.8  # a window below this share logs a warning
+    fault_drop: float = 0.0  # fault injection: share of packets dropped instead of forwarded
 
     def __post_init__(self):
         for field in fields(self):
@@ -82,6 +87,10 @@ _CHECKS = {
     "stats_interval": number(0.0),
     "layer": _check_layer,
     **network_checks(),
+    "node_loop_rate": number(0.0),
+    "node_loop_window": number(0.0, exclusive=True),
+    "node_loop_threshold": fraction,
+    "fault_drop": fraction,
 }
 
 _DEFAULTS = MixNodeConfig.__dataclass_fields__
@@ -97,6 +106,10 @@ _HELP = {
     "stats_interval": "seconds between counter log lines (0: never)",
     "layer": "mix layer (1..4) announced to the directory",
     **NETWORK_HELP,
+    "node_loop_rate": "λ_M: loops of the node's own through the mixnet per second (0: none)",
+    "node_loop_window": "seconds over which the share of loops returned is judged",
+    "node_loop_threshold": "returned share below which a window logs a warning",
+    "fault_drop": "FAULT INJECTION for tests: share of packets dropped instead of forwarded (0..1)",
 }
 
 

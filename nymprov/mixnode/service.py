@@ -25,7 +25,9 @@ from nymprov.node.network import (
 )
 from nymprov.node.service import NodeService
 from nymprov.storage.limits import StoreLimits
-from nymprov.topology import StaticTopology, load_topology
+from nymprov.mixnode.fault import DroppingSender
+from nymprov.node.loops import node_loops
+from nymprov.topology import StaticTopology, Topology, load_topology
 
 
 @implementer(IProvider)
@@ -98,11 +100,14 @@ class MixNodeService(NodeService):
             topology = DocumentTopology(self.directory.holder, topology)
         self.topology = topology
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
+        link_sender = self.sender
+        if config.fault_drop > 0:
+            link_sender = DroppingSender(self.sender, config.fault_drop, self.counters)
         self.node = NodeCore(
             self.keys.sphinx,
             self.replay_cache,
             _NoFinalHops(),
-            self.sender,
+            link_sender,
             self.topology,
             reactor,
             self.counters,
@@ -111,6 +116,9 @@ class MixNodeService(NodeService):
             role="mix",
             keys=None if self.rotation is None else self.rotation.keys,
         )
+        self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
+                                topology if isinstance(topology, Topology) else None, link_sender,
+                                reactor, self.counters, config, self.name)
         self.mix_ports = []
 
     def _describe(self, timestamp):
@@ -139,6 +147,11 @@ class MixNodeService(NodeService):
         if self.directory is not None:
             # Not waited for: an unreachable directory must not stop the node.
             self.directory.start()
+        if self.config.fault_drop > 0:
+            self.log.warn("FAULT INJECTION: this mix node drops {share:.0%} of the packets it should forward"
+                          " (--fault-drop)", share=self.config.fault_drop)
+        if self.loops is not None:
+            self.loops.start()
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
 
@@ -148,6 +161,8 @@ class MixNodeService(NodeService):
     @inlineCallbacks
     def stopService(self):
         yield self._stop_listening()
+        if self.loops is not None:
+            self.loops.stop()
         self.mix_ports = []
         if self.directory is not None:
             yield self.directory.stop()

@@ -29,6 +29,7 @@ from nymprov.sphinx.errors import BadMAC
 from nymprov.wire.frames import ROTATION_UNKNOWN
 from nymprov.wire.envelope import BadAckHop, MalformedEnvelope, open_final
 from nymprov.sphinx import (
+    FinalHop,
     ForwardHop,
     PacketSize,
     ReplayedPacket,
@@ -117,6 +118,9 @@ class NodeCore:
         self._role = role
         self._unwrapper = unwrapper
         self._key_choice = StaticKeys(keypair, replay_cache) if keys is None else keys
+        #: The node's own loops (:class:`nymprov.node.loops.NodeLoops`),
+        #: which see every final hop first; ``None`` when it sends none.
+        self.loops = None
 
     # -- configuration -----------------------------------------------------
 
@@ -235,6 +239,8 @@ class NodeCore:
     def _deliver_if_new(self, is_new, unwrapped):
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
+        if self._own_loop(unwrapped.destination, unwrapped.surb_id):
+            return None
         try:
             message, ack = open_final(unwrapped.destination, unwrapped.surb_id, unwrapped.message)
             # Checked before the backend sees the message, so that a
@@ -353,6 +359,10 @@ class NodeCore:
         try:
             if isinstance(hop, Exception):
                 raise hop
+            if isinstance(hop, FinalHop) and self._role == "mix" and self._own_loop(hop.destination, hop.surb_id):
+                # A mix's own loop, back home: its id is known only here
+                # and taken once, so a replay is refused below.
+                return succeed(None)
             if not isinstance(hop, ForwardHop):
                 raise PacketRefused("route_refused", ending_here)
             if not next_allowed(hop.next_address):
@@ -376,6 +386,13 @@ class NodeCore:
         self._delayed[key] = (call, hop.next_address, hop.packet, rotation)
         self._counters.incr("packets.scheduled")
         return None
+
+    def _own_loop(self, destination, surb_id):
+        """Whether a final hop is one of this node's loops (counted as delivered to itself)."""
+        if self.loops is not None and self.loops.take(destination, surb_id):
+            self._counters.incr("packets.delivered", "own_loop")
+            return True
+        return False
 
     def _forward_now(self, key):
         _call, address, packet, rotation = self._delayed.pop(key)

@@ -8,6 +8,7 @@ from twisted.python import usage
 from nymprov._version import __version__
 from nymprov.net.addresses import host_port_text, parse_host_port
 from nymprov.options import (
+    fraction,
     InvalidOption,
     InvalidSetting,
     check_bool,
@@ -78,6 +79,9 @@ class ProviderConfig:
     frame_timeout: float = 30.0  # seconds a begun frame or TLS handshake may take
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
+    node_loop_rate: float = 0.0  # λ_M: the node's own loops per second; 0 sends none
+    node_loop_window: float = 30.0  # seconds over which the loops' returned share is judged
+    node_loop_threshold: float = 0.8  # a window below this share logs a warning
     topology: str = None  # topology file (JSON); None: --first-layer only
     backend: str = "inbox"  # an IProviderMaker plugin's name
     backend_option: tuple = ()  # (name, value) pairs for the backend's options
@@ -240,6 +244,9 @@ _CHECKS = {
     "frame_timeout": number(0.0, exclusive=True),
     "mix_queue": whole_number(1),
     "stats_interval": number(0.0),
+    "node_loop_rate": number(0.0),
+    "node_loop_window": number(0.0, exclusive=True),
+    "node_loop_threshold": fraction,
     "topology": _check_topology_file,
     "backend": _check_backend_name,
     "backend_option": _check_backend_option_pairs,
@@ -276,6 +283,9 @@ _HELP = {
     "frame_timeout": "seconds a frame (or the TLS handshake) may take once begun",
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",
+    "node_loop_rate": "λ_M: loops of the node's own through the mixnet per second (0: none; needs --topology)",
+    "node_loop_window": "seconds over which the share of loops returned is judged",
+    "node_loop_threshold": "returned share below which a window logs a warning",
     "topology": "topology file (JSON): its first layer is added to --first-layer",
     "backend": "what happens to delivered messages ('nym-provider help backends')",
     **NETWORK_HELP,

@@ -32,7 +32,8 @@ from nymprov.node.network import (
     make_epochs,
     published_address,
 )
-from nymprov.topology import provider_topology
+from nymprov.node.loops import node_loops
+from nymprov.topology import load_topology, provider_topology
 from nymprov.node.pool import UnwrapPool
 
 #: How often expired messages and leases are swept.
@@ -143,6 +144,11 @@ class ProviderService(NodeService):
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
+        self.loops = None
+        if config.node_loop_rate > 0 and config.topology is not None:
+            self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
+                                    load_topology(config.topology), self.sender, reactor, self.counters,
+                                    config, self.name)
         self.certificate = None
         if config.client_tls:
             from nymprov.net.tls import load_or_create_certificate
@@ -233,12 +239,16 @@ class ProviderService(NodeService):
             # Not waited for: an unreachable directory must not stop the node.
             self.directory.start()
         self.add_chore(EXPIRY_INTERVAL, self._expire)
+        if self.loops is not None:
+            self.loops.start()
         if self.config.stats_interval > 0:
             self.add_chore(self.config.stats_interval, self._log_stats)
 
     @inlineCallbacks
     def stopService(self):
         yield self._stop_listening()
+        if self.loops is not None:
+            self.loops.stop()
         self.mix_ports, self.client_ports = [], []
         if self.directory is not None:
             yield self.directory.stop()

@@ -38,6 +38,12 @@ TESTNET_REGISTER_RATE = 1_000_000
 TESTNET_SEND_RATE = 100.0
 TESTNET_LOOP_RATE = 10.0
 
+#: Every node's own loops (λ_M, per second) and the window over which
+#: their returned share is judged: on in the testnet, so that a node that
+#: drops packets shows in the others' logs within a minute.
+TESTNET_NODE_LOOP_RATE = 1.0
+TESTNET_NODE_LOOP_WINDOW = 20.0
+
 TOPOLOGY_FILE = "topology.json"
 STATE_FILE = "testnet.json"
 
@@ -134,13 +140,19 @@ class Testnet:
         client configs (clients choose delays; nodes obey them).
     :param reactor: provides ``IReactorProcess``, ``IReactorTCP`` and
         ``IReactorTime``; the global reactor if ``None``.
+    :param float node_loop_rate: λ_M of every node (0: none).
+    :param float node_loop_window: seconds per window of loop judging.
+    :param dict extra_arguments: node name -> more command-line arguments
+        for it (``{"mix-2-1": ["--fault-drop", "1"]}``).
     """
 
     log = Logger()
 
     def __init__(self, directory, layers=3, per_layer=1, providers=2, *, mean_delay_ms=50.0,
                  base_port=None, reactor=None, python=sys.executable,
-                 ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT):
+                 ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT,
+                 node_loop_rate=TESTNET_NODE_LOOP_RATE, node_loop_window=TESTNET_NODE_LOOP_WINDOW,
+                 extra_arguments=None):
         if reactor is None:
             from twisted.internet import reactor
         if not 1 <= layers <= 4:
@@ -153,6 +165,9 @@ class Testnet:
         self._ready_timeout = ready_timeout
         self._stop_timeout = stop_timeout
         self.mean_delay_ms = mean_delay_ms
+        self._loops = ["--node-loop-rate", repr(float(node_loop_rate)),
+                       "--node-loop-window", repr(float(node_loop_window))]
+        self._extra_arguments = dict(extra_arguments or {})
         os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)
         mix_count = layers * per_layer
         port_count = mix_count + 2 * providers
@@ -233,17 +248,18 @@ class Testnet:
 
     def _arguments(self, node):
         listen = f"tcp:{node.mix_port}:interface={LOOPBACK}"
+        extra = self._loops + self._extra_arguments.get(node.name, [])
         if node.kind == "mix":
             return ["-m", "nymprov.cli.mixnode", "run", "--data-dir", node.data_dir,
                     "--mix-listen", listen, "--topology", self.topology_path,
-                    "--stats-interval", "0"]
+                    "--stats-interval", "0"] + extra
         arguments = ["-m", "nymprov", "run", "--data-dir", node.data_dir,
                      "--mix-listen", listen,
                      "--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
                      "--register-rate", str(TESTNET_REGISTER_RATE), "--stats-interval", "0"]
         # The provider relays its clients' packets to the topology's first
         # layer; the same file tells the mixes where everyone is.
-        return arguments + ["--topology", self.topology_path]
+        return arguments + ["--topology", self.topology_path] + extra
 
     def _spawn(self, node):
         env = dict(os.environ)

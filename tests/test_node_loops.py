@@ -1,0 +1,162 @@
+"""
+A node's own loops on a Clock: their routes, real Sphinx packets that come
+back through the node core, counting, and the warning when too few return.
+"""
+
+import random
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymprov.errors import PacketRefused
+from nymprov.metrics import Counters
+from nymprov.mixnode.fault import DroppingSender
+from nymprov.node.core import NodeCore
+from nymprov.node.loops import NodeLoops, loop_route
+from nymprov.sphinx import FinalHop, PacketSize, process_packet
+from nymprov.storage.memory import MemoryStore
+from tests.test_client import make_network
+from tests.test_node import RecordingSender, ScriptedProvider
+
+
+def walk(keypairs, address, packet):
+    """Unwrap ``packet`` hop by hop; :returns: ``(final address, last packet, hops)``."""
+    hops = [address]
+    while True:
+        hop = process_packet(packet, keypairs[address])
+        if isinstance(hop, FinalHop):
+            return address, packet, hops
+        address, packet = hop.next_address, hop.packet
+        hops.append(address)
+
+
+class LoopTests(SynchronousTestCase):
+
+    def setUp(self):
+        self.topology, self.keypairs = make_network()
+        self.clock = Clock()
+        self.counters = Counters()
+        self.sender = RecordingSender()
+        self.warnings = []
+
+        def observe(event):
+            if event.get("log_namespace", "").endswith("NodeLoops"):
+                self.warnings.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+
+    def loops(self, own, sender=None, **kwargs):
+        kwargs.setdefault("rate", 2.0)
+        kwargs.setdefault("deadline", 5.0)
+        kwargs.setdefault("window", 10.0)
+        loops = NodeLoops(own.identity, loop_route(self.topology, own), sender or self.sender, self.clock,
+                          self.counters, mean_delay=0.0, rng=random.Random(3), **kwargs)
+        self.addCleanup(loops.stop)
+        return loops
+
+    def core(self, own, role):
+        store = MemoryStore(self.clock)
+        self.backend = ScriptedProvider(lambda: succeed(None))
+        return NodeCore(self.keypairs[own.address], store, self.backend, RecordingSender(), self.topology,
+                        self.clock, self.counters, role=role)
+
+    def test_routes_cross_every_other_layer_and_come_home(self):
+        """A provider's loops cross layers 1..3; a layer-2 mix's go 3, 1, then itself."""
+        provider = self.topology.providers[0]
+        route = loop_route(self.topology, provider)(random.Random(1))
+        self.assertEqual([n.address for n in route],
+                         [self.topology.layers[i][0].address for i in (1, 2, 3)] + [provider.address])
+        mix = self.topology.layers[2][0]
+        route = loop_route(self.topology, mix)(random.Random(1))
+        self.assertEqual([n.address for n in route],
+                         [self.topology.layers[i][0].address for i in (3, 1)] + [mix.address])
+        one_layer, _ = make_network(layers=1)
+        self.assertIsNone(loop_route(one_layer, one_layer.layers[1][0]))
+
+    def test_provider_loop_returns_through_the_core_not_the_backend(self):
+        """A provider's loop is a regular packet that comes back to it and is counted, not delivered."""
+        provider = self.topology.providers[0]
+        core = self.core(provider, "provider")
+        core.loops = loops = self.loops(provider)
+        loops.start()
+        self.clock.pump([0.05] * 260)  # a window of warm-up, then 3 s
+        self.assertGreater(len(self.sender.sent), 0)
+        for first_hop, packet in self.sender.sent:
+            self.assertEqual(len(packet), PacketSize.REGULAR.packet_size)
+            final, last, hops = walk(self.keypairs, first_hop, packet)
+            self.assertEqual(final, provider.address)
+            self.assertEqual(len(hops), 4)
+            self.successResultOf(core.receive_from_mix(last))
+        self.assertEqual(self.counters.get("loops.returned"), len(self.sender.sent))
+        self.assertEqual(self.counters.get("packets.delivered", "own_loop"), len(self.sender.sent))
+        self.assertEqual(self.backend.calls, [])
+        # A replay of a loop is not taken twice: it goes to the backend's
+        # replay check and is refused there.
+        self.failureResultOf(core.receive_from_mix(last))
+
+    def test_mix_takes_its_own_loops_and_refuses_other_final_hops(self):
+        """A mix accepts a final hop only if it is its own loop, once."""
+        mix = self.topology.layers[2][0]
+        core = self.core(mix, "mix")
+        core.loops = loops = self.loops(mix)
+        loops.start()
+        self.clock.pump([0.05] * 240)
+        first_hop, packet = self.sender.sent[0]
+        final, last, _ = walk(self.keypairs, first_hop, packet)
+        self.assertEqual(final, mix.address)
+        self.successResultOf(core.receive_from_mix(last))
+        self.assertEqual(self.counters.get("loops.returned"), 1)
+        self.failureResultOf(core.receive_from_mix(last), PacketRefused)
+
+    def test_a_dropping_node_raises_the_warning_a_healthy_one_does_not(self):
+        """
+        All loops back in time: info lines, no warning.  Every loop dropped
+        by a node on the way (the mix node's fault switch): a warning at the
+        end of the first window that judges them.
+        """
+        provider = self.topology.providers[0]
+        core = self.core(provider, "provider")
+        core.loops = loops = self.loops(provider)
+        loops.start()
+        returned = 0
+        for _ in range(405):  # 40.5 s: a window of warm-up, then three judged
+            self.clock.advance(0.1)
+            for first_hop, packet in self.sender.sent[returned:]:
+                self.successResultOf(core.receive_from_mix(walk(self.keypairs, first_hop, packet)[1]))
+            returned = len(self.sender.sent)
+        self.assertEqual([e["log_level"].name for e in self.warnings], ["info"] * 3)
+        self.assertEqual(loops.last_share, 1.0)
+        loops.stop()
+
+        self.counters = Counters()
+        dropping = DroppingSender(RecordingSender(), 1.0, self.counters)
+        loops = self.loops(provider, sender=dropping)
+        loops.start()
+        self.warnings.clear()
+        self.clock.pump([0.05] * 401)
+        # Loops go out after a window; the next judges those sent in its
+        # first 5 s (the deadline): all lost.
+        [warning] = self.warnings
+        self.assertEqual(warning["log_level"].name, "warn")
+        self.assertEqual(warning["returned"], 0)
+        self.assertEqual(self.counters.get("loops.warnings"), 1)
+        self.assertEqual(self.counters.get("fault.dropped"), self.counters.get("loops.sent"))
+        # A fault that starts with the loops shows within one window of
+        # loops, 20 here; 35 leaves room for Poisson noise.
+        self.assertLessEqual(warning["sent"], 35)
+
+    def test_late_loops_are_counted_late(self):
+        provider = self.topology.providers[0]
+        loops = self.loops(provider)
+        loops.start()
+        self.clock.pump([0.05] * 220)
+        sent = list(self.sender.sent)
+        self.clock.pump([0.05] * 200)  # past the deadline and the first judging
+        for first_hop, packet in sent:
+            hop = process_packet(walk(self.keypairs, first_hop, packet)[1], self.keypairs[provider.address])
+            self.assertTrue(loops.take(hop.destination, hop.surb_id))
+        self.assertEqual(self.counters.get("loops.late"), len(sent))
+        self.assertFalse(loops.take(b"\x00" * 32, b"\x00" * 16))
