@@ -3,8 +3,9 @@ What a node or client knows of the mixnet: its mix layers and providers,
 from a fixed list or a topology file (JSON).
 
 A topology file looks like this (``client_tls`` and
-``certificate_fingerprint`` are optional; keys are base58, as Nym prints
-them)::
+``certificate_fingerprint`` are optional; ``client_address`` too, for a
+provider that serves no client API because its backend keeps no inbox;
+keys are base58, as Nym prints them)::
 
     {"version": 1,
      "mixnodes": [{"identity": "...", "sphinx_key": "...",
@@ -183,8 +184,9 @@ class ProviderNode(_MixLinkNode):
     :ivar bytes sphinx_key: its 32-byte X25519 public key.
     :ivar str host: the IP address of its mix link.
     :ivar int port: the port of its mix link.
-    :ivar str client_host: host name or IP of its client API.
-    :ivar int client_port: port of its client API.
+    :ivar str client_host: host name or IP of its client API, or ``None``
+        if it serves none (its backend keeps no inbox).
+    :ivar int client_port: port of its client API, or ``None``.
     :ivar bool client_tls: whether the client API is served over TLS.
     :ivar certificate_fingerprint: the 32-byte SHA-256 of its TLS
         certificate, for clients to pin, or ``None``.
@@ -201,7 +203,9 @@ class ProviderNode(_MixLinkNode):
 
     @property
     def client_address(self):
-        """Its client API as ``"host:port"``."""
+        """Its client API as ``"host:port"``, or ``None`` if it serves none."""
+        if self.client_host is None:
+            return None
         return host_port_text(self.client_host, self.client_port)
 
 
@@ -366,9 +370,11 @@ def _provider(entry, where):
     host, port = _split_host_port(
         _field(entry, "mix_address", where), f"{where}.mix_address", ip_only=True
     )
-    client_host, client_port = _split_host_port(
-        _field(entry, "client_address", where), f"{where}.client_address", ip_only=False
-    )
+    client_host = client_port = None
+    if entry.get("client_address") is not None:
+        client_host, client_port = _split_host_port(
+            entry["client_address"], f"{where}.client_address", ip_only=False
+        )
     client_tls = entry.get("client_tls", True)
     if not isinstance(client_tls, bool):
         raise TopologyError(f"{where}.client_tls", "expected true or false")
@@ -454,7 +460,9 @@ def topology_document(topology):
     mixnodes = [dict(common(n), layer=n.layer) for n in topology.mixnodes]
     providers = []
     for node in topology.providers:
-        entry = dict(common(node), client_address=node.client_address, client_tls=node.client_tls)
+        entry = common(node)
+        if node.client_address is not None:
+            entry.update(client_address=node.client_address, client_tls=node.client_tls)
         if node.certificate_fingerprint is not None:
             entry["certificate_fingerprint"] = node.certificate_fingerprint.hex()
         providers.append(entry)

@@ -197,3 +197,58 @@ class ClientApiMountTests(InstalledPlugin, ProviderFixture, TestCase):
             ProviderService(config, reactor)
         self.assertIn("--backend oldstyle", str(caught.exception))
 
+
+
+class ServiceProviderInDirectoryTests(TestCase):
+    """A provider without an inbox publishes itself to a directory with no client API."""
+
+    timeout = 60
+
+    async def start(self, service):
+        service.startService()
+        self.addCleanup(lambda: service.stopService() if service.running else None)
+        await service.when_started()
+        return service
+
+    async def test_published_without_client_api(self):
+        """
+        It starts, appears in the signed document without a client address,
+        and a client that takes it for its provider gets NoClientApi, not a
+        crash; the topology file form keeps the absence.
+        """
+        from nymprov.client import ClientKeys, NoClientApi, NymClient
+        from nymprov.directory.config import DirectoryConfig
+        from nymprov.directory.service import DirectoryService
+        from nymprov.netdoc import verify_document
+        from nymprov.netdoc.signed import key_text
+        from nymprov.topology import MixNode, Topology, parse_topology, topology_document
+
+        loopback = "tcp:0:interface=127.0.0.1"
+        directory = await self.start(DirectoryService(DirectoryConfig(
+            data_dir=os.path.abspath(self.mktemp()), listen=loopback, database=":memory:",
+            epoch_length=60.0, expiry=10.0, grace=1.0,
+        ), reactor))
+        url = f"http://127.0.0.1:{directory.ports[0].getHost().port}"
+        service = await self.start(ProviderService(ProviderConfig(
+            data_dir=os.path.abspath(self.mktemp()), mix_listen=(loopback,), client_listen=(loopback,),
+            store="memory", unwrap_workers=0, stats_interval=0, backend="echo", epoch_length=60.0,
+            epoch_grace=1.0, directory=url, directory_key=key_text(directory.public_key), publish_interval=0.1,
+        ), reactor))
+        self.assertEqual(service.client_ports, [])
+
+        def published():
+            now = reactor.seconds()
+            document = directory.registry.document(directory.registry.epochs.number_at(now), now)
+            return verify_document(document, directory.public_key)
+
+        identity = service.keys.identity_public_bytes
+        await wait_for(lambda: any(n.identity == identity for n in published().nodes), "the provider listed")
+        [node] = [n for n in published().nodes if n.identity == identity]
+        self.assertEqual((node.role, node.client_host, node.certificate_fingerprint), ("provider", None, None))
+        [provider] = published().topology().providers
+        self.assertIsNone(provider.client_address)
+        self.assertEqual(list(parse_topology(topology_document(published().topology())).providers), [provider])
+        mix = MixNode(b"\x01" * 32, KeyPair.generate().public_bytes, "127.0.0.1", 1, 1)
+        client = NymClient(ClientKeys.generate(), Topology([mix], [provider]), identity, reactor=reactor)
+        with self.assertRaises(NoClientApi):
+            await client.start()

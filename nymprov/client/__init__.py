@@ -4,6 +4,7 @@
 
 from nymprov.client.core import (
     DeliveryFailed,
+    NoClientApi,
     NotEnoughSurbs,
     NymClient,
     ReceivedMessage,
@@ -19,7 +20,7 @@ from nymprov.client.identity import (
 )
 
 __all__ = [
-    "ClientAddress", "ClientKeys", "DeliveryFailed", "InvalidClientAddress", "NotEnoughSurbs",
+    "ClientAddress", "ClientKeys", "DeliveryFailed", "InvalidClientAddress", "NoClientApi", "NotEnoughSurbs",
     "NymClient", "ReceivedMessage", "UnknownProvider", "load_or_create_client_keys",
     "load_token", "save_token",
 ]

@@ -63,6 +63,12 @@ class UnknownProvider(ValueError):
     reason = "unknown_provider"
 
 
+class NoClientApi(ValueError):
+    """The client's provider serves no client API (its backend keeps no inbox)."""
+
+    reason = "no_client_api"
+
+
 @dataclass(frozen=True)
 class ReceivedMessage:
     """
@@ -185,6 +191,8 @@ class NymClient:
     def _connect_pinned(self):
         from nymprov.client import session as provider_client
 
+        if self.provider.client_address is None:
+            raise NoClientApi(f"provider {self.provider.identity_base58} serves no client API")
         fingerprint = self.provider.certificate_fingerprint if self.provider.client_tls else None
         return Deferred.fromCoroutine(provider_client.connect(
             self._reactor, self.provider.client_host, self.provider.client_port, fingerprint))

@@ -61,7 +61,8 @@ class Descriptor:
     :ivar tuple sphinx_keys: :class:`EpochKey` entries, by epoch.
     :ivar tuple packet_sizes: the :class:`PacketSize` values it accepts.
     :ivar str software_version: the node's software version.
-    :ivar client_host: a provider's client API host, else ``None``.
+    :ivar client_host: a provider's client API host, else ``None`` (a
+        mix, or a provider whose backend keeps no inbox).
     :ivar client_port: a provider's client API port, else ``None``.
     :ivar bool client_tls: whether that API is served over TLS.
     :ivar certificate_fingerprint: SHA-256 of a provider's TLS
@@ -112,7 +113,8 @@ class Descriptor:
         }
         if self.role == "mix":
             payload["layer"] = self.layer
-        else:
+        elif self.client_host is not None:
+            # A provider whose backend keeps no inbox has no client API.
             payload["client_address"] = host_port_text(self.client_host, self.client_port)
             payload["client_tls"] = self.client_tls
             if self.certificate_fingerprint is not None:
@@ -170,6 +172,9 @@ def parse_descriptor(payload):
     )
     if role == "mix":
         return Descriptor(layer=fields.integer("layer", minimum=1, maximum=MAX_LAYER), **common)
+    if fields.raw("client_address", None) is None:
+        # A service provider: no client API, nothing for clients to pin.
+        return Descriptor(layer=None, **common)
     client_host, client_port = fields.address("client_address", ip_only=False)
     fingerprint = fields.raw("certificate_fingerprint", None)
     if fingerprint is not None:

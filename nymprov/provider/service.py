@@ -202,11 +202,14 @@ class ProviderService(NodeService):
     def _describe(self, timestamp):
         from nymprov.net.tls import certificate_fingerprint
 
-        client = published_address(self.client_ports)
-        fingerprint = None if self.certificate is None else certificate_fingerprint(self.certificate)
+        client = None
+        if self.client_ports:
+            # A backend without an inbox serves no client API: none is published.
+            fingerprint = None if self.certificate is None else certificate_fingerprint(self.certificate)
+            client = (*published_address(self.client_ports), self.certificate is not None, fingerprint)
         describe = describe_node(
             "provider", self.keys.identity_public_bytes, published_address(self.mix_ports, self.config.announce),
-            self.rotation, client=(*client, self.certificate is not None, fingerprint),
+            self.rotation, client=client,
         )
         return describe(timestamp)
 
