@@ -181,8 +181,8 @@ class PluginTests(SynchronousTestCase):
         options = MixNodeOptions()
         options.parseOptions(["--topology", path, "--data-dir", self.mktemp()])
         service = mixnode_tap.makeService(options, reactor)
-        self.assertIsInstance(service, MixNodeService)
-        self.assertEqual(service.topology.nodes, ())
+        self.assertIsInstance(service.node, MixNodeService)
+        self.assertEqual(service.node.topology.nodes, ())
 
 
 class Sink(Protocol):

@@ -3,6 +3,8 @@
 import os
 
 from twisted.application.service import IService, IServiceMaker
+
+from nymprov.provider.service import ProviderService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
@@ -60,14 +62,20 @@ class MakeServiceTests(SynchronousTestCase):
     """tap.makeService builds the provider service from the options."""
 
     def test_builds_service(self):
-        """makeService returns an IService built from the parsed config, not yet running."""
+        """
+        makeService returns an IService built from the parsed config, not
+        yet running and with nothing made on disk: the keys are made by
+        privilegedStartService, after the ports are bound.
+        """
         data_dir = os.path.abspath(self.mktemp())
         options = tap.Options()
         options.parseOptions(["--data-dir", data_dir, "--store", "memory"])
         service = tap.makeService(options, MemoryReactorClock())
         self.assertTrue(IService.providedBy(service))
         self.assertFalse(service.running)
-        # The service made the keys where the options said.
+        self.assertIsInstance(service.node, ProviderService)
+        self.assertFalse(os.path.exists(data_dir))
+        service.privilegedStartService()
         self.assertTrue(os.path.exists(os.path.join(data_dir, "identity.key")))
 
     def test_builds_from_mapping(self):

@@ -45,13 +45,16 @@ class DiscoveryTests(SynchronousTestCase):
         """Each maker makes its IProvider from the node's parts."""
         config = ProviderConfig(data_dir=self.mktemp(), store="memory")
         service = ProviderService(config, Clock())
+        service.assemble()
         self.assertIsInstance(service.backend, InboxProvider)
         expected = {"echo": ([], EchoProvider), "webproxy": (["allow=https://example.org"], WebProxyProvider),
                     "forward": (["url=http://127.0.0.1:1/x"], ForwardProvider)}
         for name, (options, kind) in expected.items():
             config = ProviderConfig(data_dir=self.mktemp(), store="memory", backend=name,
                                     backend_option=options)
-            backend = ProviderService(config, Clock()).backend
+            service = ProviderService(config, Clock())
+            service.assemble()
+            backend = service.backend
             self.assertIsInstance(backend, kind)
             verifyObject(IProvider, backend)
 

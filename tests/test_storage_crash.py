@@ -74,7 +74,9 @@ from nymprov.storage.sqlite import SQLiteStore
 @inlineCallbacks
 def main():
     store = SQLiteStore(reactor, sys.argv[1], StoreLimits(commit_delay=60))
-    yield store.start()
+    # Stopped as twistd stops any service: from a "before shutdown" trigger.
+    reactor.addSystemEventTrigger("before", "shutdown", store.stopService)
+    yield store.startService()
     yield store.register(b"C" * 32, b"h" * 32, 0)
     for number in range(10):
         store.append(b"C" * 32, b"%d" % number, 0)
@@ -144,8 +146,9 @@ class CrashTests(TestCase):
     @inlineCallbacks
     def test_reactor_stop_flushes(self):
         """
-        Stopping the reactor without closing the store still commits the
-        pending appends, and the process exits.
+        Stopping the reactor stops the store run as a service (as twistd and
+        the node's tree run it), which commits the pending appends, and the
+        process exits.
         """
         path = os.path.abspath(self.mktemp())
         child = self.spawn(STOPPER, path)

@@ -59,14 +59,18 @@ def _stop_once_on_signals(reactor, log):
 
 def run_service(make_service, log_level, stderr, program):
     """
-    Log to ``stderr`` from ``log_level`` up, build the service with
-    ``make_service(reactor)``, run the global reactor until a signal stops
-    it, and wait for the service to stop.
+    Log to ``stderr`` from ``log_level`` up, build the node with
+    ``make_service(reactor)`` and run it as twistd would: its
+    ``privilegedStartService`` and ``startService`` before the reactor
+    runs, its ``stopService`` from a "before shutdown" trigger (which holds
+    the reactor until the tree has stopped), the reactor stopped by a
+    signal.
 
     :returns: the exit code.
     """
+    from twisted.application import app
+    from twisted.application.service import Application, IService
     from twisted.internet import reactor
-    from twisted.internet.defer import maybeDeferred
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -74,6 +78,8 @@ def run_service(make_service, log_level, stderr, program):
         globalLogBeginner,
         textFileLogObserver,
     )
+
+    from nymprov.node.service import StartFailure
 
     log = Logger(namespace=f"nymprov.cli.{program}")
     level = LogLevel.levelWithName(log_level)
@@ -86,28 +92,15 @@ def run_service(make_service, log_level, stderr, program):
     except (ConfigError, OSError) as e:
         print(f"{program}: {e}", file=stderr)
         return EXIT_FAILURE
-    outcome = {"code": EXIT_OK}
-
-    def failed(failure, doing):
-        log.failure(doing, failure)
-        outcome["code"] = EXIT_FAILURE
-
-    def start():
-        # The service stops the reactor itself if it cannot start.
-        service.startService()
-        service.when_started().addErrback(failed, f"{program} failed to start")
-        _stop_once_on_signals(reactor, log)
-
-    def stop():
-        # A "before shutdown" trigger that returns a Deferred holds the
-        # reactor until it fires: pending writes are flushed before exit.
-        if not service.running:
-            return None
-        d = maybeDeferred(service.stopService)
-        d.addErrback(failed, f"{program} did not stop cleanly")
-        return d
-
-    reactor.callWhenRunning(start)
-    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    application = Application(program)
+    service.setServiceParent(application)
+    try:
+        IService(application).privilegedStartService()
+    except StartFailure as e:
+        print(f"{program}: {e}", file=stderr)
+        return EXIT_FAILURE
+    # The node stops the reactor itself if a part fails to start.
+    app.startApplication(application, False)
+    reactor.callWhenRunning(_stop_once_on_signals, reactor, log)
     reactor.run()
-    return outcome["code"]
+    return EXIT_OK if service.start_failure is None else EXIT_FAILURE

@@ -154,9 +154,11 @@ def _run(args, stdout, stderr):
 
 def _run_service(options, stderr):
     # Imported here: the service pulls in the whole node.
-    from nymprov.provider.tap import makeService
+    from nymprov.provider.service import make_provider_service
 
-    return run_service(lambda reactor: makeService(options, reactor), options["log-level"], stderr, PROGRAM)
+    return run_service(
+        lambda reactor: make_provider_service(options.provider_config, reactor), options["log-level"], stderr, PROGRAM
+    )
 
 
 def _testnet(args, stdout, stderr):

@@ -1,17 +1,18 @@
 """
 A mix node: the provider's node core and mix link without a client API or
-inbox, as a Twisted service.
+inbox, as a tree of Twisted services (replay cache, mix sender, node core,
+listeners, chores; see :mod:`nymprov.node.service`).
 """
 
-from twisted.internet.defer import fail, inlineCallbacks
+from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nymprov.errors import ConfigError, DeliveryError
 from nymprov.interfaces import IProvider
-from nymprov.keys import load_or_create_keys
 from nymprov.metrics import Counters
 from nymprov.node.core import NodeCore
+from nymprov.node.datadir import DataDirectory
 from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
 from nymprov.netdoc.signed import key_from_text
@@ -23,7 +24,7 @@ from nymprov.node.network import (
     make_epochs,
     published_address,
 )
-from nymprov.node.service import NodeService
+from nymprov.node.service import DEFAULT_STOP_TIMEOUT, ListenerService, NodeCoreService, NodeService, Part, chore
 from nymprov.storage.limits import StoreLimits
 from nymprov.mixnode.fault import DroppingSender
 from nymprov.node.loops import node_loops
@@ -47,24 +48,25 @@ class _NoFinalHops:
 
 class MixNodeService(NodeService):
     """
-    A mix node: replay cache, node core, mix link in and out.
+    A mix node: replay cache, mix link out, node core, mix link in.
 
-    Starting opens the replay cache before any port listens; stopping closes
-    the ports, sends delayed packets on at once, lets neighbour queues drain
-    and commits the replay cache last.
+    Its start binds the ports, then makes the data directory and keys (given
+    to ``owner``), then opens the replay cache before any connection is
+    accepted; stopping closes the ports, sends delayed packets on at once,
+    lets neighbour queues drain and commits the replay cache last.
 
     :param config: a :class:`MixNodeConfig` whose ``topology`` is set.
     :param reactor: the reactor (injected, for tests).
     :param topology: an ``ITopology`` to use instead of reading
         ``config.topology``.
+    :param owner: ``(uid, gid)`` that created files are given to, or ``None``.
     """
 
     log = Logger()
     name = "nym-mixnode"
 
-    def __init__(self, config, reactor, *, topology=None, stop_reactor_on_failure=False):
-        from nymprov.storage.sqlite import SQLiteStore
-
+    def __init__(self, config, reactor, *, topology=None, stop_reactor_on_failure=False, owner=None,
+                 stop_timeout=DEFAULT_STOP_TIMEOUT):
         if topology is None:
             if config.topology is not None:
                 topology = load_topology(config.topology)
@@ -72,17 +74,35 @@ class MixNodeService(NodeService):
                 topology = StaticTopology()
             else:
                 raise ConfigError("--topology: a mix node needs the topology file (or --directory) to run")
+        NodeService.__init__(self, reactor, stop_reactor_on_failure, stop_timeout)
         self.config = config
-        NodeService.__init__(self, reactor, stop_reactor_on_failure)
+        self.topology = topology
         self.counters = Counters()
-        self.keys = load_or_create_keys(config.data_dir)
+        self.data = DataDirectory(config.data_dir, owner)
+        self.keys = self.replay_cache = self.sender = self.node = None
+        self.rotation = self.directory = self.loops = None
+        self.mix_listener = ListenerService(reactor, config.mix_listen, "mix link")
+        self.listeners = [self.mix_listener]
+
+    @property
+    def mix_ports(self):
+        """The mix link's listening ports."""
+        return self.mix_listener.ports
+
+    def assemble(self):
+        """Make the data directory and keys if missing, and the parts."""
+        if self.node is not None:
+            return
+        from nymprov.storage.sqlite import SQLiteStore
+
+        config, reactor = self.config, self._reactor
+        self.keys = self.data.keys()
         epochs = make_epochs(config.epoch_length, config.epoch_zero)
-        self.rotation = None
-        self.replay_cache = None
         if epochs is not None:
             # Keys by epoch, each with its own replay file.
             self.rotation = KeyRotation(config.data_dir, epochs, config.epoch_grace, reactor, self.counters)
         else:
+            self.data.database(config.replay_db_path)
             # The store is used only as the persistent IReplayCache; tags
             # are only meaningful for the key that produced them.
             self.replay_cache = SQLiteStore(
@@ -91,18 +111,19 @@ class MixNodeService(NodeService):
                 StoreLimits(),
                 replay_key_id=self.keys.replay_key_id,
             )
-        self.directory = None
+            self.replay_cache.setName("replay cache")
         if config.directory is not None:
             self.directory = DirectoryLink(
                 reactor, config.directory, key_from_text(config.directory_key, "--directory-key"),
                 self.keys.identity, self._describe, epochs, config.publish_interval, self.counters,
             )
-            topology = DocumentTopology(self.directory.holder, topology)
-        self.topology = topology
+            self.topology = DocumentTopology(self.directory.holder, self.topology)
         self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         link_sender = self.sender
         if config.fault_drop > 0:
             link_sender = DroppingSender(self.sender, config.fault_drop, self.counters)
+            self.log.warn("FAULT INJECTION: this mix node drops {share:.0%} of the packets it should forward"
+                          " (--fault-drop)", share=config.fault_drop)
         self.node = NodeCore(
             self.keys.sphinx,
             self.replay_cache,
@@ -116,62 +137,47 @@ class MixNodeService(NodeService):
             role="mix",
             keys=None if self.rotation is None else self.rotation.keys,
         )
+        topology = self.topology if not isinstance(self.topology, DocumentTopology) else None
         self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                 topology if isinstance(topology, Topology) else None, link_sender,
                                 reactor, self.counters, config, self.name)
-        self.mix_ports = []
-
-    def _describe(self, timestamp):
-        address = published_address(self.mix_ports)
-        describe = describe_node("mix", self.keys.identity_public_bytes, address, self.rotation, layer=self.config.layer)
-        return describe(timestamp)
-
-    @inlineCallbacks
-    def _start(self):
-        if self.rotation is not None:
-            yield self.rotation.start()
-            self.add_chore(self.rotation.check_interval, self.rotation.tick)
-        else:
-            yield self.replay_cache.start()
         own = self.keys.sphinx.public_bytes
         if self.rotation is None and not any(node.sphinx_key == own for node in getattr(self.topology, "nodes", ())):
             self.log.warn("this node's Sphinx key is not in the topology; no one will route here")
         factory = MixLinkFactory(
             self.node,
             self.counters,
-            self._reactor,
-            max_connections=self.config.max_connections,
-            idle_timeout=self.config.idle_timeout,
+            reactor,
+            max_connections=config.max_connections,
+            idle_timeout=config.idle_timeout,
         )
-        self.mix_ports = yield self.listen(self.config.mix_listen, factory, "mix link", self.node)
-        if self.directory is not None:
-            # Not waited for: an unreachable directory must not stop the node.
-            self.directory.start()
-        if self.config.fault_drop > 0:
-            self.log.warn("FAULT INJECTION: this mix node drops {share:.0%} of the packets it should forward"
-                          " (--fault-drop)", share=self.config.fault_drop)
-        if self.loops is not None:
-            self.loops.start()
-        if self.config.stats_interval > 0:
-            self.add_chore(self.config.stats_interval, self._log_stats)
-
-    def _log_stats(self):
-        self.log.info("stats: {counters}", counters=self.counters.snapshot())
-
-    @inlineCallbacks
-    def stopService(self):
-        yield self._stop_listening()
-        if self.loops is not None:
-            self.loops.stop()
-        self.mix_ports = []
-        if self.directory is not None:
-            yield self.directory.stop()
-        sent_early = self.node.stop()
-        if sent_early:
-            self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
-        yield self.sender.stopService()
+        self.mix_listener.serve(factory, self.node)
         if self.rotation is not None:
-            yield self.rotation.stop()
+            parts = [Part("key rotation", self.rotation.start, self.rotation.stop)]
         else:
-            yield self.replay_cache.close()
-        self.log.info("nym-mixnode stopped; counters: {counters}", counters=self.counters.snapshot())
+            parts = [self.replay_cache]
+        parts += [self.sender, NodeCoreService(self.node, reactor), self.mix_listener]
+        if self.directory is not None:
+            # Its start is not waited for: an unreachable directory must not
+            # stop the node.
+            parts.append(Part("directory", lambda: self.directory.start() and None, self.directory.stop))
+        if self.loops is not None:
+            parts.append(Part("node loops", self.loops.start, self.loops.stop))
+        if self.rotation is not None:
+            parts.append(chore(reactor, self.rotation.check_interval, self.rotation.tick, "key rotation tick"))
+        if config.stats_interval > 0:
+            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+        for part in parts:
+            part.setServiceParent(self)
+
+    def _describe(self, timestamp):
+        address = published_address(self.mix_ports)
+        describe = describe_node("mix", self.keys.identity_public_bytes, address, self.rotation, layer=self.config.layer)
+        return describe(timestamp)
+
+    def forget_created(self):
+        self.data.remove_created()
+
+    def stats_line(self):
+        """The stats line: every counter."""
+        return succeed(f"stats: {self.counters.snapshot()}")

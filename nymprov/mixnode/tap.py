@@ -7,7 +7,9 @@ Options = MixNodeOptions
 
 def makeService(config, reactor=None):
     """
-    Build the mix node service that the parsed ``config`` describes.
+    Build the mix node service that the parsed ``config`` describes; it
+    binds its ports and makes its data directory in
+    ``privilegedStartService``, for twistd's ``--uid/--gid`` user.
 
     :param config: parsed :class:`nymprov.mixnode.config.MixNodeOptions`.
     :param reactor: the reactor to run on; the global one if ``None``.
@@ -16,5 +18,7 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from nymprov.mixnode.service import MixNodeService
+    from nymprov.node.twistd import owner_of, twistd_root
 
-    return MixNodeService(config.mixnode_config, reactor, stop_reactor_on_failure=True)
+    node = MixNodeService(config.mixnode_config, reactor, stop_reactor_on_failure=True, owner=owner_of(config))
+    return twistd_root(node, config, reactor)

@@ -1,6 +1,7 @@
 """Listening ports whose live connections are known, so that a stop can close them."""
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
 from twisted.protocols.policies import WrappingFactory
 
 
@@ -12,9 +13,34 @@ class ConnectionTracker(WrappingFactory):
 
     noisy = False
 
-    def __init__(self, wrapped):
+    def __init__(self, wrapped=None):
         WrappingFactory.__init__(self, wrapped)
         self._emptied = []
+
+    def set_wrapped(self, wrapped):
+        """
+        Give a tracker made without one (to bind its ports early) the
+        factory its connections are for, started as many times as the
+        tracker has ports.
+        """
+        self.wrappedFactory = wrapped
+        for _ in range(self.numPorts):
+            wrapped.doStart()
+
+    def logPrefix(self):
+        if self.wrappedFactory is None:
+            return type(self).__name__
+        return WrappingFactory.logPrefix(self)
+
+    def doStart(self):
+        if self.wrappedFactory is not None:
+            self.wrappedFactory.doStart()
+        Factory.doStart(self)
+
+    def doStop(self):
+        if self.wrappedFactory is not None:
+            self.wrappedFactory.doStop()
+        Factory.doStop(self)
 
     def unregisterProtocol(self, protocol):
         WrappingFactory.unregisterProtocol(self, protocol)

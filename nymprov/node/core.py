@@ -121,6 +121,10 @@ class NodeCore:
         #: The node's own loops (:class:`nymprov.node.loops.NodeLoops`),
         #: which see every final hop first; ``None`` when it sends none.
         self.loops = None
+        # Packets handed in whose fate is not known yet, and who waits for
+        # there to be none (a stop).
+        self._in_flight = 0
+        self._idle_waiters = []
 
     # -- configuration -----------------------------------------------------
 
@@ -177,6 +181,9 @@ class NodeCore:
         self._counters.incr("packets.received", "mix", len(packets))
         if rotations is None:
             rotations = [ROTATION_UNKNOWN] * len(packets)
+        return self._track(self._receive_many(packets, rotations))
+
+    def _receive_many(self, packets, rotations):
         if self._role == "mix":
             # A mix sends forward hops on to any node of the mixnet.
             return [
@@ -197,6 +204,21 @@ class NodeCore:
             self._after_unwrap_many, self._unwrap_failed, callbackArgs=(results,), errbackArgs=(results,)
         )
         return results
+
+    def _track(self, results):
+        for d in results:
+            if not d.called:
+                self._in_flight += 1
+                d.addBoth(self._settled)
+        return results
+
+    def _settled(self, result):
+        self._in_flight -= 1
+        if not self._in_flight and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+        return result
 
     def _after_unwrap_many(self, outcomes, results):
         for outcome, result in zip(outcomes, results):
@@ -328,6 +350,10 @@ class NodeCore:
             ``PacketRefused`` or a ``SphinxError`` (already counted).
         """
         self._counters.incr("packets.received", "client")
+        [d] = self._track([self._send_from_client(first_hop, packet)])
+        return d
+
+    def _send_from_client(self, first_hop, packet):
         if not PacketSize.is_packet_length(len(packet)):
             return self._refuse(PacketRefused("bad_size", f"{len(packet)} bytes"))
         if self._stopped:
@@ -428,6 +454,39 @@ class NodeCore:
             call.cancel()
             self._send_on(address, packet, rotation)
         return len(pending)
+
+    @property
+    def in_flight(self):
+        """Packets handed in whose fate is not decided yet."""
+        return self._in_flight
+
+    def drain(self, deadline):
+        """
+        Wait until every packet handed in has its fate; at ``deadline``
+        (reactor time) give up on deliveries the backend still holds
+        (cancelled, so counted as timed out) and stop waiting.
+
+        :returns: a Deferred that fires once none is in flight, or at the
+            deadline.
+        """
+        if not self._in_flight:
+            return succeed(None)
+        d = Deferred()
+        self._idle_waiters.append(d)
+        timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._give_up, d)
+        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+    def _give_up(self, waiter):
+        self.log.warn("{count} packets still in flight at the stop deadline", count=self._in_flight)
+        overdue, self._deliveries = list(self._deliveries.values()), {}
+        if self._sweep_call is not None:
+            self._sweep_call.cancel()
+            self._sweep_call = None
+        for _deadline, d in overdue:
+            d.cancel()
+        if waiter in self._idle_waiters:
+            self._idle_waiters.remove(waiter)
+            waiter.callback(None)
 
     # -- helpers -------------------------------------------------------------
 

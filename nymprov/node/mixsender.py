@@ -21,6 +21,10 @@ from nymprov.wire.frames import encode_frame
 #: How long shutdown waits for queued packets to reach their neighbours.
 DEFAULT_DRAIN_TIMEOUT = 5.0  # seconds
 
+#: Without a node's stop deadline, how long after the drain closing
+#: connections may take before they are aborted.
+ABORT_GRACE = 1.0  # seconds
+
 
 def _fire_all(deferreds):
     for d in deferreds:
@@ -131,6 +135,11 @@ class _Neighbour:
         self._queue.clear()
         return dropped, self._service.stopService()
 
+    def abort(self):
+        """Drop the connection now, with whatever it has not written."""
+        if self._protocol is not None:
+            self._protocol.transport.abortConnection()
+
 
 @implementer(IStreamClientEndpoint)
 class _NamedEndpoint:
@@ -167,6 +176,7 @@ class MixSenderPool(Service):
     """
 
     log = Logger()
+    name = "mix sender"
 
     def __init__(self, reactor, counters, *, queue_limit=10_000, endpoint_for=None,
                  drain_timeout=DEFAULT_DRAIN_TIMEOUT):
@@ -213,26 +223,40 @@ class MixSenderPool(Service):
 
     def stopService(self):
         """
-        Give queued packets a bounded time to leave, then close every link.
+        Give queued packets until the drain timeout (or the node's stop
+        deadline, if sooner) to leave, then close every link, aborting at
+        the deadline those a neighbour does not read from; what was still
+        queued is counted as dropped for ``shutdown``.
         """
         Service.stopService(self)
         self._closed = True
         neighbours = list(self._neighbours.values())
         self._neighbours.clear()
+        deadline = getattr(self.parent, "stop_deadline", None)
+        if deadline is None:
+            deadline = self._reactor.seconds() + self._drain_timeout + ABORT_GRACE
+        budget = max(0.0, min(self._drain_timeout, deadline - self._reactor.seconds()))
         waiting = DeferredList([n.when_drained() for n in neighbours], consumeErrors=True)
-        timer = self._reactor.callLater(self._drain_timeout, waiting.cancel)
+        timer = self._reactor.callLater(budget, waiting.cancel)
 
         def close(_):
             if timer.active():
                 timer.cancel()
             stops = []
+            dropped = 0
             for neighbour in neighbours:
-                dropped, d = neighbour.stop()
-                if dropped:
-                    self._counters.incr("packets.dropped", "shutdown", dropped)
-                    self.log.warn("{count} packets could not reach a neighbour before shutdown", count=dropped)
+                left, d = neighbour.stop()
+                dropped += left
                 stops.append(d)
-            return DeferredList(stops)
+            if dropped:
+                self._counters.incr("packets.dropped", "shutdown", dropped)
+            closed = DeferredList(stops)
+            # Closing waits for what the transport still buffers to be
+            # written, forever if the neighbour never reads: abort then.
+            abort = self._reactor.callLater(
+                max(0.0, deadline - self._reactor.seconds()), lambda: [n.abort() for n in neighbours]
+            )
+            return closed.addBoth(lambda result: (abort.active() and abort.cancel(), result)[1])
 
         waiting.addBoth(close)
         return waiting

@@ -19,6 +19,7 @@ import socket
 import sys
 from collections import deque
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -170,7 +171,7 @@ class _ChannelFactory(Factory):
         return self._channel
 
 
-class UnwrapPool:
+class UnwrapPool(Service):
     """
     Unwraps batches of final-hop packets (:func:`nymprov.node.unwrap.unwrap_final`)
     in worker processes.
@@ -185,6 +186,7 @@ class UnwrapPool:
     """
 
     log = Logger()
+    name = "unwrap pool"
 
     #: How a worker is started: this interpreter, so the same install.
     command = (sys.executable, "-m", "nymprov.node.worker")
@@ -209,6 +211,14 @@ class UnwrapPool:
     def workers(self):
         """The live worker processes."""
         return [worker for worker in self._workers if worker.alive]
+
+    def startService(self):
+        Service.startService(self)
+        self.start()
+
+    def stopService(self):
+        Service.stopService(self)
+        return self.stop()
 
     def start(self):
         """Start the worker processes."""

@@ -48,9 +48,12 @@ def serve(read_fd, write_fd):
 
 
 def main():
-    # Ctrl-C reaches the whole process group; the node decides when its
-    # workers stop (by closing their input), so they ignore it.
+    # Ctrl-C reaches the whole process group, and a service manager's
+    # SIGTERM often the whole group too; the node decides when its workers
+    # stop (by closing their input, once their batches are answered), so
+    # they ignore both.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         return serve(0, 0)
     except (BrokenPipeError, ConnectionResetError):

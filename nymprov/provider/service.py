@@ -1,11 +1,12 @@
 """
-The provider as a Twisted service: its parts built from a configuration and
-started and stopped in the right order.
+The provider as a tree of Twisted services: store, unwrap pool, mix sender,
+backend, node core, listeners and chores, started in that order and stopped
+in reverse (see :mod:`nymprov.node.service`).
 """
 
 
 from twisted.application.service import IService
-from twisted.internet.defer import inlineCallbacks, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface.exceptions import Invalid
@@ -13,17 +14,13 @@ from zope.interface.verify import verifyObject
 
 from nymprov.errors import ConfigError
 from nymprov.interfaces import IInbox, IProvider
-from nymprov.keys import load_or_create_keys
+
 from nymprov.metrics import Counters
 from nymprov.node.core import NodeCore
-from nymprov.node.service import NodeService
-from nymprov.provider.clientapi import ClientApiFactory
-from nymprov.provider.config import POSTGRES_SCHEMES
+from nymprov.node.datadir import DataDirectory
 from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
-from nymprov.sphinx import encode_address
-from nymprov.storage.limits import StoreLimits
-from nymprov.netdoc.signed import key_from_text
+from nymprov.node.pool import UnwrapPool
 from nymprov.node.network import (
     DirectoryLink,
     DocumentTopology,
@@ -32,9 +29,14 @@ from nymprov.node.network import (
     make_epochs,
     published_address,
 )
+from nymprov.node.service import DEFAULT_STOP_TIMEOUT, ListenerService, NodeCoreService, NodeService, Part, chore
+from nymprov.netdoc.signed import key_from_text
+from nymprov.provider.clientapi import ClientApiFactory
+from nymprov.provider.config import POSTGRES_SCHEMES
+from nymprov.sphinx import encode_address
+from nymprov.storage.limits import StoreLimits
 from nymprov.node.loops import node_loops
 from nymprov.topology import load_topology, provider_topology
-from nymprov.node.pool import UnwrapPool
 
 #: How often expired messages and leases are swept.
 EXPIRY_INTERVAL = 60.0  # seconds
@@ -86,50 +88,89 @@ def make_backend(config, sender, topology, reactor, **context):
 
 class ProviderService(NodeService):
     """
-    A whole provider node: store, node core, mix link in and out, client API
-    and the periodic chores.
+    A whole provider node: store, unwrap workers, mix link out, backend,
+    node core, mix link in, client API and the periodic chores.
 
-    Starting opens the store before any port listens; stopping closes the
-    ports first, sends delayed packets on, lets the neighbour queues drain
-    and commits the store last, so that nothing accepted is lost.
+    Nothing is made on disk until :meth:`privilegedStartService` (called by
+    ``startService`` if nobody did): it binds the ports first, so a port in
+    use creates nothing, then makes the data directory, keys and
+    certificate (given to ``owner``) and the parts.  Starting opens the
+    store before any connection is accepted; stopping closes the ports
+    first, lets every packet read reach its fate, lets the neighbour queues
+    drain and commits the store last, so that nothing accepted is lost.
 
     :param config: a :class:`nymprov.provider.config.ProviderConfig`.
     :param reactor: the reactor (injected, for tests).
+    :param owner: ``(uid, gid)`` that created files are given to (what
+        ``twistd --uid/--gid`` switches to), or ``None``.
     """
 
     log = Logger()
     name = "nym-provider"
 
-    def __init__(self, config, reactor, *, stop_reactor_on_failure=False):
-        NodeService.__init__(self, reactor, stop_reactor_on_failure)
+    def __init__(self, config, reactor, *, stop_reactor_on_failure=False, owner=None,
+                 stop_timeout=DEFAULT_STOP_TIMEOUT):
+        NodeService.__init__(self, reactor, stop_reactor_on_failure, stop_timeout)
         self.config = config
         self.counters = Counters()
-        self.keys = load_or_create_keys(config.data_dir)
-        self.store = make_store(config, reactor, self.keys)
-        self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         self.topology = provider_topology(
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
         )
+        self.data = DataDirectory(config.data_dir, owner)
+        # Made by assemble().
+        self.keys = self.store = self.sender = self.backend = self.unwrapper = self.node = None
+        self.rotation = self.directory = self.loops = None
+        self.certificate = None
+        security = "TLS" if config.client_tls else "plain TCP"
+        self.mix_listener = ListenerService(reactor, config.mix_listen, "mix link")
+        self.client_listener = ListenerService(reactor, config.client_listen, f"client API, {security}")
+        self.listeners = [self.mix_listener, self.client_listener]
+
+    @property
+    def mix_ports(self):
+        """The mix link's listening ports."""
+        return self.mix_listener.ports
+
+    @property
+    def client_ports(self):
+        """The client API's listening ports."""
+        return self.client_listener.ports
+
+    # -- parts -------------------------------------------------------------
+
+    def assemble(self):
+        """
+        Make the data directory, keys and certificate if missing, and the
+        parts of the node, added as children in start order.
+        """
+        if self.node is not None:
+            return
+        config, reactor = self.config, self._reactor
+        self.keys = self.data.keys()
+        if config.client_tls:
+            self.certificate = self.data.certificate()
+        if config.store == "sqlite":
+            self.data.database(config.db_path)
+        self.store = make_store(config, reactor, self.keys)
         epochs = make_epochs(config.epoch_length, config.epoch_zero)
         # With epochs, Sphinx keys rotate, each with its own replay file.
-        self.rotation = None
         if epochs is not None:
             self.rotation = KeyRotation(config.data_dir, epochs, config.epoch_grace, reactor, self.counters)
-        self.directory = None
         if config.directory is not None:
             self.directory = DirectoryLink(
                 reactor, config.directory, key_from_text(config.directory_key, "--directory-key"),
                 self.keys.identity, self._describe, epochs, config.publish_interval, self.counters,
             )
             self.topology = DocumentTopology(self.directory.holder, self.topology)
+        self.sender = MixSenderPool(reactor, self.counters, queue_limit=config.mix_queue)
         # Made by the --backend plugin (the inbox by default); the node
         # core sends each message's SURB-ACK once the backend took it.
         self.backend = make_backend(config, self.sender, self.topology, reactor, store=self.store,
                                     counters=self.counters)
         # Worker processes for the CPU work of unwrapping; None keeps it
-        # all on the reactor thread.
-        # (Workers hold one key: with epochs the reactor thread unwraps.)
+        # all on the reactor thread.  (Workers hold one key: with epochs the
+        # reactor thread unwraps.)
         use_workers = config.unwrap_workers and self.rotation is None
         self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if use_workers else None
         self.node = NodeCore(
@@ -144,20 +185,63 @@ class ProviderService(NodeService):
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
-        self.loops = None
         if config.node_loop_rate > 0 and config.topology is not None:
             self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                     load_topology(config.topology), self.sender, reactor, self.counters,
                                     config, self.name)
-        self.certificate = None
-        if config.client_tls:
-            from nymprov.net.tls import load_or_create_certificate
+        for host, port in config.announce:
+            # The address clients put in their routes, where the bound one
+            # is a wildcard or not the one the world sees.
+            self.node.add_own_address(encode_address(host, port))
+        self.mix_listener.serve(self._mix_factory(), self.node)
+        parts = []
+        if self.rotation is not None:
+            parts.append(Part("key rotation", self.rotation.start, self.rotation.stop))
+        parts += [self.store, self.unwrapper, self.sender]
+        if IService.providedBy(self.backend):
+            parts.append(self.backend)
+        parts += [NodeCoreService(self.node, reactor), self.mix_listener]
+        if IInbox.providedBy(self.backend):
+            self.client_listener.serve(self._client_factory())
+            parts.append(self.client_listener)
+        else:
+            # No inbox, nothing to pull: clients have no business here.
+            # (Its ports were bound with the others, so that a port in use
+            # made nothing; they are let go unused.)
+            self.client_listener.unbind()
+            self.listeners = [self.mix_listener]
+            self.log.info("no client API: backend {backend} keeps no inbox", backend=self.backend.name)
+        if self.directory is not None:
+            # Its start is not waited for: an unreachable directory must not
+            # stop the node.
+            parts.append(Part("directory", lambda: self.directory.start() and None, self.directory.stop))
+        if self.loops is not None:
+            parts.append(Part("node loops", self.loops.start, self.loops.stop))
+        if self.rotation is not None:
+            parts.append(chore(reactor, self.rotation.check_interval, self.rotation.tick, "key rotation tick"))
+        parts.append(chore(reactor, EXPIRY_INTERVAL, self._expire, "expiry"))
+        if config.stats_interval > 0:
+            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+        for part in parts:
+            if part is not None:
+                part.setServiceParent(self)
 
-            self.certificate = load_or_create_certificate(config.data_dir)
-        self.mix_ports = []
-        self.client_ports = []
+    def _describe(self, timestamp):
+        from nymprov.net.tls import certificate_fingerprint
 
-    # -- factories -----------------------------------------------------------
+        client = None
+        if self.client_ports:
+            # A backend without an inbox serves no client API: none is published.
+            fingerprint = None if self.certificate is None else certificate_fingerprint(self.certificate)
+            client = (*published_address(self.client_ports), self.certificate is not None, fingerprint)
+        describe = describe_node(
+            "provider", self.keys.identity_public_bytes, published_address(self.mix_ports, self.config.announce),
+            self.rotation, client=client,
+        )
+        return describe(timestamp)
+
+    def forget_created(self):
+        self.data.remove_created()
 
     def _mix_factory(self):
         return MixLinkFactory(
@@ -197,79 +281,6 @@ class ProviderService(NodeService):
             factory.noisy = False
         return factory
 
-    # -- life cycle ----------------------------------------------------------
-
-    def _describe(self, timestamp):
-        from nymprov.net.tls import certificate_fingerprint
-
-        client = None
-        if self.client_ports:
-            # A backend without an inbox serves no client API: none is published.
-            fingerprint = None if self.certificate is None else certificate_fingerprint(self.certificate)
-            client = (*published_address(self.client_ports), self.certificate is not None, fingerprint)
-        describe = describe_node(
-            "provider", self.keys.identity_public_bytes, published_address(self.mix_ports, self.config.announce),
-            self.rotation, client=client,
-        )
-        return describe(timestamp)
-
-    @inlineCallbacks
-    def _start(self):
-        if self.rotation is not None:
-            yield self.rotation.start()
-            self.add_chore(self.rotation.check_interval, self.rotation.tick)
-        yield maybeDeferred(self.store.start)
-        if IService.providedBy(self.backend):
-            yield maybeDeferred(self.backend.startService)
-        self.mix_ports = yield self.listen(self.config.mix_listen, self._mix_factory(), "mix link", self.node)
-        for host, port in self.config.announce:
-            # The address clients put in their routes, where the bound one
-            # is a wildcard or not the one the world sees.
-            self.node.add_own_address(encode_address(host, port))
-        if IInbox.providedBy(self.backend):
-            security = "TLS" if self.certificate is not None else "plain TCP"
-            self.client_ports = yield self.listen(
-                self.config.client_listen, self._client_factory(), f"client API, {security}"
-            )
-        else:
-            # No inbox, nothing to pull: clients have no business here.
-            self.log.info("no client API: backend {backend} keeps no inbox", backend=self.backend.name)
-        if self.unwrapper is not None:
-            # Started once every port listens, so that a failed start leaves
-            # no process behind; until then the reactor thread unwraps.
-            self.unwrapper.start()
-        if self.directory is not None:
-            # Not waited for: an unreachable directory must not stop the node.
-            self.directory.start()
-        self.add_chore(EXPIRY_INTERVAL, self._expire)
-        if self.loops is not None:
-            self.loops.start()
-        if self.config.stats_interval > 0:
-            self.add_chore(self.config.stats_interval, self._log_stats)
-
-    @inlineCallbacks
-    def stopService(self):
-        yield self._stop_listening()
-        if self.loops is not None:
-            self.loops.stop()
-        self.mix_ports, self.client_ports = [], []
-        if self.directory is not None:
-            yield self.directory.stop()
-        if self.unwrapper is not None:
-            # Batches still in the workers reach the store before it closes.
-            yield self.unwrapper.stop()
-        sent_early = self.node.stop()
-        if sent_early:
-            self.log.info("sent {count} delayed packets on at shutdown", count=sent_early)
-        if IService.providedBy(self.backend) and self.backend.running:
-            # Before the sender: a backend may still send replies.
-            yield maybeDeferred(self.backend.stopService)
-        yield self.sender.stopService()
-        yield self.store.close()
-        if self.rotation is not None:
-            yield self.rotation.stop()
-        self.log.info("nym-provider stopped; counters: {counters}", counters=self.counters.snapshot())
-
     # -- chores --------------------------------------------------------------
 
     def _expire(self):
@@ -280,25 +291,21 @@ class ProviderService(NodeService):
         d.addErrback(lambda f: self.log.failure("expiry sweep failed", f))
         return d
 
-    def _log_stats(self):
+    def stats_line(self):
+        """The stats line: every counter, and the store's sizes."""
         d = maybeDeferred(self.store.sizes)
-        d.addCallback(
-            lambda sizes: self.log.info(
-                "stats: {counters} store={sizes}", counters=self.counters.snapshot(), sizes=sizes
-            )
-        )
-        d.addErrback(lambda f: self.log.failure("stats failed", f))
-        return d
+        return d.addCallback(lambda sizes: f"stats: {self.counters.snapshot()} store={sizes}")
 
 
-def make_provider_service(config, reactor=None):
+def make_provider_service(config, reactor=None, owner=None):
     """
-    Build the provider for ``config``; creates the data directory, keys and
-    certificate if they are missing.
+    Build the provider for ``config``; its start creates the data
+    directory, keys and certificate if they are missing.
 
     :param config: a :class:`nymprov.provider.config.ProviderConfig`.
+    :param owner: ``(uid, gid)`` to give created files to, or ``None``.
     :returns: a :class:`ProviderService` (an ``IService``).
     """
     if reactor is None:
         from twisted.internet import reactor
-    return ProviderService(config, reactor, stop_reactor_on_failure=True)
+    return ProviderService(config, reactor, stop_reactor_on_failure=True, owner=owner)

@@ -7,7 +7,10 @@ Options = RunOptions
 
 def makeService(config, reactor=None):
     """
-    Build the provider service that ``config`` describes.
+    Build the provider service that ``config`` describes.  Nothing is made
+    on disk here: the service binds its ports and makes its data directory
+    in ``privilegedStartService``, giving the files to twistd's
+    ``--uid/--gid`` user.
 
     :param config: parsed :class:`RunOptions` (or a mapping with its keys).
     :param reactor: the reactor to run on; the global one if ``None``.
@@ -17,10 +20,11 @@ def makeService(config, reactor=None):
         from twisted.internet import reactor
     # Imported here: the service pulls in the whole node, which twistd
     # should not load just to list its plugins.
+    from nymprov.node.twistd import owner_of, twistd_root
     from nymprov.provider.service import make_provider_service
 
     # RunOptions checked the settings while parsing; a plain mapping has not.
     provider_config = getattr(config, "provider_config", None)
     if provider_config is None:
         provider_config = load_config(config)
-    return make_provider_service(provider_config, reactor)
+    return twistd_root(make_provider_service(provider_config, reactor, owner_of(config)), config, reactor)

@@ -63,7 +63,7 @@ class MemoryStore(Service):
 
     def startService(self):
         Service.startService(self)
-        self.start()
+        return self.start()
 
     def stopService(self):
         Service.stopService(self)

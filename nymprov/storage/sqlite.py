@@ -71,7 +71,6 @@ class SQLiteStore(Service):
         self._file = SQLiteFile()  # used on the DB thread only
         self._state = NEW
         self._close_waiters = []
-        self._shutdown_trigger = None
         self._start_waiters = []
         self._quotas = InboxQuotas(limits)
         self._forgetting = {}
@@ -107,8 +106,12 @@ class SQLiteStore(Service):
     # -- life cycle ----------------------------------------------------
 
     def startService(self):
+        """
+        Open the store; a node's service tree waits for the returned
+        Deferred before starting what feeds the store.
+        """
         Service.startService(self)
-        self.start().addErrback(lambda failure: self.log.failure("cannot open the store", failure))
+        return self.start()
 
     def stopService(self):
         Service.stopService(self)
@@ -127,11 +130,9 @@ class SQLiteStore(Service):
         if self._state != NEW:
             return fail(StoreError(f"store is {self._state}"))
         self._state = STARTING
+        # No shutdown trigger of its own: whoever starts the store closes it
+        # (a node's service tree, once nothing can write to it any more).
         self._pool.start()
-        # Even when not run as a service, a reactor shutdown commits what
-        # is pending and stops the DB thread (which would otherwise keep
-        # the process alive).
-        self._shutdown_trigger = self._reactor.addSystemEventTrigger("before", "shutdown", self.close)
         d = self._run(self._file.open, self._path, self._synchronous, self._replay_key_id, self._filter)
         d.addCallbacks(self._opened, self._open_failed)
         return d
@@ -166,7 +167,6 @@ class SQLiteStore(Service):
     def _open_failed(self, failure):
         self._state = CLOSED
         self._pool.stop()
-        self._remove_shutdown_trigger()
         self._notify_started()
         if failure.check(StoreError):
             return failure
@@ -192,7 +192,6 @@ class SQLiteStore(Service):
 
         def closed(result):
             self._pool.stop()
-            self._remove_shutdown_trigger()
             self._state = CLOSED
             self.log.info("store closed")
             waiters, self._close_waiters = self._close_waiters, []
@@ -204,14 +203,6 @@ class SQLiteStore(Service):
 
         self._run(self._file.close).addBoth(closed)
         return waiter
-
-    def _remove_shutdown_trigger(self):
-        if self._shutdown_trigger is not None:
-            try:
-                self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            except ValueError:
-                pass  # already run: this close is the shutdown's own
-            self._shutdown_trigger = None
 
     def _refuse(self):
         """
