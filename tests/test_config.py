@@ -234,7 +234,15 @@ INVALID_COMMAND_LINES = [
     (["--slot-size", "big"], "--slot-size"),
     (["--lease-seconds", "0"], "--lease-seconds"),
     (["--register-rate", "-1"], "--register-rate"),
+    # Values the parts refuse when they start are refused when parsed:
+    # a token bucket needs room for one token, a PULL counts its slots in
+    # 16 bits and a whole PULL answer must fit one 16 MiB response.
+    (["--register-rate", "0"], "--register-rate"),
     (["--send-rate", "0"], "--send-rate"),
+    (["--send-rate", "0.25"], "--send-rate"),
+    (["--pull-max", "70000"], "--pull-max"),
+    (["--slot-size", "1000000"], "--slot-size"),
+    (["--pull-max", "65535", "--slot-size", "2048"], "--slot-size"),
     (["--max-connections", "0"], "--max-connections"),
     (["--idle-timeout", "-3"], "--idle-timeout"),
     (["--mix-queue", "-3"], "--mix-queue"),

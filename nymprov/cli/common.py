@@ -86,7 +86,6 @@ def run_service(make_service, log_level, stderr, program):
     observer = FilteringLogObserver(
         textFileLogObserver(stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
     )
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     try:
         service = make_service(reactor)
     except (ConfigError, OSError) as e:
@@ -97,8 +96,10 @@ def run_service(make_service, log_level, stderr, program):
     try:
         IService(application).privilegedStartService()
     except StartFailure as e:
+        # Before logging begins: a failed start is this one line alone.
         print(f"{program}: {e}", file=stderr)
         return EXIT_FAILURE
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     # The node stops the reactor itself if a part fails to start.
     app.startApplication(application, False)
     reactor.callWhenRunning(_stop_once_on_signals, reactor, log)

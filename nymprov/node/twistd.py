@@ -60,7 +60,18 @@ class TwistdRoot(MultiService):
         try:
             MultiService.privilegedStartService(self)
         except StartFailure as e:
-            raise SystemExit(f"{self.node.name}: {e}")
+            # twistd has pointed sys.stderr at its log; the operator who
+            # started it reads the process's own standard error.
+            print(f"{self.node.name}: {e}", file=sys.__stderr__, flush=True)
+            self._remove_pidfile()
+            raise SystemExit(1)
+
+    def _remove_pidfile(self):
+        if self._pidfile:
+            try:
+                os.unlink(self._pidfile)
+            except OSError:
+                pass
 
     def startService(self):
         MultiService.startService(self)
@@ -69,11 +80,8 @@ class TwistdRoot(MultiService):
     def _exit_if_failed(self):
         if self.node.start_failure is None:
             return
-        if self._pidfile:
-            try:
-                os.unlink(self._pidfile)
-            except OSError:
-                pass
+        print(f"{self.node.name}: {self.node.start_failure.getErrorMessage()}", file=sys.__stderr__, flush=True)
+        self._remove_pidfile()
         sys.stdout.flush()
         sys.stderr.flush()
         # twistd's exit status is 0 whatever happened once its reactor ran;

@@ -38,6 +38,10 @@ STORES = ("sqlite", "memory")
 #: A --store beginning with one of these is a PostgreSQL URL.
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 DB_SYNCHRONOUS_MODES = ("FULL", "NORMAL")
+DEFAULT_BACKEND = "inbox"
+
+#: The client API counts a PULL's slots in 16 bits.
+MAX_PULL = 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class ProviderConfig:
     node_loop_window: float = 30.0  # seconds over which the loops' returned share is judged
     node_loop_threshold: float = 0.8  # a window below this share logs a warning
     topology: str = None  # topology file (JSON); None: --first-layer only
-    backend: str = "inbox"  # an IProviderMaker plugin's name
+    backend: str = DEFAULT_BACKEND  # an IProviderMaker plugin's name
     backend_option: tuple = ()  # (name, value) pairs for the backend's options
     epoch_length: float = 0.0  # seconds; 0: one Sphinx key forever
     epoch_zero: float = 0.0
@@ -105,7 +109,11 @@ class ProviderConfig:
             raise InvalidSetting(
                 "invite_code", "at least one is needed when --registration=invite"
             )
-        _check_backend_options(self.backend, self.backend_option)
+        _check_client_api_limits(self.pull_max, self.slot_size)
+        if self.backend != DEFAULT_BACKEND or self.backend_option:
+            # Finding a backend scans the plugins; the built-in default with
+            # no options needs no scan, so that making a config stays cheap.
+            _check_backend_options(self.backend, self.backend_option)
         if self.client_tls:
             for description in self.client_listen:
                 if description.split(":", 1)[0] == "ssl":
@@ -183,6 +191,24 @@ def _check_backend_option_pairs(field, value):
     return tuple(pairs)
 
 
+def _check_client_api_limits(pull_max, slot_size):
+    """A whole PULL answer (``pull_max`` slots) fits one client-API response."""
+    from nymprov.wire.clientapi import MAX_RESPONSE_FRAME, SLOT_HEADER_LENGTH
+
+    if pull_max > MAX_PULL:
+        raise InvalidSetting("pull_max", f"must be at most {MAX_PULL}, got {pull_max}")
+    # The response's header (5) and the MESSAGES head (14), then the slots:
+    # what nymprov.provider.clientapi checks when it starts.
+    largest = 5 + 14 + pull_max * (SLOT_HEADER_LENGTH + slot_size)
+    if largest > MAX_RESPONSE_FRAME:
+        most = (MAX_RESPONSE_FRAME - 19) // pull_max - SLOT_HEADER_LENGTH
+        raise InvalidSetting(
+            "slot_size",
+            f"{pull_max} slots (--pull-max) of {slot_size} bytes exceed the"
+            f" {MAX_RESPONSE_FRAME} byte response limit; at most {most} with this --pull-max",
+        )
+
+
 def _check_backend_options(backend, pairs):
     """The backend's plugin exists and accepts ``pairs``."""
     from nymprov.plugins import UnknownBackend, find_maker, parse_backend_options
@@ -235,8 +261,10 @@ _CHECKS = {
     "pull_max": whole_number(1),
     "registration": choice(*REGISTRATION_MODES),
     "invite_code": list_of(_check_invite_code),
-    "register_rate": whole_number(0),
-    "send_rate": number(0.0, exclusive=True),
+    # A token bucket holds at least one token: one registration per hour at
+    # least, and a send burst (twice the rate) of at least one packet.
+    "register_rate": whole_number(1),
+    "send_rate": number(0.5),
     "max_connections": whole_number(1),
     "max_connections_per_ip": whole_number(1),
     "unwrap_workers": whole_number(0),
