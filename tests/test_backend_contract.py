@@ -194,7 +194,7 @@ class ClientApiMountTests(InstalledPlugin, ProviderFixture, TestCase):
         self.install_plugin()
         config = ProviderConfig(data_dir=self.mktemp(), store="memory", backend="oldstyle")
         with self.assertRaises(ConfigError) as caught:
-            ProviderService(config, reactor)
+            ProviderService(config, reactor).assemble()
         self.assertIn("--backend oldstyle", str(caught.exception))
 
 

@@ -6,7 +6,7 @@ store, the HTTP API and the chore that drops silent nodes.
 import os
 
 from nacl.signing import SigningKey
-from twisted.internet.defer import inlineCallbacks
+from twisted.application.service import Service
 from twisted.logger import Logger
 
 from nymprov.directory.config import read_admission_list
@@ -23,7 +23,7 @@ from nymprov.keys import (
 from nymprov.metrics import Counters
 from nymprov.netdoc.epochs import Epochs
 from nymprov.netdoc.signed import key_text
-from nymprov.node.service import NodeService
+from nymprov.node.service import ListenerService, NodeService, chore
 
 DIRECTORY_KEY_HEADER = "nymprov ed25519 directory v1"
 
@@ -41,8 +41,53 @@ def load_or_create_directory_key(path):
     return SigningKey(decode_key_file(path, DIRECTORY_KEY_HEADER, read_private_file(path)))
 
 
+class _Registry(Service):
+    """
+    The descriptor store and registry in the directory's tree: opened at
+    start (after twistd has dropped privileges), closed once the API and
+    the expiry chore have stopped.
+    """
+
+    name = "registry"
+    log = Logger()
+
+    def __init__(self, directory):
+        self._directory = directory
+
+    def startService(self):
+        Service.startService(self)
+        directory, config = self._directory, self._directory.config
+        directory._store = DescriptorStore(config.database_path)
+        directory.registry = Registry(
+            directory._store,
+            directory.signing_key,
+            Epochs(config.epoch_length, config.epoch_zero),
+            expiry=config.expiry,
+            grace=config.grace,
+            max_skew=config.max_skew,
+            admitted=directory.admitted,
+            counters=directory.counters,
+        )
+        loaded = directory.registry.load(directory._reactor.seconds())
+        self.log.info(
+            "directory key {key}; {count} node(s) still listed; epochs of {length:g} s",
+            key=key_text(directory.public_key),
+            count=loaded,
+            length=config.epoch_length,
+        )
+        directory.listener.serve(make_site(directory.registry, directory._reactor))
+
+    def stopService(self):
+        Service.stopService(self)
+        if self._directory._store is not None:
+            self._directory._store.close()
+
+
 class DirectoryService(NodeService):
     """
+    The directory as a tree of services: registry (store), HTTP API,
+    expiry chore; see :mod:`nymprov.node.service`.
+
     :param config: a :class:`nymprov.directory.config.DirectoryConfig`.
     :param reactor: the reactor (injected, for tests); also the clock.
     """
@@ -54,40 +99,32 @@ class DirectoryService(NodeService):
         NodeService.__init__(self, reactor, stop_reactor_on_failure)
         self.config = config
         self.counters = Counters()
-        self.signing_key = load_or_create_directory_key(config.key_path)
-        admitted = None if config.admit is None else read_admission_list(config.admit)
-        self._store = DescriptorStore(config.database_path)
-        self.registry = Registry(
-            self._store,
-            self.signing_key,
-            Epochs(config.epoch_length, config.epoch_zero),
-            expiry=config.expiry,
-            grace=config.grace,
-            max_skew=config.max_skew,
-            admitted=admitted,
-            counters=self.counters,
-        )
-        self.ports = []
+        self.signing_key = self.registry = self._store = self.admitted = None
+        self.listener = ListenerService(reactor, [config.listen], "directory API")
+        self.listeners = [self.listener]
+
+    @property
+    def ports(self):
+        """The HTTP API's listening ports."""
+        return self.listener.ports
 
     @property
     def public_key(self):
         """The 32-byte key that nodes and clients pin."""
-        return self.registry.public_key
+        return bytes(self.signing_key.verify_key)
 
-    @inlineCallbacks
-    def _start(self):
-        loaded = self.registry.load(self._reactor.seconds())
-        self.log.info(
-            "directory key {key}; {count} node(s) still listed; epochs of {length:g} s",
-            key=key_text(self.public_key),
-            count=loaded,
-            length=self.config.epoch_length,
-        )
-        site = make_site(self.registry, self._reactor)
-        self.ports = yield self.listen([self.config.listen], site, "directory API")
+    def assemble(self):
+        """Read the admission list, make or load the key; add the parts."""
+        if self.signing_key is not None:
+            return
+        config = self.config
+        self.admitted = None if config.admit is None else read_admission_list(config.admit)
+        self.signing_key = load_or_create_directory_key(config.key_path)
         # Often enough that a node leaves within a tenth of the expiry of it
         # being due; documents already leave out silent nodes when built.
-        self.add_chore(max(self.config.expiry / 10, 0.1), self._expire)
+        expiry = chore(self._reactor, max(config.expiry / 10, 0.1), self._expire, "expiry")
+        for part in (_Registry(self), self.listener, expiry):
+            part.setServiceParent(self)
 
     def _expire(self):
         try:
@@ -96,8 +133,6 @@ class DirectoryService(NodeService):
             # A LoopingCall stops for good on its first exception.
             self.log.failure("expiring silent nodes failed")
 
-    @inlineCallbacks
-    def stopService(self):
-        yield self._stop_listening()
-        self.ports = []
-        self._store.close()
+    def stats_line(self):
+        """The stats line: every counter."""
+        return f"stats: {self.counters.snapshot()}"
