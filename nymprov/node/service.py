@@ -123,6 +123,15 @@ class ListenerService(Service):
 
     def startService(self):
         Service.startService(self)
+        # Accepting (and saying so) waits for the reactor to run: before
+        # that (twistd and nym-provider run start the tree first), a signal
+        # would find Python's default handler, not the reactor's orderly
+        # stop, and anyone told "listening" might send one.
+        self._reactor.callWhenRunning(self._accept)
+
+    def _accept(self):
+        if not self.running:
+            return
         for port in self.ports:
             address = port.getHost()
             if self._node is not None and getattr(address, "host", "") not in _WILDCARD_HOSTS:
