@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
 from nymprov.node.epochkeys import StaticKeys
+from nymprov.node.inflight import InFlight
 from nymprov.node.unwrap import unwrap_final
 from nymprov.sphinx.errors import BadMAC
 from nymprov.wire.frames import ROTATION_UNKNOWN
@@ -121,10 +122,7 @@ class NodeCore:
         #: The node's own loops (:class:`nymprov.node.loops.NodeLoops`),
         #: which see every final hop first; ``None`` when it sends none.
         self.loops = None
-        # Packets handed in whose fate is not known yet, and who waits for
-        # there to be none (a stop).
-        self._in_flight = 0
-        self._idle_waiters = []
+        self._in_flight = InFlight(clock)
 
     # -- configuration -----------------------------------------------------
 
@@ -181,7 +179,7 @@ class NodeCore:
         self._counters.incr("packets.received", "mix", len(packets))
         if rotations is None:
             rotations = [ROTATION_UNKNOWN] * len(packets)
-        return self._track(self._receive_many(packets, rotations))
+        return self._in_flight.track(self._receive_many(packets, rotations))
 
     def _receive_many(self, packets, rotations):
         if self._role == "mix":
@@ -204,21 +202,6 @@ class NodeCore:
             self._after_unwrap_many, self._unwrap_failed, callbackArgs=(results,), errbackArgs=(results,)
         )
         return results
-
-    def _track(self, results):
-        for d in results:
-            if not d.called:
-                self._in_flight += 1
-                d.addBoth(self._settled)
-        return results
-
-    def _settled(self, result):
-        self._in_flight -= 1
-        if not self._in_flight and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for d in waiters:
-                d.callback(None)
-        return result
 
     def _after_unwrap_many(self, outcomes, results):
         for outcome, result in zip(outcomes, results):
@@ -350,7 +333,7 @@ class NodeCore:
             ``PacketRefused`` or a ``SphinxError`` (already counted).
         """
         self._counters.incr("packets.received", "client")
-        [d] = self._track([self._send_from_client(first_hop, packet)])
+        [d] = self._in_flight.track([self._send_from_client(first_hop, packet)])
         return d
 
     def _send_from_client(self, first_hop, packet):
@@ -458,7 +441,7 @@ class NodeCore:
     @property
     def in_flight(self):
         """Packets handed in whose fate is not decided yet."""
-        return self._in_flight
+        return self._in_flight.count
 
     def drain(self, deadline):
         """
@@ -469,24 +452,16 @@ class NodeCore:
         :returns: a Deferred that fires once none is in flight, or at the
             deadline.
         """
-        if not self._in_flight:
-            return succeed(None)
-        d = Deferred()
-        self._idle_waiters.append(d)
-        timer = self._clock.callLater(max(0.0, deadline - self._clock.seconds()), self._give_up, d)
-        return d.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+        return self._in_flight.drain(deadline, self._give_up)
 
-    def _give_up(self, waiter):
-        self.log.warn("{count} packets still in flight at the stop deadline", count=self._in_flight)
+    def _give_up(self):
+        self.log.warn("{count} packets still in flight at the stop deadline", count=self._in_flight.count)
         overdue, self._deliveries = list(self._deliveries.values()), {}
         if self._sweep_call is not None:
             self._sweep_call.cancel()
             self._sweep_call = None
         for _deadline, d in overdue:
             d.cancel()
-        if waiter in self._idle_waiters:
-            self._idle_waiters.remove(waiter)
-            waiter.callback(None)
 
     # -- helpers -------------------------------------------------------------
 
