@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from nymprov.client.webproxy import PayloadTooLarge
+from nymprov.client.services import PayloadTooLarge
 from nymprov.tools.testnet import _free_ports
 
 from .support import wait_for

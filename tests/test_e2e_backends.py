@@ -23,7 +23,7 @@ from nymprov.mixnode.service import MixNodeService
 from nymprov.provider.service import ProviderService
 from nymprov.tools.testnet import _free_ports
 from nymprov.topology import MixNode, ProviderNode, Topology, dump_topology
-from nymprov.client.webproxy import ServiceClient
+from nymprov.client.services import ServiceClient
 
 from tests.support import wait_for
 

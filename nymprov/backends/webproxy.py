@@ -5,7 +5,7 @@ message and sends the response back through the request's SURBs.
 Only URLs whose scheme, host and port are on the operator's allow-list are
 fetched; the list is empty by default, so nothing is proxied until the
 operator says so.  The codecs of the request and the reply are here too, so
-that the client side (:mod:`nymprov.client.webproxy`) shares them.
+that the client side (:mod:`nymprov.client.services`) shares them.
 """
 
 import struct

@@ -310,7 +310,7 @@ def read_transaction(data, chain):
 
 
 async def _broadcast(reactor, settings, options, out, err, stdin):
-    from nymprov.client.webproxy import ServiceClient
+    from nymprov.client.services import ServiceClient
 
     if options["source"] == "-":
         data = stdin.buffer.read()

@@ -441,7 +441,7 @@ class NymClient:
         """
         Let ``handler(stored) -> bool`` see each pulled message first; a
         message it takes (returns ``True`` for) goes no further.  Services
-        built on the client (``nymprov.client.webproxy``) take their
+        built on the client (``nymprov.client.services``) take their
         replies this way.
         """
         self._stored_handlers.append(handler)
