@@ -15,5 +15,8 @@ def makeService(config, reactor=None):
     if reactor is None:
         from twisted.internet import reactor
     from nymprov.directory.service import DirectoryService
+    from nymprov.node.twistd import twistd_root
 
-    return DirectoryService(config.directory_config, reactor, stop_reactor_on_failure=True)
+    # Wrapped as the nodes are: a start failure is one line and exit 1.
+    return twistd_root(DirectoryService(config.directory_config, reactor, stop_reactor_on_failure=True),
+                       config, reactor)
