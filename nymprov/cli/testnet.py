@@ -25,7 +25,13 @@ class TestnetOptions(usage.Options):
         ["dir", None, None, "directory for keys, logs and configs [default: a new temporary one]"],
         ["mean-delay-ms", None, 50.0, "mean per-hop delay written into the client configs", float],
         ["base-port", None, None, "first port to use [default: free ports]", int],
+        ["epoch-length", None, 60.0, "seconds per epoch: a nym-directory runs, nodes publish to it and"
+         " rotate their Sphinx keys; 0: no directory, one key per node", float],
     ]
+
+    def postOptions(self):
+        if not self["epoch-length"] >= 0:
+            raise usage.UsageError("--epoch-length: seconds, 0 or more")
 
     def opt_version(self):
         """Print the version and exit."""
@@ -53,7 +59,7 @@ def main(args, stdout=None, stderr=None):
     try:
         testnet = Testnet(directory, options["layers"], options["per-layer"], options["providers"],
                           mean_delay_ms=options["mean-delay-ms"], base_port=options["base-port"],
-                          reactor=reactor)
+                          reactor=reactor, epoch_length=options["epoch-length"])
     except (ValueError, OSError) as e:
         print(f"nym-provider testnet: {e}", file=stderr)
         return 2 if isinstance(e, ValueError) else 1

@@ -144,6 +144,11 @@ class Testnet:
     :param float node_loop_window: seconds per window of loop judging.
     :param dict extra_arguments: node name -> more command-line arguments
         for it (``{"mix-2-1": ["--fault-drop", "1"]}``).
+    :param float epoch_length: seconds per epoch; with it a ``directory``
+        process runs too, every node publishes to it and rotates its Sphinx
+        keys, the client configs name it, and ``topology.json`` is its
+        current document, rewritten as epochs pass.  ``0``: no directory,
+        one key per node forever.
     """
 
     log = Logger()
@@ -152,7 +157,7 @@ class Testnet:
                  base_port=None, reactor=None, python=sys.executable,
                  ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT,
                  node_loop_rate=TESTNET_NODE_LOOP_RATE, node_loop_window=TESTNET_NODE_LOOP_WINDOW,
-                 extra_arguments=None):
+                 extra_arguments=None, epoch_length=0.0):
         if reactor is None:
             from twisted.internet import reactor
         if not 1 <= layers <= 4:
@@ -170,12 +175,18 @@ class Testnet:
         self._extra_arguments = dict(extra_arguments or {})
         os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)
         mix_count = layers * per_layer
-        port_count = mix_count + 2 * providers
+        port_count = mix_count + 2 * providers + (1 if epoch_length else 0)
         if base_port is None:
             ports = iter(_free_ports(port_count))
         else:
             ports = iter(range(base_port, base_port + port_count))
         self.nodes = {}
+        self.network = None
+        if epoch_length:
+            from nymprov.tools.testnet_network import TestnetDirectory
+
+            node = self._add_node("directory", "directory", next(ports))
+            self.network = TestnetDirectory(node.data_dir, LOOPBACK, node.mix_port, float(epoch_length))
         mixnodes, provider_nodes = [], []
         for layer in range(1, layers + 1):
             for index in range(1, per_layer + 1):
@@ -226,6 +237,8 @@ class Testnet:
                     f"loop_rate = {TESTNET_LOOP_RATE!r}\n"
                     f"data_dir = {json.dumps(os.path.join(clients, f'client-{index}'))}\n"
                 )
+                if self.network is not None:
+                    f.write(self.network.client_config_lines())
             paths.append(path)
         return paths
 
@@ -247,12 +260,18 @@ class Testnet:
     # -- processes -----------------------------------------------------------
 
     def _arguments(self, node):
+        if node.kind == "directory":
+            return self.network.arguments()
+        return self._node_arguments(node) + (self.network.node_arguments() if self.network else [])
+
+    def _node_arguments(self, node):
         listen = f"tcp:{node.mix_port}:interface={LOOPBACK}"
         extra = self._loops + self._extra_arguments.get(node.name, [])
         if node.kind == "mix":
+            layer = node.name.split("-")[1]
             return ["-m", "nymprov.cli.mixnode", "run", "--data-dir", node.data_dir,
                     "--mix-listen", listen, "--topology", self.topology_path,
-                    "--stats-interval", "0"] + extra
+                    "--stats-interval", "0", "--layer", layer] + extra
         arguments = ["-m", "nymprov", "run", "--data-dir", node.data_dir,
                      "--mix-listen", listen,
                      "--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
@@ -335,8 +354,8 @@ class Testnet:
         :returns: a Deferred firing with this testnet, or failing with
             :class:`TestnetError` (after stopping whatever did start).
         """
-        # Mixes first: a provider's first packets then find them up.
-        order = sorted(self.nodes.values(), key=lambda n: n.kind != "mix")
+        # The directory, then mixes: a provider's first packets then find them up.
+        order = sorted(self.nodes.values(), key=lambda n: ("directory", "mix", "provider").index(n.kind))
         for node in order:
             if not node.running:
                 self._spawn(node)
@@ -349,6 +368,16 @@ class Testnet:
             # The other waits end at their next look, now that no node runs.
             yield DeferredList(waits, consumeErrors=True)
             e.subFailure.raiseException()
+        if self.network is not None:
+            # Ready means: every node is in the directory's document too.
+            identities = [load_or_create_keys(n.data_dir).identity_public_bytes
+                          for n in order if n.kind != "directory"]
+            try:
+                yield self.network.wait_for_nodes(self._reactor, identities, self.topology_path,
+                                                  self._ready_timeout)
+            except Exception:
+                yield self.stop()
+                raise
         return self
 
     def start_node(self, name):
@@ -400,11 +429,12 @@ class Testnet:
 
         :returns: a Deferred firing once every process is gone.
         """
-        mixes = [self.stop_node(n.name) for n in self.nodes.values() if n.kind == "mix"]
-        d = DeferredList(mixes, consumeErrors=True)
-        d.addCallback(lambda _: DeferredList(
-            [self.stop_node(n.name) for n in self.nodes.values() if n.kind == "provider"],
-            consumeErrors=True))
+        if self.network is not None:
+            self.network.stop()
+        d = DeferredList([], consumeErrors=True)
+        for kind in ("mix", "provider", "directory"):
+            d.addCallback(lambda _, kind=kind: DeferredList(
+                [self.stop_node(n.name) for n in self.nodes.values() if n.kind == kind], consumeErrors=True))
         return d.addCallback(lambda _: None)
 
     @property
@@ -415,7 +445,12 @@ class Testnet:
     def describe(self):
         """A few lines telling a person what runs where and how to use it."""
         lines = [f"testnet in {self.directory}", f"  topology: {self.topology_path}"]
+        if self.network is not None:
+            lines.append(f"  directory: {self.network.url} key {self.network.key_text}"
+                         f" (epochs of {self.network.epoch_length:g} s)")
         for node in self.nodes.values():
+            if node.kind == "directory":
+                continue
             where = f"mix link {LOOPBACK}:{node.mix_port}"
             if node.client_port is not None:
                 where += f", client API (TLS) {LOOPBACK}:{node.client_port}"
