@@ -255,7 +255,7 @@ class CommandTests(TestCase):
     timeout = PROCESS_TEST_TIMEOUT
 
     async def test_sigint(self):
-        """SIGINT stops a one-mix, one-provider testnet cleanly: exit 0, no child left."""
+        """SIGINT stops a one-mix, one-provider testnet (and its directory) cleanly: exit 0, no child left."""
         directory = os.path.abspath(self.mktemp())
         collector = _Collector()
         env = dict(os.environ, PYTHONPATH=REPO_ROOT)
@@ -268,8 +268,10 @@ class CommandTests(TestCase):
         self.addCleanup(lambda: collector.ended.called or process.signalProcess("KILL"))
         await collector.ready
         with open(os.path.join(directory, "testnet.json")) as f:
-            pids = [node["pid"] for node in json.load(f)["nodes"]]
-        self.assertEqual(len(pids), 2)
+            nodes = json.load(f)["nodes"]
+        pids = [node["pid"] for node in nodes]
+        # The mix, the provider and (epochs being on by default) the directory.
+        self.assertEqual(sorted(node["kind"] for node in nodes), ["directory", "mix", "provider"])
         os.kill(process.pid, signal.SIGINT)
         code = await collector.ended
         self.assertEqual(code, 0, collector.output.decode(errors="replace"))
