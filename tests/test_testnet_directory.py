@@ -36,13 +36,13 @@ class TestnetDirectoryTests(TestCase):
         network = ClientNetwork(reactor, net.network.url, net.network.key, Counters())
         topology = await network.start(interval=0.5, lead=0.2)
         self.addCleanup(network.stop)
-        listed = {n.identity for n in network.holder.latest.nodes}
-        self.assertEqual(len(listed), 4)
+        await wait_for(lambda: len(topology.current().nodes) == 4, "every node in the client's topology")
+        listed = {n.identity for n in topology.current().nodes}
         written = load_topology(net.topology_path)
         self.assertEqual({n.identity for n in written.nodes}, listed)
 
         # Clients route by the document and reach each other across a boundary.
-        providers = [n for n in network.holder.latest.nodes if n.role == "provider"]
+        providers = topology.current().providers
         alice, bob = [
             NymClient(ClientKeys.generate(), topology, p.identity, reactor=reactor, mean_delay=0.005,
                       pull_interval=0.1, ack_timeout=1.5, max_attempts=30, shaped=False)

@@ -137,7 +137,8 @@ class MixNodeService(NodeService):
             role="mix",
             keys=None if self.rotation is None else self.rotation.keys,
         )
-        topology = self.topology if not isinstance(self.topology, DocumentTopology) else None
+        # Loops are built from a topology file's keys, which rotate with epochs.
+        topology = self.topology if not isinstance(self.topology, DocumentTopology) and self.rotation is None else None
         self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                 topology if isinstance(topology, Topology) else None, link_sender,
                                 reactor, self.counters, config, self.name)

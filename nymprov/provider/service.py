@@ -185,7 +185,8 @@ class ProviderService(NodeService):
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
-        if config.node_loop_rate > 0 and config.topology is not None:
+        # Loops are built from the topology file's keys, which rotate with epochs.
+        if config.node_loop_rate > 0 and config.topology is not None and self.rotation is None:
             self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                     load_topology(config.topology), self.sender, reactor, self.counters,
                                     config, self.name)
