@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from nymprov.backends.urlpolicy import fetchable_addresses, parse_url
 from nymprov.backends.surbreply import ServiceBusy, decode_fragment, encode_fragment, encode_service_request, open_reply
 from nymprov.backends.webproxy import (
     CodecError,
@@ -70,9 +71,39 @@ class CodecTests(SynchronousTestCase):
         """Entries normalise scheme, host case and default ports; bad ones are named."""
         self.assertEqual(parse_allow_list("HTTP://Example.org, https://[::1]:8443,"),
                          {("http", "example.org", 80), ("https", "::1", 8443)})
+        self.assertEqual(parse_allow_list("http://B\u00fccher.de"), {("http", "xn--bcher-kva.de", 80)})
         self.assertEqual(parse_allow_list(""), frozenset())
-        for bad in ("ftp://a", "http://u:p@a", "http://a:99999", "nohost"):
+        for bad in ("ftp://a", "http://u:p@a", "http://a:99999", "nohost", "http://\u212aelvin.org",
+                    "http://127.1", "http://0x7f.0.0.1", "http://[fe80::1%eth0]"):
             self.assertRaises(ValueError, parse_allow_list, bad)
+
+
+class UrlPolicyTests(SynchronousTestCase):
+    """One canonical form, compared and fetched; only public addresses."""
+
+    @settings(max_examples=300)
+    @given(st.text(max_size=60), st.sampled_from(["http://", "https://", "HTTP://", ""]))
+    def test_canonical_is_a_fixpoint(self, tail, scheme):
+        """
+        Any text is a URL or a ValueError; a URL's canonical form parses to
+        itself, so what is compared is what is fetched.
+        """
+        try:
+            url = parse_url(scheme + tail)
+        except ValueError:
+            return
+        self.assertEqual(parse_url(url.url().decode("ascii")), url)
+
+    def test_addresses(self):
+        """Loopback, private, link-local, shared and multicast are refused."""
+        url = parse_url("http://example.org")
+        resolved = ["127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.1.1", "100.64.0.1", "224.0.0.1",
+                    "0.0.0.0", "::1", "::ffff:127.0.0.1", "fe80::1", "fc00::1", "ff02::1",
+                    "93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]
+        self.assertEqual(fetchable_addresses(url, resolved, frozenset()),
+                         ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"])
+        self.assertEqual(fetchable_addresses(url, ["10.1.2.3"], {("http", "10.1.2.3", 80)}), ["10.1.2.3"])
+        self.assertEqual(fetchable_addresses(url, ["10.1.2.3"], {("http", "10.1.2.3", 8080)}), [])
 
 
 class Slow(Resource):
@@ -87,6 +118,9 @@ class Slow(Resource):
 
     def render_GET(self, request):
         self.requests.append(request.path)
+        if request.path == b"/redirect":
+            request.redirect(b"http://127.0.0.1:1/elsewhere")
+            return b""
         if request.path == b"/slow":
             self.hanging.append(request)
             return NOT_DONE_YET
@@ -96,14 +130,16 @@ class Slow(Resource):
 class FetchTests(TestCase):
     """The proxy against a real loopback server."""
 
-    async def proxy(self, **settings):
+    async def proxy(self, also_allow=(), only_allow=None, **settings):
         self.resource = Slow()
         site = Site(self.resource)
         port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(port.stopListening)
-        self.base = f"http://127.0.0.1:{port.getHost().port}"
+        self.port = port.getHost().port
+        self.base = f"http://127.0.0.1:{self.port}"
         self.sender = RecordingSender()
-        allowed = parse_allow_list(self.base)
+        entries = (self.base,) + also_allow if only_allow is None else only_allow
+        allowed = parse_allow_list(",".join(e.format(port=self.port) for e in entries))
         backend = WebProxyProvider(self.sender, TOPOLOGY, reactor, allowed=allowed, **settings)
         self.addCleanup(backend.stopService)
         return backend
@@ -136,6 +172,43 @@ class FetchTests(TestCase):
         answer = await self.ask(backend, "ftp://127.0.0.1/big")
         self.assertEqual(answer.reason, "bad_request")
         self.assertEqual(self.resource.requests, [])
+
+    async def test_kelvin_sign(self):
+        """
+        A host that is not in IDNA's canonical form (here a Kelvin sign,
+        which Unicode lower-cases to "k" and ASCII-ignoring drops) is
+        refused, not compared in one form and fetched in another.
+        """
+        backend = await self.proxy(also_allow=("http://k127.0.0.1:{port}",))
+        answer = await self.ask(backend, f"http://\u212a127.0.0.1:{self.port}/big")
+        self.assertIsInstance(answer, ProxyError)
+        self.assertEqual(answer.reason, "bad_request")
+        answer = await self.ask(backend, f"http://127.0.0.1:{self.port}/caf\u00e9\u212a")
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(self.resource.requests, [b"/caf%C3%A9%E2%84%AA"])
+
+    async def test_name_resolving_to_loopback(self):
+        """
+        An allowed host name that resolves to a loopback address is
+        refused with no request made, unless the list names that address
+        too.
+        """
+        backend = await self.proxy(only_allow=("http://localhost:{port}",))
+        answer = await self.ask(backend, f"http://localhost:{self.port}/big")
+        self.assertIsInstance(answer, ProxyError)
+        self.assertEqual(answer.reason, "forbidden_address")
+        self.assertEqual(self.resource.requests, [])
+        backend = await self.proxy(also_allow=("http://localhost:{port}",))
+        answer = await self.ask(backend, f"http://localhost:{self.port}/big")
+        self.assertEqual(answer.status, 200)
+
+    async def test_redirect_not_followed(self):
+        """A redirect is handed back as it is; its target is not fetched."""
+        backend = await self.proxy()
+        answer = await self.ask(backend, self.base + "/redirect")
+        self.assertEqual(answer.status, 302)
+        self.assertEqual(answer.header(b"Location"), [b"http://127.0.0.1:1/elsewhere"])
+        self.assertEqual(self.resource.requests, [b"/redirect"])
 
     async def test_truncated_to_surbs(self):
         """A body larger than the SURBs carry is cut to fit and marked truncated."""

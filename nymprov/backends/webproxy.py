@@ -10,7 +10,6 @@ that the client side (:mod:`nymprov.client.services`) shares them.
 
 import struct
 from io import BytesIO
-from urllib.parse import urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
@@ -24,9 +23,15 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from nymprov.backends.surbreply import ReplyingBackend, ServiceBusy
+from nymprov.backends.urlpolicy import (  # noqa: F401 (parse_* re-exported for plugins)
+    DEFAULT_PORTS,
+    fetchable_addresses,
+    parse_allow_list,
+    parse_origin,
+    parse_url,
+)
 from nymprov.interfaces import IProvider
-
-DEFAULT_PORTS = {"http": 80, "https": 443}
+from nymprov.net.pinned import PinnedEndpoints, resolve
 
 #: Headers about the connection, not the message: the proxy makes its own.
 HOP_BY_HOP = frozenset(
@@ -36,6 +41,10 @@ HOP_BY_HOP = frozenset(
 
 KIND_RESPONSE = 0
 KIND_ERROR = 1
+
+
+class ForbiddenAddress(Exception):
+    """A host that resolved only to addresses the proxy must not reach."""
 
 
 class CodecError(ValueError):
@@ -191,42 +200,6 @@ def decode_reply(data):
     return HttpResponse(status, phrase, headers, reader.rest(), bool(truncated))
 
 
-# -- the allow-list ------------------------------------------------------------
-
-
-def parse_origin(url):
-    """
-    :returns: ``(scheme, host, port)`` of an absolute http(s) URL, host in
-        lower case without brackets.
-    :raises ValueError: if ``url`` is not one.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in DEFAULT_PORTS:
-        raise ValueError(f"scheme {scheme!r} is not http or https")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("credentials in the URL")
-    if not parts.hostname:
-        raise ValueError("no host")
-    port = parts.port  # raises ValueError for a bad port
-    return scheme, parts.hostname, port or DEFAULT_PORTS[scheme]
-
-
-def parse_allow_list(text):
-    """
-    :param str text: comma-separated ``scheme://host[:port]`` entries.
-    :returns: a frozenset of ``(scheme, host, port)``.
-    :raises ValueError: naming the bad entry.
-    """
-    allowed = set()
-    for entry in filter(None, (e.strip() for e in text.split(","))):
-        try:
-            allowed.add(parse_origin(entry))
-        except ValueError as e:
-            raise ValueError(f"bad allow entry {entry!r}: {e}")
-    return frozenset(allowed)
-
-
 # -- the backend -----------------------------------------------------------------
 
 
@@ -286,7 +259,9 @@ class WebProxyProvider(ReplyingBackend, Service):
         self._max_body = max_body
         self._max_concurrent = max_concurrent
         self._pool = HTTPConnectionPool(reactor, persistent=False)
-        self._agent = agent or Agent(reactor, connectTimeout=timeout, pool=self._pool)
+        # An Agent given (tests) is used as it is; by default each fetch
+        # gets one pinned to the address its host was checked at.
+        self._agent = agent
         self._in_flight = set()
 
     def reload(self, options):
@@ -307,12 +282,12 @@ class WebProxyProvider(ReplyingBackend, Service):
         if len(self._in_flight) >= self._max_concurrent:
             raise ServiceBusy("too many fetches at once")
         try:
-            method, url, headers, body = decode_http_request(request.body)
-            origin = parse_origin(url)
+            method, text, headers, body = decode_http_request(request.body)
+            url = parse_url(text)
         except ValueError as e:  # CodecError included
             return self._answer_error(request, "bad_request", str(e))
-        if origin not in self._allowed:
-            return self._answer_error(request, "not_allowed", f"{origin[0]}://{origin[1]}:{origin[2]}")
+        if url.origin not in self._allowed:
+            return self._answer_error(request, "not_allowed", f"{url.scheme}://{url.host}:{url.port}")
         d = self._fetch(method, url, headers, body, min(self._max_body, request.reply_capacity))
         self._in_flight.add(d)
         d.addBoth(self._fetched, request, d)
@@ -324,7 +299,25 @@ class WebProxyProvider(ReplyingBackend, Service):
             if name.lower() not in HOP_BY_HOP:
                 kept.addRawHeader(name, value)
         producer = FileBodyProducer(BytesIO(body)) if body else None
-        d = self._agent.request(method, url.encode("ascii", "ignore"), kept, producer)
+        allowed = self._allowed
+        if self._agent is not None:
+            d = self._agent.request(method, url.url(), kept, producer)
+        else:
+            # Resolved here, checked, and connected to exactly the address
+            # checked: the Agent never resolves the name a second time.
+            d = resolve(self._reactor, url.host, url.port)
+
+            def resolved(addresses):
+                if not addresses:
+                    raise DNSLookupError(f"{url.host} did not resolve")
+                fetchable = fetchable_addresses(url, addresses, allowed)
+                if not fetchable:
+                    raise ForbiddenAddress(", ".join(sorted(set(addresses))))
+                endpoints = PinnedEndpoints(self._reactor, fetchable[0], self._timeout)
+                agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
+                return agent.request(method, url.url(), kept, producer)
+
+            d.addCallback(resolved)
         d.addCallback(self._read, limit)
         # Cancelling the Agent's request fails it with ResponseNeverReceived
         # or ResponseFailed, not CancelledError: whatever the outcome of a
@@ -361,6 +354,8 @@ class WebProxyProvider(ReplyingBackend, Service):
                 head = encode_response_head(outcome)
             self.reply(request, head + outcome.body)
             return None
+        if outcome.check(ForbiddenAddress):
+            return self._answer_error(request, "forbidden_address", outcome.getErrorMessage())
         if outcome.check(TimeoutError, CancelledError):
             return self._answer_error(request, "timeout", f"no answer within {self._timeout:g} s")
         if outcome.check(ConnectError, DNSLookupError):
