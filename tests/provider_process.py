@@ -108,7 +108,8 @@ class Peer(Protocol):
 async def open_peers(host, port, count, source, first=b""):
     """
     Open ``count`` connections from ``source``; each says ``first`` and
-    then nothing: a slow or stuck peer.
+    then nothing: a slow or stuck peer.  (A flood from an address no other
+    test listens on, 127.0.0.3, takes no port another test may want.)
     """
     peers = []
     for _ in range(count):

@@ -251,7 +251,7 @@ class ConnectionFloodTests(TestCase):
 
     def test_one_address_cannot_fill_the_client_api(self):
         """
-        1,100 connections from 127.0.0.1 that never start TLS (more than
+        1,100 connections from 127.0.0.3 that never start TLS (more than
         the global cap of 1,024) leave room for a client on 127.0.0.2, who
         registers and is answered.
         """
@@ -260,7 +260,7 @@ class ConnectionFloodTests(TestCase):
     async def _one_address_cannot_fill_the_client_api(self):
         process, data_dir = await spawn_provider(self)
         host, port = process.ports["client API"]
-        stalled = await open_peers(host, port, 1100, "127.0.0.1")
+        stalled = await open_peers(host, port, 1100, "127.0.0.3")
         self.addCleanup(lambda: [peer.transport.abortConnection() for peer in stalled if peer.closed_at is None])
         # The provider refuses the connections past the address's share of
         # 128 (not the global cap): up to 128 refusals wait to hand over

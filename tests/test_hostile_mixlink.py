@@ -44,7 +44,7 @@ class SlowPeerTests(TestCase):
 
     def test_one_address_cannot_fill_the_mix_link(self):
         """
-        1,100 stalled connections from 127.0.0.1 (more than the global cap
+        1,100 stalled connections from 127.0.0.3 (more than the global cap
         of 1,024) leave room for a mix node on 127.0.0.2, whose packet is
         delivered.
         """
@@ -53,7 +53,7 @@ class SlowPeerTests(TestCase):
     async def _one_address_cannot_fill_the_mix_link(self):
         process, session, frame = await self.provider_with_client()
         host, port = process.ports["mix link"]
-        slow = await open_peers(host, port, 1100, "127.0.0.1", b"\x07")
+        slow = await open_peers(host, port, 1100, "127.0.0.3", b"\x07")
         self.addCleanup(lambda: [peer.transport.abortConnection() for peer in slow if peer.closed_at is None])
 
         honest = Peer()
