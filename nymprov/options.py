@@ -17,6 +17,9 @@ from twisted.python import usage
 
 from nymprov.errors import ConfigError
 
+#: The levels of ``--log-level``, least first.
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
 # Exit codes: 2 for a usage error, as argparse and most Unix tools do.
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -52,6 +55,20 @@ class InvalidOption(usage.UsageError):
 
 
 
+
+
+def on_unless_none(values, field, default, off):
+    """
+    Set ``values[field]`` to ``default`` when it was not given, or to
+    ``off`` when it was given as ``none`` (the operator's interfaces, which
+    a node run from the command line has unless told otherwise).
+    """
+    value = values.get(field)
+    if value is None:
+        values[field] = default
+    elif (value if isinstance(value, str) else list(map(str, value)) if isinstance(value, (list, tuple))
+          else None) in ("none", ["none"]):
+        values[field] = off
 
 
 def read_toml_file(path):
@@ -156,6 +173,37 @@ def list_of(check_item, non_empty=False):
         return tuple(check_item(field, item) for item in value)
 
     return check
+
+
+def name_value_pairs(field, value):
+    """
+    ``(name, value)`` pairs of text, from a TOML table (a dict) or from
+    ``name=value`` items (the command line); lists become comma-separated.
+    """
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = []
+        for item in value:
+            if isinstance(item, str):
+                name, equals, text = item.partition("=")
+                if not equals or not name:
+                    raise InvalidSetting(field, f"expected name=value, got {item!r}")
+                items.append((name, text))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                items.append(tuple(item))
+            else:
+                raise InvalidSetting(field, f"expected name=value, got {describe(item)}")
+    else:
+        raise InvalidSetting(field, f"expected name=value pairs, got {describe(value)}")
+    pairs = []
+    for name, text in items:
+        if isinstance(text, (list, tuple)):
+            text = ",".join(map(str, text))
+        elif isinstance(text, bool):
+            text = str(text).lower()
+        pairs.append((str(name), str(text)))
+    return tuple(pairs)
 
 
 def check_endpoint(field, value):

@@ -75,6 +75,7 @@ async def spawn_provider(testcase, *extra, data_dir=None):
         "--mix-listen", "tcp:0:interface=127.0.0.1",
         "--client-listen", "tcp:0:interface=127.0.0.1",
         "--unwrap-workers", "0",
+        "--http-listen", "tcp:0:interface=127.0.0.1", "--admin-socket", "none",
         *extra,
     ]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -293,7 +293,7 @@ class _Watcher(ProcessProtocol):
 
     def errReceived(self, data):
         self.stderr += data
-        if self.stderr.count(b"Listening on") >= 2 and not self.listening.called:
+        if b" started: " in self.stderr and not self.listening.called:
             self.listening.callback(None)
 
     def processEnded(self, reason):
@@ -318,7 +318,8 @@ class RunProcessTests(TestCase):
         argv = [sys.executable, "-m", "nymprov", "run", "--data-dir", data_dir,
                 "--store", "memory",
                 "--mix-listen", "tcp:0:interface=127.0.0.1",
-                "--client-listen", "tcp:0:interface=127.0.0.1"]
+                "--client-listen", "tcp:0:interface=127.0.0.1",
+                "--http-listen", "tcp:0:interface=127.0.0.1", "--admin-socket", "none"]
         process = reactor.spawnProcess(watcher, sys.executable, argv, env=env, path=REPO_ROOT)
 
         def listening(_):

@@ -1,5 +1,6 @@
 """Tests for nymprov.provider.config: options, the TOML file, defaults and checks."""
 
+import dataclasses
 import os
 from dataclasses import fields
 
@@ -58,8 +59,28 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.stats_interval, 60.0)
 
     def test_dataclass_defaults_match_options(self):
-        """ProviderConfig() equals the config of an empty command line."""
-        self.assertEqual(ProviderConfig(), parse([]))
+        """
+        ProviderConfig() equals the config of an empty command line, but for
+        the operator's interfaces, which only the command line turns on (an
+        embedding application adds its own).
+        """
+        from_command_line = parse([])
+        self.assertEqual(from_command_line.http_listen, ("tcp:8000:interface=127.0.0.1",))
+        self.assertEqual(from_command_line.admin_socket,
+                         os.path.join(from_command_line.data_dir, "admin.sock"))
+        self.assertEqual((ProviderConfig().http_listen, ProviderConfig().admin_socket), ((), None))
+        self.assertEqual(ProviderConfig(), dataclasses.replace(from_command_line, http_listen=(),
+                                                               admin_socket=None))
+
+    def test_operator_interfaces_turned_off(self):
+        """--http-listen none and --admin-socket none turn them off; a file can too."""
+        config = parse(["--http-listen", "none", "--admin-socket", "none"])
+        self.assertEqual((config.http_listen, config.admin_socket), ((), None))
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('http-listen = []\nadmin-socket = "/run/p.sock"\n')
+        config = parse(["--config", path])
+        self.assertEqual((config.http_listen, config.admin_socket), ((), "/run/p.sock"))
 
     def test_every_field_has_an_option(self):
         """Every setting appears in the run options' help."""

@@ -76,6 +76,7 @@ class CrashTests(TestCase):
             "--client-listen", "tcp:0:interface=127.0.0.1",
             "--no-client-tls",
             "--stats-interval", "0",
+            "--http-listen", "none", "--admin-socket", "none",
         ]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         transport = reactor.spawnProcess(process, sys.executable, args, env=env)

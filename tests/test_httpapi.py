@@ -161,7 +161,7 @@ class ProviderApiTests(ProviderFixture, ApiFixture, TestCase):
         self.assertEqual(description["version"], __version__)
         self.assertEqual(description["role"], "provider")
         self.assertEqual(description["identity_key"], provider.keys.identity_base58)
-        self.assertEqual(description["sphinx_key"], provider.keys.sphinx.public_base58)
+        self.assertEqual(description["sphinx_keys"], {"none": provider.keys.sphinx.public_base58})
         self.assertEqual(description["backend"], "inbox")
         self.assertEqual(description["endpoints"], {
             "mix_link": [f"127.0.0.1:{mix.port}"], "client_api": [f"127.0.0.1:{client.port}"],
@@ -173,6 +173,21 @@ class ProviderApiTests(ProviderFixture, ApiFixture, TestCase):
         self.assertIn("/metrics", json.loads(body)["routes"])
         code, _, _ = await get(http, "/nothing-here")
         self.assertEqual(code, 404)
+
+    async def test_epoch_keys(self):
+        """With epochs, the usable Sphinx keys are described and served by epoch."""
+        provider = await self.start_provider(epoch_length=3600.0)
+        http = await self.serve(ProviderStatus(provider))
+        ring = provider.rotation.ring
+        current = ring.epochs.number_at(reactor.seconds())
+        code, _, body = await get(http, "/description")
+        keys = json.loads(body)["sphinx_keys"]
+        self.assertIn(str(current), keys)
+        self.assertEqual(keys[str(current)], ring.key_of(current).public_base58)
+        samples = await scrape(http)
+        self.assertEqual(samples[series("nymprov_epoch")], current)
+        self.assertEqual(samples[series("nymprov_sphinx_keys", epoch=str(current),
+                                        public_key=keys[str(current)])], 1)
 
     async def test_not_ready_while_store_closed(self):
         """With its store closed, the provider is live but not ready, and says why."""
@@ -239,7 +254,8 @@ class MixNodeApiTests(MixFixture, ApiFixture):
         self.assertEqual(after[series("nymprov_build_info", version=__version__, role="mix")], 1)
         code, _, body = await get(http, "/description")
         description = json.loads(body)
-        self.assertEqual((description["role"], description["sphinx_key"]), ("mix", mix.keys.sphinx.public_base58))
+        self.assertEqual((description["role"], description["sphinx_keys"]),
+                         ("mix", {"none": mix.keys.sphinx.public_base58}))
         self.assertNotIn("client_api", description["endpoints"])
         await self.hang_up(sink)
 

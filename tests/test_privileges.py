@@ -7,8 +7,10 @@ client over TLS.
 """
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 
 from nacl.signing import SigningKey
@@ -75,6 +77,12 @@ class DropPrivilegesTests(TestCase):
         data_dir = os.path.join(parent, "data")
         mix_port = free_low_port()
         pidfile = os.path.join(parent, "twistd.pid")
+        # A short directory for the admin socket (a UNIX socket's path has
+        # room for 107 bytes), which the user may traverse.
+        sockets = tempfile.mkdtemp(prefix="nymprov-priv-")
+        self.addCleanup(shutil.rmtree, sockets, True)
+        os.chmod(sockets, 0o711)
+        admin_socket = os.path.join(sockets, "admin.sock")
         process = ProviderProcess()
         args = [sys.executable, "-c", _TWISTD, "-n", "--pidfile", pidfile,
                 "--uid", str(NOBODY), "--gid", str(NOBODY), "nym-provider",
@@ -82,6 +90,8 @@ class DropPrivilegesTests(TestCase):
                 "--mix-listen", f"tcp:{mix_port}:interface=127.0.0.1",
                 "--client-listen", "tcp:0:interface=127.0.0.1",
                 "--stats-interval", "0",
+                "--http-listen", "tcp:0:interface=127.0.0.1",
+                "--admin-socket", admin_socket,
                 # The workers are this interpreter, which the user may not
                 # be allowed to run here (it lives under /root).
                 "--unwrap-workers", "0"]
@@ -97,6 +107,9 @@ class DropPrivilegesTests(TestCase):
         for name in ("", "identity.key", "sphinx.key", "tls.key", "tls.crt", "nymprov.sqlite"):
             info = os.stat(os.path.join(data_dir, name))
             self.assertEqual((info.st_uid, info.st_gid), (NOBODY, NOBODY), name)
+        # The admin socket, bound while privileged, is the user's too.
+        info = os.stat(admin_socket)
+        self.assertEqual((info.st_uid, info.st_gid, info.st_mode & 0o777), (NOBODY, NOBODY, 0o600))
 
         host, client_port = process.ports["client API"]
         fingerprint = certificate_fingerprint(load_certificate(data_dir))

@@ -40,6 +40,8 @@ _PROVIDER_OPTIONS = [
     "--no-client-tls",
     "--stats-interval", "0",
     "--unwrap-workers", "2",
+    "--http-listen", "tcp:0:interface=127.0.0.1",
+    "--admin-socket", "none",
 ]
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"

@@ -44,6 +44,8 @@ class StartFailureTests(TestCase):
     timeout = 120
 
     def command(self, how, data_dir, *options):
+        # Side by side with other tests: no fixed HTTP port, no admin socket.
+        options = ("--http-listen", "tcp:0:interface=127.0.0.1", "--admin-socket", "none", *options)
         if how == "run":
             return [sys.executable, "-m", "nymprov", "run", "--data-dir", data_dir, *options]
         self.pidfile = os.path.abspath(self.mktemp()) + ".pid"

@@ -5,7 +5,7 @@ from twisted.logger import Logger
 from nymprov.errors import ConfigError
 from nymprov.options import EXIT_FAILURE, EXIT_OK
 
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+from nymprov.options import LOG_LEVELS  # noqa: F401 (the commands' --log-level)
 
 
 def create_and_print_keys(data_dir, stdout, stderr, program, certificate=False):
@@ -57,9 +57,10 @@ def _stop_once_on_signals(reactor, log):
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_service(make_service, log_level, stderr, program):
+def run_service(make_service, log, stderr, program):
     """
-    Log to ``stderr`` from ``log_level`` up, build the node with
+    Log through ``log`` (a :class:`nymprov.cli.logs.NodeLog`, or a level
+    name: to ``stderr`` as text from that level up), build the node with
     ``make_service(reactor)`` and run it as twistd would: its
     ``privilegedStartService`` and ``startService`` before the reactor
     runs, its ``stopService`` from a "before shutdown" trigger (which holds
@@ -71,21 +72,12 @@ def run_service(make_service, log_level, stderr, program):
     from twisted.application import app
     from twisted.application.service import Application, IService
     from twisted.internet import reactor
-    from twisted.logger import (
-        FilteringLogObserver,
-        LogLevel,
-        LogLevelFilterPredicate,
-        globalLogBeginner,
-        textFileLogObserver,
-    )
 
+    from nymprov.cli.logs import NodeLog
     from nymprov.node.service import StartFailure
 
+    node_log = NodeLog(stderr, level=log) if isinstance(log, str) else log
     log = Logger(namespace=f"nymprov.cli.{program}")
-    level = LogLevel.levelWithName(log_level)
-    observer = FilteringLogObserver(
-        textFileLogObserver(stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
-    )
     try:
         service = make_service(reactor)
     except (ConfigError, OSError) as e:
@@ -99,7 +91,7 @@ def run_service(make_service, log_level, stderr, program):
         # Before logging begins: a failed start is this one line alone.
         print(f"{program}: {e}", file=stderr)
         return EXIT_FAILURE
-    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
+    node_log.begin()
     # The node stops the reactor itself if a part fails to start.
     app.startApplication(application, False)
     reactor.callWhenRunning(_stop_once_on_signals, reactor, log)

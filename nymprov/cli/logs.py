@@ -17,7 +17,9 @@ from twisted.logger import (
 )
 from twisted.python.logfile import LogFile
 
-LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+from nymprov.options import LOG_LEVELS
+
+__all__ = ["LOG_LEVELS", "LOG_FORMATS", "NodeLog", "quiet_twisted"]
 LOG_FORMATS = ("text", "json")
 
 

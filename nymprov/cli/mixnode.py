@@ -5,9 +5,10 @@ import sys
 from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov._version import __version__
 from nymprov.cli.banner import banner, command_list
-from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
-from nymprov.mixnode.config import MixNodeOptions
-from nymprov.options import EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
+from nymprov.cli.logs import LOG_FORMATS, NodeLog
+from nymprov.cli.common import create_and_print_keys, run_service
+from nymprov.mixnode.config import MixNodeOptions, reread_config
+from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
 
 PROGRAM = "nym-mixnode"
 
@@ -16,13 +17,14 @@ class RunCommandOptions(MixNodeOptions):
     """``nym-mixnode run``: the node's options plus the log level."""
 
     synopsis = f"Usage: {PROGRAM} run [options]"
-    optParameters = [["log-level", None, "info", "least level logged: " + ", ".join(LOG_LEVELS)]]
+    optParameters = [
+        ["logfile", None, None, "log to this file (reopened on SIGHUP) instead of standard error"],
+        ["log-format", None, "text", "text, or json: one JSON object a line"],
+    ]
 
     def postOptions(self):
-        if self["log-level"] not in LOG_LEVELS:
-            raise InvalidOption(
-                f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {self['log-level']!r}"
-            )
+        if self["log-format"] not in LOG_FORMATS:
+            raise InvalidOption(f"--log-format: expected one of {', '.join(LOG_FORMATS)}, got {self['log-format']!r}")
         MixNodeOptions.postOptions(self)
 
 
@@ -63,13 +65,21 @@ def _run(args, stdout, stderr):
         return failed
     # Imported here: the service pulls in the whole node.
     from nymprov.mixnode.service import MixNodeService
+    from nymprov.node.operator import reload_on_hangup
 
-    return run_service(
-        lambda reactor: MixNodeService(options.mixnode_config, reactor, stop_reactor_on_failure=True),
-        options["log-level"],
-        stderr,
-        PROGRAM,
-    )
+    config = options.mixnode_config
+    try:
+        node_log = NodeLog(stderr, options["logfile"], options["log-format"], config.log_level)
+    except OSError as e:
+        print(f"{PROGRAM}: --logfile: {e}", file=stderr)
+        return EXIT_FAILURE
+
+    def make(reactor):
+        service = MixNodeService(config, reactor, stop_reactor_on_failure=True)
+        reload_on_hangup(service, lambda: reread_config(options), reactor, node_log)
+        return service
+
+    return run_service(make, node_log, stderr, PROGRAM)
 
 
 def _help_command(args, stdout, stderr):

@@ -9,7 +9,8 @@ from twisted.python import usage
 from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov._version import __version__
 from nymprov.cli.banner import banner, command_list
-from nymprov.cli.common import LOG_LEVELS, create_and_print_keys, run_service
+from nymprov.cli.logs import LOG_FORMATS, NodeLog
+from nymprov.cli.common import create_and_print_keys, run_service
 from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
 from nymprov.provider.config import DEFAULT_DATA_DIR, RunOptions, load_config
 
@@ -22,6 +23,9 @@ COMMANDS = (
     ("init", "Create the data directory, keys and certificate; print the keys"),
     ("bench", "Measure packet processing and ingest speed"),
     ("testnet", "Run a whole mixnet on this machine: mix layers and providers"),
+    ("clients", "List, revoke or forget the clients of a running provider"),
+    ("invites", "List, add or remove the invite codes of a running provider"),
+    ("status", "Show a running provider's readiness, sizes, queues and keys"),
     ("help", "List the commands, or describe one: help COMMAND"),
 )
 
@@ -35,15 +39,13 @@ class RunCommandOptions(RunOptions):
 
     synopsis = f"Usage: {PROGRAM} run [options]"
     optParameters = [
-        ["log-level", None, "info", "least level logged: " + ", ".join(LOG_LEVELS)],
+        ["logfile", None, None, "log to this file (reopened on SIGHUP) instead of standard error"],
+        ["log-format", None, "text", "text, or json: one JSON object a line"],
     ]
 
     def postOptions(self):
-        if self["log-level"] not in LOG_LEVELS:
-            raise InvalidOption(
-                f"--log-level: expected one of {', '.join(LOG_LEVELS)},"
-                f" got {self['log-level']!r}"
-            )
+        if self["log-format"] not in LOG_FORMATS:
+            raise InvalidOption(f"--log-format: expected one of {', '.join(LOG_FORMATS)}, got {self['log-format']!r}")
         RunOptions.postOptions(self)
 
 
@@ -114,6 +116,10 @@ def _help_text(command):
         return str(TestnetOptions())
     if command == "--version":
         return f"Usage: {PROGRAM} --version\n\nPrint the version."
+    if command in ("clients", "invites", "status"):
+        from nymprov.cli.admin import AdminOptions
+
+        return str(AdminOptions(command))
     if command == "backends":
         from nymprov.plugins import describe_backends
 
@@ -154,11 +160,23 @@ def _run(args, stdout, stderr):
 
 def _run_service(options, stderr):
     # Imported here: the service pulls in the whole node.
+    from nymprov.node.operator import reload_on_hangup
     from nymprov.provider.service import make_provider_service
 
-    return run_service(
-        lambda reactor: make_provider_service(options.provider_config, reactor), options["log-level"], stderr, PROGRAM
-    )
+    config = options.provider_config
+    try:
+        node_log = NodeLog(stderr, options["logfile"], options["log-format"], config.log_level)
+    except OSError as e:
+        print(f"{PROGRAM}: --logfile: {e}", file=stderr)
+        return EXIT_FAILURE
+
+    def make(reactor):
+        service = make_provider_service(config, reactor)
+        # SIGHUP reads the same command line and --config file again.
+        reload_on_hangup(service, lambda: load_config(options), reactor, node_log)
+        return service
+
+    return run_service(make, node_log, stderr, PROGRAM)
 
 
 def _testnet(args, stdout, stderr):
@@ -180,7 +198,17 @@ def _help(args, stdout, stderr):
     return EXIT_OK
 
 
-_DISPATCH = {"run": _run, "init": _init, "bench": _bench, "testnet": _testnet, "help": _help}
+def _admin(command):
+    def run(args, stdout, stderr):
+        from nymprov.cli.admin import main as admin_main
+
+        return admin_main(command, args, stdout, stderr)
+
+    return run
+
+
+_DISPATCH = {"run": _run, "init": _init, "bench": _bench, "testnet": _testnet, "help": _help,
+             "clients": _admin("clients"), "invites": _admin("invites"), "status": _admin("status")}
 
 
 @quiet_on_broken_pipe

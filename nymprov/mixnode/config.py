@@ -9,13 +9,16 @@ from nymprov._version import __version__
 from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
 from nymprov.options import (
     fraction,
+    LOG_LEVELS,
     InvalidOption,
     InvalidSetting,
+    choice,
     check_endpoint,
     check_optional_path,
     check_path,
     list_of,
     number,
+    on_unless_none,
     option_name,
     read_toml_file,
     unknown_setting,
@@ -24,6 +27,10 @@ from nymprov.options import (
 
 DEFAULT_DATA_DIR = "~/.local/share/nymprov-mixnode"
 REPLAY_DB_FILE = "replay.sqlite"
+
+#: What ``nym-mixnode run`` serves the operator's HTTP API on, unless told
+#: (beside a provider's default 8000).
+DEFAULT_HTTP_LISTEN = ("tcp:8001:interface=127.0.0.1",)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,8 @@ class MixNodeConfig:
     node_loop_window: float = 30.0  # seconds over which the loops' returned share is judged
     node_loop_threshold: float = 0.8  # a window below this share logs a warning
     fault_drop: float = 0.0  # fault injection: share of packets dropped instead of forwarded
+    log_level: str = "info"  # least level logged (nym-mixnode run; SIGHUP changes it)
+    http_listen: tuple = ()  # the operator's HTTP API; the command line's default is DEFAULT_HTTP_LISTEN
 
     def __post_init__(self):
         for field in fields(self):
@@ -91,6 +100,8 @@ _CHECKS = {
     "node_loop_window": number(0.0, exclusive=True),
     "node_loop_threshold": fraction,
     "fault_drop": fraction,
+    "log_level": choice(*LOG_LEVELS),
+    "http_listen": list_of(check_endpoint),
 }
 
 _DEFAULTS = MixNodeConfig.__dataclass_fields__
@@ -110,6 +121,7 @@ _HELP = {
     "node_loop_window": "seconds over which the share of loops returned is judged",
     "node_loop_threshold": "returned share below which a window logs a warning",
     "fault_drop": "FAULT INJECTION for tests: share of packets dropped instead of forwarded (0..1)",
+    "log_level": "least level logged: " + ", ".join(LOG_LEVELS),
 }
 
 
@@ -139,11 +151,16 @@ class MixNodeOptions(usage.Options):
     def __init__(self):
         usage.Options.__init__(self)
         self["mix-listen"] = []
+        self["http-listen"] = []
         self.mixnode_config = None
 
     def opt_mix_listen(self, description):
         """endpoint for the mix link, repeatable [default: tcp:1790:interface=127.0.0.1]"""
         self["mix-listen"].append(description)
+
+    def opt_http_listen(self, description):
+        """endpoint of the operator's HTTP API (/metrics, /health), repeatable, or none [default: tcp:8001:interface=127.0.0.1]"""
+        self["http-listen"].append(description)
 
     def opt_version(self):
         """Print the version and exit."""
@@ -158,13 +175,14 @@ class MixNodeOptions(usage.Options):
         given_here = set()
         for field in _DEFAULTS:
             given = self.get(option_name(field)[2:])
-            if field == "mix_listen":
+            if field in ("mix_listen", "http_listen"):
                 if given:
                     values[field] = list(given)
                     given_here.add(field)
             elif given is not None:
                 values[field] = _from_text(field, given)
                 given_here.add(field)
+        on_unless_none(values, "http_listen", DEFAULT_HTTP_LISTEN, ())
         try:
             self.mixnode_config = MixNodeConfig(**values)
         except InvalidSetting as e:
@@ -173,6 +191,16 @@ class MixNodeOptions(usage.Options):
         config = self.mixnode_config
         if self.needs_topology and config.topology is None and config.directory is None:
             raise InvalidOption("--topology: a mix node needs the topology file (or --directory) to run")
+
+
+def reread_config(options):
+    """
+    :param options: parsed :class:`MixNodeOptions`.
+    :returns: the :class:`MixNodeConfig` of the same command line and its
+        ``--config`` file as it is now (for SIGHUP).
+    """
+    options.postOptions()
+    return options.mixnode_config
 
 
 def _field_for_key(key):

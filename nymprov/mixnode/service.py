@@ -4,6 +4,8 @@ inbox, as a tree of Twisted services (replay cache, mix sender, node core,
 listeners, chores; see :mod:`nymprov.node.service`).
 """
 
+import dataclasses
+
 from twisted.internet.defer import fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -24,11 +26,14 @@ from nymprov.node.network import (
     make_epochs,
     published_address,
 )
+from nymprov.mixnode.status import MixNodeStatus
+from nymprov.node.operator import http_listener, listening, serve_http, summary_part
+from nymprov.node.reload import changed_fields, log_not_reloaded
 from nymprov.node.service import DEFAULT_STOP_TIMEOUT, ListenerService, NodeCoreService, NodeService, Part, chore
 from nymprov.storage.limits import StoreLimits
 from nymprov.mixnode.fault import DroppingSender
 from nymprov.node.loops import node_loops
-from nymprov.topology import StaticTopology, Topology, load_topology
+from nymprov.topology import StaticTopology, SwappableTopology, Topology, load_topology
 
 
 @implementer(IProvider)
@@ -76,13 +81,18 @@ class MixNodeService(NodeService):
                 raise ConfigError("--topology: a mix node needs the topology file (or --directory) to run")
         NodeService.__init__(self, reactor, stop_reactor_on_failure, stop_timeout)
         self.config = config
-        self.topology = topology
+        # The topology SIGHUP replaces (from --topology); with a directory,
+        # the directory's document is consulted first.
+        self.static_topology = SwappableTopology(topology)
+        self.topology = self.static_topology
         self.counters = Counters()
         self.data = DataDirectory(config.data_dir, owner)
         self.keys = self.replay_cache = self.sender = self.node = None
         self.rotation = self.directory = self.loops = None
+        self.status = None
         self.mix_listener = ListenerService(reactor, config.mix_listen, "mix link")
-        self.listeners = [self.mix_listener]
+        self.http_listener = http_listener(reactor, config.http_listen)
+        self.listeners = [self.mix_listener, self.http_listener]
 
     @property
     def mix_ports(self):
@@ -153,10 +163,14 @@ class MixNodeService(NodeService):
             idle_timeout=config.idle_timeout,
         )
         self.mix_listener.serve(factory, self.node)
+        self.status = MixNodeStatus(self)
+        serve_http(self.http_listener, self.status)
+        # First: it answers /health while the rest starts and stops.
+        parts = [self.http_listener]
         if self.rotation is not None:
-            parts = [Part("key rotation", self.rotation.start, self.rotation.stop)]
+            parts.append(Part("key rotation", self.rotation.start, self.rotation.stop))
         else:
-            parts = [self.replay_cache]
+            parts.append(self.replay_cache)
         parts += [self.sender, NodeCoreService(self.node, reactor), self.mix_listener]
         if self.directory is not None:
             # Its start is not waited for: an unreachable directory must not
@@ -168,6 +182,7 @@ class MixNodeService(NodeService):
             parts.append(chore(reactor, self.rotation.check_interval, self.rotation.tick, "key rotation tick"))
         if config.stats_interval > 0:
             parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+        parts.append(summary_part(self, self._summary))
         for part in parts:
             part.setServiceParent(self)
 
@@ -175,6 +190,35 @@ class MixNodeService(NodeService):
         address = published_address(self.mix_ports)
         describe = describe_node("mix", self.keys.identity_public_bytes, address, self.rotation, layer=self.config.layer)
         return describe(timestamp)
+
+    def _summary(self):
+        config = self.config
+        keys = ", ".join(f"{epoch}: {key}" if epoch != "none" else key
+                         for epoch, key in self.status.sphinx_keys().items())
+        topology = config.topology or "none"
+        if self.directory is not None:
+            topology += f", directory {config.directory}"
+        nodes = len(getattr(self.static_topology, "nodes", ()))
+        return (f"identity {self.keys.identity_base58}, sphinx key {keys}, layer {config.layer};"
+                f" mix link {listening(self.mix_listener)}, HTTP API {listening(self.http_listener)};"
+                f" topology {topology} ({nodes} nodes)")
+
+    def reload(self, config):
+        """
+        Apply what can change of ``config`` while the node runs (SIGHUP):
+        the topology file.
+
+        :returns: ``(reloaded, not reloaded)``: lists of setting names.
+        """
+        fields = changed_fields(self.config, config)
+        applied = []
+        # Read again even under the same name: its contents are what changes.
+        if config.topology is not None:
+            # Read first: a bad file leaves the running topology as it was.
+            self.static_topology.replace(load_topology(config.topology))
+            applied.append("topology")
+        self.config = dataclasses.replace(self.config, **{f: getattr(config, f) for f in applied})
+        return applied, log_not_reloaded(self.log, fields, applied)
 
     def forget_created(self):
         self.data.remove_created()

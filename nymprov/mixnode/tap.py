@@ -20,5 +20,11 @@ def makeService(config, reactor=None):
     from nymprov.mixnode.service import MixNodeService
     from nymprov.node.twistd import owner_of, twistd_root
 
+    from nymprov.mixnode.config import reread_config
+    from nymprov.node.operator import reload_on_hangup
+
     node = MixNodeService(config.mixnode_config, reactor, stop_reactor_on_failure=True, owner=owner_of(config))
+    # SIGHUP reads the same options and --config file again (twistd
+    # reopens its own log on SIGUSR1).
+    reload_on_hangup(node, lambda: reread_config(config), reactor)
     return twistd_root(node, config, reactor)

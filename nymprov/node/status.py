@@ -46,8 +46,9 @@ class NodeStatus:
         add = self.metrics.add_gauge
         add("build_info", "Always 1: the version and role, as labels",
             lambda: {(__version__, self.role): 1}, ("version", "role"))
-        add("sphinx_keys", "Always 1 per live Sphinx key, by its public key (base58)",
-            lambda: {(service.keys.sphinx.public_base58,): 1}, ("public_key",))
+        add("sphinx_keys", "1 per usable Sphinx key, by its epoch ('none' without epochs) and public key",
+            lambda: {(epoch, key): 1 for epoch, key in self.sphinx_keys().items()}, ("epoch", "public_key"))
+        add("epoch", "The current epoch (absent without epochs)", self._current_epoch)
         add("delayed_packets", "Forward hops waiting for their delay", lambda: service.node.delayed_count)
         add("neighbour_queue_depth", "Frames queued for a neighbour node",
             lambda: self._by_neighbour(0), ("neighbour",))
@@ -58,6 +59,24 @@ class NodeStatus:
         add("replay_tags", "Replay tags held for the live key",
             lambda: getattr(self.store, "replay_tag_count", None))
         add("ready", "1 when the node takes traffic (see /health)", lambda: int(self.health().ready))
+
+    @property
+    def _rotation(self):
+        return getattr(self.service, "rotation", None)
+
+    def _current_epoch(self):
+        rotation = self._rotation
+        if rotation is None:
+            return None
+        return rotation.ring.epochs.number_at(self.service._reactor.seconds())
+
+    def sphinx_keys(self):
+        """:returns: ``{epoch (text): public key (base58)}`` of the usable Sphinx keys."""
+        rotation = self._rotation
+        if rotation is None:
+            return {"none": self.service.keys.sphinx.public_base58}
+        usable = rotation.ring.usable(self.service._reactor.seconds())
+        return {str(epoch): key.public_base58 for epoch, key in sorted(usable.items())}
 
     @property
     def _unwrapper(self):
@@ -106,7 +125,7 @@ class NodeStatus:
             "version": __version__,
             "role": self.role,
             "identity_key": keys.identity_base58,
-            "sphinx_key": keys.sphinx.public_base58,
+            "sphinx_keys": self.sphinx_keys(),
             "endpoints": self.endpoints(),
             "packet_sizes": [
                 {"name": size.name.lower(), "tag": size.tag, "packet_bytes": size.packet_size,

@@ -9,6 +9,7 @@ from nymprov._version import __version__
 from nymprov.net.addresses import host_port_text, parse_host_port
 from nymprov.options import (
     fraction,
+    LOG_LEVELS,
     InvalidOption,
     InvalidSetting,
     check_bool,
@@ -19,6 +20,8 @@ from nymprov.options import (
     describe,
     list_of,
     number,
+    name_value_pairs,
+    on_unless_none,
     option_name,
     read_toml_file,
     unknown_setting,
@@ -33,6 +36,11 @@ DAY = 24 * 60 * 60  # seconds
 
 DEFAULT_DATA_DIR = "~/.local/share/nymprov"
 DB_FILE = "nymprov.sqlite"
+
+#: What ``nym-provider run`` serves the operator's HTTP API on, unless told.
+DEFAULT_HTTP_LISTEN = ("tcp:8000:interface=127.0.0.1",)
+#: The admin socket of ``nym-provider run``, unless told: in the data dir.
+ADMIN_SOCKET_FILE = "admin.sock"
 
 STORES = ("sqlite", "memory")
 #: A --store beginning with one of these is a PostgreSQL URL.
@@ -95,6 +103,11 @@ class ProviderConfig:
     directory: str = None  # URL of the nym-directory
     directory_key: str = None  # its key, base58
     publish_interval: float = 30.0  # seconds
+    # The operator's interfaces: none unless asked for (the command line
+    # asks for both; see load_config).
+    log_level: str = "info"  # least level logged (nym-provider run; SIGHUP changes it)
+    http_listen: tuple = ()  # endpoints of the HTTP API (/metrics, /health)
+    admin_socket: str = None  # UNIX socket of the admin commands
 
     def __post_init__(self):
         for field in fields(self):
@@ -161,34 +174,6 @@ def _check_backend_name(field, value):
     if not isinstance(value, str) or not value:
         raise InvalidSetting(field, f"expected a backend name, got {describe(value)}")
     return value
-
-
-def _check_backend_option_pairs(field, value):
-    # A TOML table gives a dict; the command line gives "name=value" text.
-    if isinstance(value, dict):
-        items = value.items()
-    elif isinstance(value, (list, tuple)):
-        items = []
-        for item in value:
-            if isinstance(item, str):
-                name, equals, text = item.partition("=")
-                if not equals or not name:
-                    raise InvalidSetting(field, f"expected name=value, got {item!r}")
-                items.append((name, text))
-            elif isinstance(item, (list, tuple)) and len(item) == 2:
-                items.append(tuple(item))
-            else:
-                raise InvalidSetting(field, f"expected name=value, got {describe(item)}")
-    else:
-        raise InvalidSetting(field, f"expected name=value pairs, got {describe(value)}")
-    pairs = []
-    for name, text in items:
-        if isinstance(text, (list, tuple)):
-            text = ",".join(map(str, text))
-        elif isinstance(text, bool):
-            text = str(text).lower()
-        pairs.append((str(name), str(text)))
-    return tuple(pairs)
 
 
 def _check_client_api_limits(pull_max, slot_size):
@@ -277,15 +262,19 @@ _CHECKS = {
     "node_loop_threshold": fraction,
     "topology": _check_topology_file,
     "backend": _check_backend_name,
-    "backend_option": _check_backend_option_pairs,
+    "backend_option": name_value_pairs,
     **network_checks(),
+    "log_level": choice(*LOG_LEVELS),
+    "http_listen": list_of(check_endpoint),
+    "admin_socket": check_optional_path,
 }
 
 _DEFAULTS = ProviderConfig.__dataclass_fields__
 
 # Fields set by a repeatable option (a list) and by a flag; the rest take
 # one value each.
-_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "announce", "invite_code", "backend_option")
+_REPEATABLE = ("mix_listen", "client_listen", "first_layer", "announce", "invite_code", "backend_option",
+               "http_listen")
 _INTEGER = {field.name for field in fields(ProviderConfig) if field.type is int}
 _FLOAT = {field.name for field in fields(ProviderConfig) if field.type is float}
 
@@ -317,6 +306,8 @@ _HELP = {
     "topology": "topology file (JSON): its first layer is added to --first-layer",
     "backend": "what happens to delivered messages ('nym-provider help backends')",
     **NETWORK_HELP,
+    "log_level": "least level logged: " + ", ".join(LOG_LEVELS),
+    "admin_socket": "UNIX socket of the admin commands, or none [default: <data-dir>/admin.sock]",
 }
 
 
@@ -380,6 +371,10 @@ class RunOptions(usage.Options):
     def opt_invite_code(self, code):
         """invite code accepted when --registration=invite, repeatable"""
         self["invite-code"].append(code)
+
+    def opt_http_listen(self, description):
+        """endpoint of the operator's HTTP API (/metrics, /health), repeatable, or none [default: tcp:8000:interface=127.0.0.1]"""
+        self["http-listen"].append(description)
 
     def opt_backend_option(self, pair):
         """NAME=VALUE option of the chosen backend, repeatable ('nym-provider help backends')"""
@@ -475,6 +470,12 @@ def load_config(options):
     values = dict(from_file)
     from_command_line = _command_line_values(options)
     values.update(from_command_line)
+    # A provider run from the command line (or a config file) serves the
+    # HTTP API and the admin socket unless told "none".
+    on_unless_none(values, "http_listen", DEFAULT_HTTP_LISTEN, ())
+    data_dir = values.get("data_dir", DEFAULT_DATA_DIR)
+    socket = os.path.join(os.path.expanduser(data_dir), ADMIN_SOCKET_FILE) if isinstance(data_dir, str) else None
+    on_unless_none(values, "admin_socket", socket, None)
     try:
         return ProviderConfig(**values)
     except InvalidSetting as e:

@@ -31,12 +31,16 @@ from nymprov.node.network import (
 )
 from nymprov.node.service import DEFAULT_STOP_TIMEOUT, ListenerService, NodeCoreService, NodeService, Part, chore
 from nymprov.netdoc.signed import key_from_text
+from nymprov.node.operator import admin_listener, http_listener, listening, serve_admin, serve_http, summary_part
+from nymprov.provider.admin import ProviderAdmin, admin_routes
 from nymprov.provider.clientapi import ClientApiFactory
+from nymprov.provider.reloading import reload_provider
+from nymprov.provider.status import ProviderStatus
 from nymprov.provider.config import POSTGRES_SCHEMES
 from nymprov.sphinx import encode_address
 from nymprov.storage.limits import StoreLimits
 from nymprov.node.loops import node_loops
-from nymprov.topology import load_topology, provider_topology
+from nymprov.topology import SwappableTopology, load_topology, provider_topology
 
 #: How often expired messages and leases are swept.
 EXPIRY_INTERVAL = 60.0  # seconds
@@ -113,19 +117,27 @@ class ProviderService(NodeService):
         NodeService.__init__(self, reactor, stop_reactor_on_failure, stop_timeout)
         self.config = config
         self.counters = Counters()
-        self.topology = provider_topology(
+        # The topology of the configuration, which SIGHUP replaces; with a
+        # directory, the directory's document is consulted first.
+        self.static_topology = SwappableTopology(provider_topology(
             (encode_address(host, port) for host, port in config.first_layer),
             getattr(config, "topology", None),
-        )
+        ))
+        self.topology = self.static_topology
         self.data = DataDirectory(config.data_dir, owner)
         # Made by assemble().
         self.keys = self.store = self.sender = self.backend = self.unwrapper = self.node = None
         self.rotation = self.directory = self.loops = None
         self.certificate = None
+        # Made by assemble(): the client API's factory, the operator's status and admin.
+        self.client_api = self.status = self.admin = None
         security = "TLS" if config.client_tls else "plain TCP"
         self.mix_listener = ListenerService(reactor, config.mix_listen, "mix link")
         self.client_listener = ListenerService(reactor, config.client_listen, f"client API, {security}")
-        self.listeners = [self.mix_listener, self.client_listener]
+        self.http_listener = http_listener(reactor, config.http_listen)
+        self.admin_listener = admin_listener(reactor, config.admin_socket)
+        # The admin socket is bound in assemble(), once its directory exists.
+        self.listeners = [self.mix_listener, self.client_listener, self.http_listener]
 
     @property
     def mix_ports(self):
@@ -195,7 +207,10 @@ class ProviderService(NodeService):
             # is a wildcard or not the one the world sees.
             self.node.add_own_address(encode_address(host, port))
         self.mix_listener.serve(self._mix_factory(), self.node)
-        parts = []
+        self.status = ProviderStatus(self)
+        serve_http(self.http_listener, self.status)
+        # First: it answers /health while the rest starts and stops.
+        parts = [self.http_listener]
         if self.rotation is not None:
             parts.append(Part("key rotation", self.rotation.start, self.rotation.stop))
         parts += [self.store, self.unwrapper, self.sender]
@@ -205,12 +220,20 @@ class ProviderService(NodeService):
         if IInbox.providedBy(self.backend):
             self.client_listener.serve(self._client_factory())
             parts.append(self.client_listener)
+            self.admin_listener.privilegedStartService()
+            self.listeners.append(self.admin_listener)
+            self.admin = ProviderAdmin(self, self.status, self.client_api.registration, self.client_api.sessions,
+                                       reactor)
+            serve_admin(self.admin_listener, admin_routes(self.admin), config.admin_socket, self.data.owner)
+            # After the client API: admin requests reach the store, which
+            # closes after it.
+            parts.append(self.admin_listener)
         else:
             # No inbox, nothing to pull: clients have no business here.
             # (Its ports were bound with the others, so that a port in use
             # made nothing; they are let go unused.)
             self.client_listener.unbind()
-            self.listeners = [self.mix_listener]
+            self.listeners = [self.mix_listener, self.http_listener]
             self.log.info("no client API: backend {backend} keeps no inbox", backend=self.backend.name)
         if self.directory is not None:
             # Its start is not waited for: an unreachable directory must not
@@ -223,6 +246,7 @@ class ProviderService(NodeService):
         parts.append(chore(reactor, EXPIRY_INTERVAL, self._expire, "expiry"))
         if config.stats_interval > 0:
             parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+        parts.append(summary_part(self, self._summary))
         for part in parts:
             if part is not None:
                 part.setServiceParent(self)
@@ -240,6 +264,30 @@ class ProviderService(NodeService):
             self.rotation, client=client,
         )
         return describe(timestamp)
+
+    def _summary(self):
+        config = self.config
+        keys = ", ".join(f"{epoch}: {key}" if epoch != "none" else key
+                         for epoch, key in self.status.sphinx_keys().items())
+        store = config.store if config.store != "sqlite" else f"sqlite {config.db_path}"
+        if config.store.startswith(POSTGRES_SCHEMES):
+            store = "postgresql"  # the URL may hold a password
+        topology = config.topology or f"{len(config.first_layer)} first-layer nodes given"
+        if self.directory is not None:
+            topology += f", directory {config.directory}"
+        return (f"identity {self.keys.identity_base58}, sphinx key {keys}, backend {self.backend.name},"
+                f" store {store}, registration {config.registration}; mix link {listening(self.mix_listener)},"
+                f" client API {listening(self.client_listener)}, HTTP API {listening(self.http_listener)},"
+                f" admin socket {config.admin_socket if self.admin_listener.ports else 'none'};"
+                f" topology {topology}")
+
+    def reload(self, config):
+        """
+        Apply what can change of ``config`` while the node runs (SIGHUP).
+
+        :returns: ``(reloaded, not reloaded)``: lists of setting names.
+        """
+        return reload_provider(self, config)
 
     def forget_created(self):
         self.data.remove_created()
@@ -275,6 +323,7 @@ class ProviderService(NodeService):
             idle_timeout=config.idle_timeout,
             frame_timeout=config.frame_timeout,
         )
+        self.client_api = factory
         if self.certificate is not None:
             from nymprov.net.tls import server_tls_options
 

@@ -42,6 +42,10 @@ class Sessions:
             if not sessions:
                 del self._by_address[address]
 
+    def count(self, address):
+        """:returns: how many sessions act for ``address`` now."""
+        return len(self._by_address.get(address, ()))
+
     def revoke(self, address, keep=None):
         """
         End every session of ``address`` but ``keep`` (calling each one's

@@ -27,4 +27,10 @@ def makeService(config, reactor=None):
     provider_config = getattr(config, "provider_config", None)
     if provider_config is None:
         provider_config = load_config(config)
-    return twistd_root(make_provider_service(provider_config, reactor, owner_of(config)), config, reactor)
+    from nymprov.node.operator import reload_on_hangup
+
+    node = make_provider_service(provider_config, reactor, owner_of(config))
+    # SIGHUP reads the same options and --config file again (twistd
+    # reopens its own log on SIGUSR1).
+    reload_on_hangup(node, lambda: load_config(config), reactor)
+    return twistd_root(node, config, reactor)

@@ -69,6 +69,13 @@ class MemoryStore(Service):
         Service.stopService(self)
         return self.close()
 
+    def client_usage(self):
+        """
+        :returns: ``[(address, messages, bytes)]`` of every registered
+            client, by address, as accounted now (for the admin commands).
+        """
+        return self._quotas.usage()
+
     @property
     def replay_tag_count(self):
         """How many replay tags are held (for the gauges)."""

@@ -105,3 +105,10 @@ class InboxQuotas:
         :returns: the gauges of ``IInboxStore.sizes``.
         """
         return {"clients": len(self._usage), "messages": self.messages, "bytes": self.bytes}
+
+    def usage(self):
+        """
+        :returns: ``[(address, messages, bytes)]`` of every registered
+            client, by address (for the operator's admin commands).
+        """
+        return sorted((address, count, size) for address, (count, size) in self._usage.items())

@@ -88,6 +88,13 @@ class SQLiteStore(Service):
         self._in_flight = 0
         self._last_flush = 0.0
 
+    def client_usage(self):
+        """
+        :returns: ``[(address, messages, bytes)]`` of every registered
+            client, by address, as accounted now (for the admin commands).
+        """
+        return self._quotas.usage()
+
     @property
     def replay_tag_count(self):
         """How many replay tags are held (for the gauges)."""

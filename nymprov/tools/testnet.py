@@ -271,11 +271,15 @@ class Testnet:
             layer = node.name.split("-")[1]
             return ["-m", "nymprov.cli.mixnode", "run", "--data-dir", node.data_dir,
                     "--mix-listen", listen, "--topology", self.topology_path,
-                    "--stats-interval", "0", "--layer", layer] + extra
+                    "--stats-interval", "0", "--layer", layer,
+                    "--http-listen", f"tcp:0:interface={LOOPBACK}"] + extra
         arguments = ["-m", "nymprov", "run", "--data-dir", node.data_dir,
                      "--mix-listen", listen,
                      "--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
-                     "--register-rate", str(TESTNET_REGISTER_RATE), "--stats-interval", "0"]
+                     "--register-rate", str(TESTNET_REGISTER_RATE), "--stats-interval", "0",
+                     # Several nodes on one machine: each its own HTTP port;
+                     # no admin socket (a deep --dir would not fit one).
+                     "--http-listen", f"tcp:0:interface={LOOPBACK}", "--admin-socket", "none"]
         # The provider relays its clients' packets to the topology's first
         # layer; the same file tells the mixes where everyone is.
         return arguments + ["--topology", self.topology_path] + extra

@@ -112,6 +112,11 @@ class PostgresStore(Service):
         self._batches = GroupCommit(reactor, limits, self._run)
 
     @property
+    def state(self):
+        """``new``, ``starting``, ``open``, ``closing`` or ``closed`` (for /health)."""
+        return self._state
+
+    @property
     def transactions(self):
         """How many batch transactions have committed; for tests and benchmarks."""
         return self._batches.transactions
