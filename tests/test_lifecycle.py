@@ -9,15 +9,19 @@ import socket
 import time
 
 from nacl.signing import SigningKey
+from twisted.application.service import Service
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov.client import session as provider_client
 from nymprov.mixnode.config import MixNodeConfig
 from nymprov.mixnode.service import MixNodeService
+from nymprov.node.service import NodeService, StartFailure
 from nymprov.provider.config import ProviderConfig
 from nymprov.provider.service import ProviderService
 from nymprov.sphinx import Destination, KeyPair, Node, PacketSize, build_packet, encode_address
@@ -210,3 +214,80 @@ class NeverReadingNeighbourTests(TestCase):
         await wait_for(lambda: self.neighbour.accept() == 1, "the link to the neighbour")
         await self.stop_within_deadline(mix)
 
+
+
+class _Recorded(Service):
+    """A part whose start and stop each wait for the test to fire them."""
+
+    def __init__(self, name, events):
+        self.name = name
+        self._events = events
+        self.pending = None
+
+    def startService(self):
+        Service.startService(self)
+        self._events.append(("start", self.name))
+        self.pending = Deferred()
+        return self.pending
+
+    def stopService(self):
+        Service.stopService(self)
+        self._events.append(("stop", self.name))
+        self.pending = Deferred()
+        return self.pending
+
+
+class _Tree(NodeService):
+    name = "tree"
+
+    def __init__(self, clock, names, events):
+        NodeService.__init__(self, clock)
+        self.parts = [_Recorded(name, events) for name in names]
+
+    def assemble(self):
+        for part in self.parts:
+            part.setServiceParent(self)
+
+    def stats_line(self):
+        return "stats: {}"
+
+
+class TreeOrderTests(SynchronousTestCase):
+    """The base tree starts each part after the one before it, and stops in reverse."""
+
+    def test_order_and_waiting(self):
+        """Each start and each stop waits for the previous part's Deferred."""
+        events = []
+        tree = _Tree(Clock(), ["store", "core", "listeners"], events)
+        tree.startService()
+        store, core, listeners = tree.parts
+        self.assertEqual(events, [("start", "store")])
+        store.pending.callback(None)
+        core.pending.callback(None)
+        self.assertEqual(events[-1], ("start", "listeners"))
+        listeners.pending.callback(None)
+        self.successResultOf(tree.when_started())
+        del events[:]
+        stopped = tree.stopService()
+        self.assertEqual(events, [("stop", "listeners")])
+        listeners.pending.callback(None)
+        self.assertEqual(events[-1], ("stop", "core"))
+        self.assertNoResult(stopped)
+        core.pending.callback(None)
+        store.pending.callback(None)
+        self.successResultOf(stopped)
+        self.assertEqual(events, [("stop", "listeners"), ("stop", "core"), ("stop", "store")])
+
+    def test_stop_while_starting(self):
+        """A stop during a part's start waits for it, starts nothing more, and stops what started."""
+        events = []
+        tree = _Tree(Clock(), ["store", "core", "listeners"], events)
+        tree.startService()
+        store = tree.parts[0]
+        stopped = tree.stopService()
+        self.assertNoResult(stopped)
+        store.pending.callback(None)
+        self.assertEqual(events, [("start", "store"), ("stop", "store")])
+        store.pending.callback(None)
+        self.successResultOf(stopped)
+        self.failureResultOf(tree.when_started(), StartFailure)

@@ -218,7 +218,11 @@ class UnwrapPool(Service):
 
     def stopService(self):
         Service.stopService(self)
-        return self.stop()
+        # In a node's tree, workers still busy at its stop deadline are
+        # killed then (what they held is unwrapped here), not STOP_GRACE later.
+        deadline = getattr(self.parent, "stop_deadline", None)
+        grace = STOP_GRACE if deadline is None else min(STOP_GRACE, max(0.0, deadline - self._reactor.seconds()))
+        return self.stop(grace)
 
     def start(self):
         """Start the worker processes."""
@@ -274,9 +278,10 @@ class UnwrapPool(Service):
         call = self._reactor.callLater(delay, restart)
         self._restarts.append(call)
 
-    def stop(self):
+    def stop(self, grace=STOP_GRACE):
         """
-        Stop the workers once they have answered their batches.
+        Stop the workers once they have answered their batches, killing
+        those still running after ``grace`` seconds.
 
         :returns: a Deferred firing when every worker has exited.
         """
@@ -287,7 +292,7 @@ class UnwrapPool(Service):
         ended = []
         for worker in list(self._workers):
             worker.close_input()
-            timer = self._reactor.callLater(STOP_GRACE, worker.kill)
+            timer = self._reactor.callLater(grace, worker.kill)
             ended.append(worker.ended.addBoth(_cancel_timer, timer))
         return DeferredList(ended)
 
