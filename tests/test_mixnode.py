@@ -209,9 +209,10 @@ class LoopbackTests(TestCase):
         await provider.when_started()
         return provider
 
-    async def start_mix(self, topology, data_dir=None, **settings):
+    async def start_mix(self, topology, data_dir=None, topology_path=None, **settings):
         config = MixNodeConfig(
-            data_dir=data_dir or self.mktemp(), mix_listen=[LOOPBACK], stats_interval=0, **settings
+            data_dir=data_dir or self.mktemp(), mix_listen=[LOOPBACK], stats_interval=0,
+            topology=topology_path, **settings
         )
         mix = MixNodeService(config, reactor, topology=topology)
         mix.startService()
@@ -313,6 +314,21 @@ class LoopbackTests(TestCase):
         await mix.stopService()
         self.assertEqual(mix.counters.get("packets.forwarded"), 2)
         await wait_for(lambda: provider.counters.get("packets.received", "mix") == 2, "arrival")
+
+    async def test_reload_reads_the_topology_file_again(self):
+        """reload() (SIGHUP) takes the topology file's new contents; other changes wait for a restart."""
+        provider = await self.start_provider()
+        path = self.mktemp()
+        dump_topology(Topology(), path)
+        mix = await self.start_mix(None, topology_path=path)
+        node = self.provider_node(provider)
+        self.assertFalse(mix.topology.is_known_node(node.address))
+        dump_topology(Topology(providers=[node]), path)
+        config = MixNodeConfig(data_dir=mix.config.data_dir, mix_listen=[LOOPBACK], stats_interval=0,
+                               topology=path, max_delay=5.0)
+        self.assertEqual(mix.reload(config), (["topology"], ["--max-delay"]))
+        self.assertTrue(mix.topology.is_known_node(node.address))
+        self.assertEqual(mix.config.max_delay, 30.0)
 
     async def test_listening_is_logged(self):
         """Starting logs 'Listening on host:port (mix link)'."""

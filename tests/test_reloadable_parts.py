@@ -178,3 +178,37 @@ class HangupTests(TestCase):
             self.assertIs(signal.getsignal(signal.SIGHUP), before)
 
         return reloaded.addCallback(check)
+
+
+class ReconnectLogTests(TestCase):
+    """A neighbour that cannot be reached is named in the reconnection lines."""
+
+    async def test_names_the_peer(self):
+        import socket as sockets
+
+        from twisted.logger import formatEvent
+
+        from nymprov.metrics import Counters
+        from nymprov.node.mixsender import MixSenderPool
+        from nymprov.sphinx import encode_address
+        from tests.support import wait_for
+
+        # A loopback port that nothing listens on.
+        probe = sockets.socket()
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        lines = []
+
+        def observe(event):
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        pool = MixSenderPool(reactor, Counters())
+        self.assertTrue(pool.send(encode_address("127.0.0.1", port), b"\0" * 2413))
+        await wait_for(lambda: any("Scheduling retry" in line for line in lines), "a retry line")
+        await pool.stopService()
+        [retry] = [line for line in lines if "Scheduling retry" in line][:1]
+        self.assertIn(f"to connect mix node 127.0.0.1:{port} in ", retry)
+        self.assertFalse([line for line in lines if "Starting factory" in line])

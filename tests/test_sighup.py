@@ -117,6 +117,12 @@ class HangupTests(TestCase):
         await wait_for(lambda: " started: " in self.read_log() or child.ended.called, "the provider to start")
         self.assertFalse(child.ended.called, child.output + self.read_log().encode())
         port = self.client_port()
+        # One start summary line says what runs; no Twisted port or factory noise.
+        [summary] = [line for line in self.read_log().splitlines() if " started: " in line]
+        for part in ("nym-provider", "identity ", "backend inbox", "registration invite",
+                     f"client API 127.0.0.1:{port}", f"topology {self.topology}"):
+            self.assertIn(part, summary)
+        self.assertNotIn("starting on", self.read_log())
 
         # A client registered with the first code, its connection kept open.
         alice = SigningKey.generate()
