@@ -47,8 +47,8 @@ class CoverBuilder:
     def drop(self):
         """
         :returns: ``(first_hop, packet)``: a packet to a random provider,
-            addressed to that provider's own identity, which no client pulls
-            (the inbox keeps it until it expires or the quota refuses it).
+            addressed to that provider's own identity, which is no
+            registered client: the provider drops it (``unknown_destination``).
         """
         provider = self._rng.choice(self._topology.providers)
         return self._router.forward(
