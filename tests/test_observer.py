@@ -1,17 +1,22 @@
 """
 The passive-observer test through real loopback TCP: a running client
-(``nym-client run`` in a child process, driven through its local API) and a
-real provider (in this process), which records the time and size of every
-packet the client hands it.  The fast variant on a Clock is in
+(``nym-client run`` in a child process, driven through its local API), a
+real provider (in this process) and, on the link between them, an observer
+(``observer_tap.py``, a relay in a process of its own) that records the
+time and length of every frame the client sends.  The provider checks the
+size of every packet it accepts.  The fast variant on a Clock is in
 test_client_stream.
 """
 
+import dataclasses
 import os
 import random
 import sys
 
 from scipy.stats import ks_2samp
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -22,16 +27,53 @@ from nymprov.sphinx import PacketSize
 from tests.support import wait_for
 from tests.test_client_cli import start_running_client
 from tests.test_client_stream import KS_ALPHA, gaps
+from nymprov.tools.testnet import _free_ports
+from nymprov.topology import Topology, dump_topology
+from nymprov.wire.clientapi.requests import Send
 from tests.test_e2e_backends import InProcessMixnet
 
-#: Seconds of each observation window (idle, then busy).
-WINDOW = 8.0
+_TAP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "observer_tap.py")
+
+
+class _Tap(ProcessProtocol):
+    """The observer process; ``ready`` fires when it listens."""
+
+    def __init__(self):
+        self.ready = Deferred()
+        self.ended = Deferred()
+
+    def outReceived(self, data):
+        if not self.ready.called and b"listening" in data:
+            self.ready.callback(None)
+
+    def processEnded(self, reason):
+        if not self.ready.called:
+            self.ready.errback(reason)
+        self.ended.callback(None)
+
+
+def tapped_topology(net, port, path):
+    """``net``'s topology with the home provider's client API at ``port`` (the tap)."""
+    providers = [dataclasses.replace(p, client_port=port) if p == net.home_node else p
+                 for p in net.topology.providers]
+    dump_topology(Topology(net.topology.mixnodes, providers), path)
+    return path
+
+
+def read_tap(path):
+    """``(time, frame length)`` of each SEND frame the tap saw."""
+    with open(path) as f:
+        rows = [line.split() for line in f if line.strip()]
+    return [(float(t), int(length)) for t, kind, length in rows if int(kind) == Send.TYPE]
+
+#: Seconds of each stretch of observation (idle and busy alternate).
+STRETCH = 2.0
 #: Seconds between the client's first packet and the idle window.
 WARM_UP = 3.0
 SEND_RATE = 40.0
 LOOP_RATE = 5.0
 MESSAGES = 100
-BURSTS = 10
+BURSTS = 4
 
 
 class PassiveObserverTests(TestCase):
@@ -41,10 +83,11 @@ class PassiveObserverTests(TestCase):
 
     async def observe(self, *client_args):
         """
-        :returns: ``(idle, busy)``: the ``(time, size)`` of each packet the
-            provider received from the client in a window while its user
-            sent nothing, then in one while the user sent 100 messages of
-            1 to 10 fragments in 10 bursts.
+        :returns: ``(idle, idle gaps, busy, busy gaps)``: the ``(time,
+            frame length)`` of each SEND frame the observer saw while the
+            user sent nothing, and while the user sent 100 messages of 1 to
+            10 fragments in 4 bursts (alternating stretches of 2 s), and
+            the inter-packet times within those stretches.
         """
         net = InProcessMixnet(self, "inbox", ())
         await net.start()
@@ -57,9 +100,18 @@ class PassiveObserverTests(TestCase):
             return accept(first_hop, packet)
 
         node.send_from_client = recording
+        [tap_port] = _free_ports(1)
+        record = os.path.abspath(self.mktemp())
+        tap = _Tap()
+        tap_process = reactor.spawnProcess(
+            tap, sys.executable, [sys.executable, _TAP, str(tap_port), str(net.home_node.client_port), record],
+            env=dict(os.environ))
+        self.addCleanup(lambda: tap.ended.called or (tap_process.signalProcess("KILL"), tap.ended)[1])
+        await tap.ready
+        topology = tapped_topology(net, tap_port, os.path.abspath(self.mktemp()))
         data_dir = os.path.abspath(self.mktemp())
         running = start_running_client(
-            self, "--data-dir", data_dir, "--topology", os.path.abspath(os.path.join(net.directory, "topology.json")),
+            self, "--data-dir", data_dir, "--topology", topology,
             "--provider", net.home_node.identity_base58, "--mean-delay-ms", "2",
             "--send-rate", str(SEND_RATE), "--loop-rate", str(LOOP_RATE),
             "--api-listen", "tcp:0:interface=127.0.0.1", *client_args)
@@ -73,22 +125,35 @@ class PassiveObserverTests(TestCase):
         # records the times) does not bunch the idle sample.
         await deferLater(reactor, WARM_UP, lambda: None)
 
-        idle_start = reactor.seconds()
-        await deferLater(reactor, WINDOW, lambda: None)
-        busy_start = reactor.seconds()
+        # Idle and busy stretches alternate, so that the load of this
+        # shared machine, which drifts over seconds, weighs on both alike.
         rng = random.Random(5)
         recipient = str(ClientKeys.generate().address(net.service_node.identity))
+        stretches = []
         for burst in range(BURSTS):
+            start = reactor.seconds()
+            await deferLater(reactor, STRETCH, lambda: None)
+            stretches.append(("idle", start, reactor.seconds()))
+            start = reactor.seconds()
             for _ in range(MESSAGES // BURSTS):
                 size = rng.randrange(1, 11) * 1500 - rng.randrange(1, 400)
-                app.request({"type": "send", "recipient": recipient,
-                             "message": "x" * size, "id": burst})
-            await deferLater(reactor, WINDOW / BURSTS, lambda: None)
-        end = reactor.seconds()
-        idle = [r for r in seen if idle_start <= r[0] < busy_start]
-        busy = [r for r in seen if busy_start <= r[0] < end]
-        print(f"\n{client_args or 'shaped'}: {len(idle)} packets idle, {len(busy)} busy in {WINDOW:g} s windows")
-        return idle, busy
+                app.request({"type": "send", "recipient": recipient, "message": "x" * size, "id": burst})
+            await deferLater(reactor, STRETCH, lambda: None)
+            stretches.append(("busy", start, reactor.seconds()))
+        # Every packet the provider took had one size.
+        self.assertEqual({size for _, size in seen}, {PacketSize.REGULAR.packet_size})
+        observed = read_tap(record)
+        # The tap saw what the provider took (a frame or two may be between them).
+        self.assertLessEqual(abs(len(observed) - len(seen)), 3)
+        samples = {"idle": ([], []), "busy": ([], [])}
+        for kind, start, end in stretches:
+            frames = [r for r in observed if start <= r[0] < end]
+            samples[kind][0].extend(frames)
+            samples[kind][1].extend(gaps([t for t, _ in frames]))
+        (idle, idle_gaps), (busy, busy_gaps) = samples["idle"], samples["busy"]
+        print(f"\n{client_args or 'shaped'}: {len(idle)} packets idle, {len(busy)} busy,"
+              f" {BURSTS} stretches of {STRETCH:g} s each")
+        return idle, idle_gaps, busy, busy_gaps
 
     async def test_shaped_client_looks_the_same_idle_and_busy(self):
         """
@@ -96,16 +161,17 @@ class PassiveObserverTests(TestCase):
         KS test (scipy.stats.ks_2samp) at p >= 0.01; the counts agree within
         Poisson noise.
         """
-        idle, busy = await self.observe()
-        self.assertEqual({size for _, size in idle + busy}, {PacketSize.REGULAR.packet_size})
-        result = ks_2samp(gaps([t for t, _ in idle]), gaps([t for t, _ in busy]))
+        idle, idle_gaps, busy, busy_gaps = await self.observe()
+        # One frame length on the wire (a SEND of a 2413-byte packet).
+        self.assertEqual(len({size for _, size in idle + busy}), 1)
+        result = ks_2samp(idle_gaps, busy_gaps)
         print(f"KS statistic {result.statistic:.3f}, p = {result.pvalue:.3f}", file=sys.stderr)
         self.assertGreaterEqual(result.pvalue, KS_ALPHA, result)
         self.assertLess(abs(len(idle) - len(busy)), 4 * (len(idle) + len(busy)) ** 0.5)
 
     async def test_unshaped_client_fails_the_same_test(self):
         """The unshaped mode's bursts show: the KS test tells idle from busy."""
-        idle, busy = await self.observe("--unshaped")
-        result = ks_2samp(gaps([t for t, _ in idle]), gaps([t for t, _ in busy]))
+        idle, idle_gaps, busy, busy_gaps = await self.observe("--unshaped")
+        result = ks_2samp(idle_gaps, busy_gaps)
         print(f"unshaped: KS statistic {result.statistic:.3f}, p = {result.pvalue:.2e}", file=sys.stderr)
         self.assertLess(result.pvalue, KS_ALPHA, result)

@@ -20,6 +20,9 @@ from twisted.logger import Logger
 DEFAULT_SEND_RATE = 50.0
 DEFAULT_LOOP_RATE = 5.0
 DEFAULT_DROP_RATE = 0.0
+#: Seconds the streams may fall behind their schedule (a busy or paused
+#: process) before they skip ticks instead of catching up.
+MAX_BEHIND = 0.05
 #: Packets the queue holds before ``send`` waits.
 DEFAULT_QUEUE_CAPACITY = 1000
 
@@ -94,6 +97,7 @@ class OutgoingStream:
         self._queue = collections.deque()
         self._waiting = collections.deque()  # (packets needed, Deferred)
         self._call = None
+        self._next_at = None  # when the next tick is due, on the process's own timeline
         self._running = False
         self.longest_queue = 0
         self.last_queue_delay = 0.0
@@ -181,6 +185,7 @@ class OutgoingStream:
         if self._running:
             return
         self._running = True
+        self._next_at = self._clock.seconds()
         if not self.shaped:
             self.log.warn("the client sends unshaped: an observer of its link sees when and how much it sends")
             self.flush_now()
@@ -204,9 +209,21 @@ class OutgoingStream:
         # same thing in law as independent processes, but with one timer,
         # so a stall of the reactor delays one packet instead of making
         # several timers fire back to back (a burst an observer could see).
+        #
+        # Each tick is due an exponential interval after the previous one
+        # was *due*, not after it ran: time spent building packets, or a
+        # busier reactor while the user sends, then does not slow the
+        # stream down (an observer would see the rate drop).  A stream that
+        # fell more than MAX_BEHIND behind gives up the missed ticks rather
+        # than sending them in a burst.
         total = self.total_rate
         if total > 0:
-            self._call = self._clock.callLater(self._rng.expovariate(total), self._tick)
+            now = self._clock.seconds()
+            if now - self._next_at > MAX_BEHIND:
+                self._counters.incr("stream.ticks_skipped")
+                self._next_at = now
+            self._next_at += self._rng.expovariate(total)
+            self._call = self._clock.callLater(max(0.0, self._next_at - now), self._tick)
 
     def _tick(self):
         self._schedule()
