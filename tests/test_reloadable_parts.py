@@ -83,6 +83,7 @@ class NodeLogTests(SynchronousTestCase):
         self.observe(node_log)
         legacy.msg("MixLinkFactory (ConnectionTracker) starting on 1789")
         legacy.msg("(TCP Port 1789 Closed)")
+        legacy.msg("ConnectionTracker starting on '/run/nymprov/admin.sock'")
         factory = Factory()
         factory.doStart()
         factory.doStop()

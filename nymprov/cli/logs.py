@@ -25,7 +25,7 @@ LOG_FORMATS = ("text", "json")
 
 # What Twisted says of every port and factory whatever their ``noisy``
 # flag: the node logs its own "Listening on ..." line instead.
-_PORT_NOISE = re.compile(r"(.* starting on \d+|\(\w+ Port \d+ Closed\)|(Starting|Stopping) factory .*)")
+_PORT_NOISE = re.compile(r"(.* starting on .+|\(\w+ Port .+ Closed\)|(Starting|Stopping) factory .*)")
 
 
 def quiet_twisted(event):

@@ -41,5 +41,9 @@ def show_address(address):
     host = getattr(address, "host", None)
     port = getattr(address, "port", None)
     if host is None:
-        return str(address)
+        # A UNIX socket: its path.
+        name = getattr(address, "name", None)
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        return name or str(address)
     return host_port_text(host, port)
