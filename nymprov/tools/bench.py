@@ -78,9 +78,9 @@ def generate_packets(directory, count, node_address, node_public, clients, worke
     """
     :param progress: a :class:`Progress` told of each file made.
     :returns: the files holding ``count`` frames, made by ``workers``
-        processes (in 20 files, so that progress can be shown).
+        processes, 2,000 frames a file at most (a progress line a file).
     """
-    files = min(count, 20) or 1
+    files = max(1, -(-count // 2000))
     share, extra = divmod(count, files)
     jobs = [
         (os.path.join(directory, f"frames-{w}.bin"), share + (1 if w < extra else 0),
