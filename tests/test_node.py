@@ -2,7 +2,7 @@
 Tests for nymprov.node.core: the fate of each packet, with a Clock for time.
 """
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -125,6 +125,36 @@ class NodeFixture:
     def inbox(self, address=CLIENT):
         _lease, messages = self.successResultOf(self.store.lease(address, 100, 0, 60))
         return [body for _id, body in messages]
+
+
+@implementer(IReplayCache)
+class BrokenReplayCache:
+    """An IReplayCache whose every check fails (a database away)."""
+
+    def check_and_record(self, tag):
+        return fail(OSError("disk I/O error"))
+
+
+class ReplayCacheFailureTests(NodeFixture, SynchronousTestCase):
+    """A replay cache that fails drops the packet, counted and typed."""
+
+    def test_final_hop(self):
+        """A final hop whose replay check fails is dropped as replay_cache_error."""
+        node = self.make_node(replay=BrokenReplayCache())
+        [d] = node.receive_many_from_mix([self.final_packet()])
+        self.failureResultOf(d, PacketRefused)
+        self.assertEqual(self.counters.get("packets.dropped", "replay_cache_error"), 1)
+        self.assertEqual(self.inbox(), [])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_forward_hop(self):
+        """So is a forward hop."""
+        node = self.make_node(replay=BrokenReplayCache())
+        d = node.send_from_client(PROVIDER_ADDRESS, self.loopix_packet())
+        self.failureResultOf(d, PacketRefused)
+        self.assertEqual(self.counters.get("packets.dropped", "replay_cache_error"), 1)
+        self.assertEqual(node.delayed_count, 0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
 
 
 class FromMixTests(NodeFixture, SynchronousTestCase):

@@ -230,6 +230,18 @@ class RefusalTests(SynchronousTestCase):
         self.assertRaises(UnknownVersion, decoder.feed, bytes((9, 1, 0)))
         self.assertEqual(decoder.buffered, 0)
 
+    def test_frames_before_a_bad_header_in_one_feed(self):
+        """
+        Whole frames that come in the same feed as a bad header are handed
+        over with the error, once.
+        """
+        decoder = FrameDecoder()
+        good = [encode_frame(bytes([i]) * 386) for i in range(2)]
+        e = self.assertRaises(UnknownVersion, decoder.feed, b"".join(good) + bytes((9, 1, 0)))
+        self.assertEqual([frame.packet for frame in e.frames_before], [bytes([0]) * 386, bytes([1]) * 386])
+        e = self.assertRaises(UnknownVersion, decoder.feed, b"more")
+        self.assertEqual(e.frames_before, ())
+
     def test_all_frame_errors(self):
         """
         Each refusal is a FrameError.

@@ -238,7 +238,7 @@ class NodeCore:
         if isinstance(outcome, Exception):
             return self._refuse(outcome)
         d = (replay or self._replay).check_and_record(outcome.replay_tag)
-        d.addCallback(self._deliver_if_new, outcome)
+        d.addCallbacks(self._deliver_if_new, self._replay_check_failed, callbackArgs=(outcome,))
         return d
 
     def _deliver_if_new(self, is_new, unwrapped):
@@ -379,8 +379,19 @@ class NodeCore:
         except (SphinxError, PacketRefused) as e:
             return self._refuse(e)
         d = replay.check_and_record(hop.replay_tag)
-        d.addCallback(self._schedule_if_new, hop, arrived, rotation_out)
+        d.addCallbacks(self._schedule_if_new, self._replay_check_failed,
+                       callbackArgs=(hop, arrived, rotation_out))
         return d
+
+    def _replay_check_failed(self, failure):
+        # Without a verdict the packet may be a replay: it is dropped,
+        # counted, and logged once a minute at most (a cache that is away
+        # fails every packet).
+        now = self._clock.seconds()
+        if now - getattr(self, "_replay_logged_at", -60.0) >= 60.0:
+            self._replay_logged_at = now
+            self.log.failure("replay cache failed; packets dropped", failure)
+        return self._refuse(PacketRefused("replay_cache_error", failure.getErrorMessage()))
 
     def _schedule_if_new(self, is_new, hop, arrived, rotation=ROTATION_UNKNOWN):
         if not is_new:

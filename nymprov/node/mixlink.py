@@ -61,20 +61,27 @@ class MixLinkProtocol(Protocol, FrameDeadlines):
         except FrameError as e:
             self.factory.counters.incr("mix_link.frame_error", e.reason)
             self.log.warn("mix link peer sent a bad frame ({reason}); disconnecting", reason=e.reason)
+            # The whole frames before the bad header are as good as any.
+            self._take(e.frames_before)
             self.transport.abortConnection()
             return
         if frames:
             self.frame_complete()
-            self._in_flight += len(frames)
-            packets = [frame.packet for frame in frames]
-            rotations = [frame.key_rotation for frame in frames]
-            for d in self.factory.node.receive_many_from_mix(packets, rotations):
-                d.addBoth(self._packet_done)
+            self._take(frames)
         if self._decoder.buffered:
             self.frame_begins()
         if self._in_flight >= HIGH_WATER and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
+
+    def _take(self, frames):
+        if not frames:
+            return
+        self._in_flight += len(frames)
+        packets = [frame.packet for frame in frames]
+        rotations = [frame.key_rotation for frame in frames]
+        for d in self.factory.node.receive_many_from_mix(packets, rotations):
+            d.addBoth(self._packet_done)
 
     def _packet_done(self, result):
         self._in_flight -= 1

@@ -42,6 +42,10 @@ class FrameError(NymProvError):
 
     reason = "bad_frame"
 
+    #: Whole frames that came before the bad header in the same ``feed``:
+    #: they are good, and the reader still owes them a fate.
+    frames_before = ()
+
     def __init__(self, value, detail):
         super().__init__(detail)
         self.value = value
@@ -177,10 +181,13 @@ class FrameDecoder:
 
         :param bytes data: the next bytes from the connection.
         :returns: a list of ``Frame``, possibly empty.
-        :raises FrameError: for a bad header; every later call raises it
-            again, since the stream cannot be resynchronised.
+        :raises FrameError: for a bad header, with the whole frames before
+            it as ``frames_before``; every later call raises it again (then
+            with none), since the stream cannot be resynchronised.
         """
         if self._error is not None:
+            # The frames before it were handed over with the first raise.
+            self._error.frames_before = ()
             raise self._error
         buffer = self._buffer
         buffer += data
@@ -205,6 +212,7 @@ class FrameDecoder:
         except FrameError as e:
             self._error = e
             self._buffer = bytearray()
+            e.frames_before = tuple(frames)
             raise
         del buffer[:consumed]
         return frames
