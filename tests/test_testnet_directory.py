@@ -67,3 +67,38 @@ class TestnetDirectoryTests(TestCase):
             lambda: load_topology(net.topology_path).nodes[0].sphinx_key
             != written.nodes[0].sphinx_key, "topology.json rewritten after a rotation", limit=2 * EPOCH + 5,
         )
+
+
+class ClientCommandTests(TestCase):
+    """nym-client with a testnet config follows the directory."""
+
+    timeout = 120
+
+    async def test_nym_client_send_and_receive(self):
+        import sys
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        net = Testnet(self.mktemp(), layers=1, per_layer=1, providers=2, mean_delay_ms=5, epoch_length=EPOCH)
+        self.addCleanup(net.stop)
+        await net.start()
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+        async def nym_client(*args):
+            out, err, code = await getProcessOutputAndValue(
+                sys.executable, ["-m", "nymprov.cli.client", *args], env=env, reactor=reactor)
+            self.assertEqual(code, 0, err)
+            self.assertNotIn(b"not used", err)  # the directory was reached
+            return out.decode()
+
+        a_dir, b_dir = (os.path.join(net.directory, "clients", f"client-{i}") for i in (1, 2))
+        await nym_client("init", "--config", net.client_config_paths[0])
+        bob = (await nym_client("init", "--config", net.client_config_paths[1])).split()[-1]
+        with open(os.path.join(a_dir, "client.toml")) as f:
+            self.assertIn(net.network.url, f.read())
+        # Across at least one rotation after init.
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, EPOCH + 0.5, lambda: None)
+        await nym_client("send", "--data-dir", a_dir, bob, "hello across epochs")
+        self.assertIn("hello across epochs", await nym_client("receive", "--data-dir", b_dir))

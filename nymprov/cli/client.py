@@ -165,12 +165,32 @@ class Options(usage.Options):
             raise usage.UsageError("a command is needed")
 
 
-def _client(settings, reactor):
-    from nymprov.client import NymClient, load_or_create_client_keys
+async def _topology(settings, reactor):
+    """
+    The directory's live topology when the config names a directory (as
+    the testnet's do), else (or if it cannot be reached) the topology file.
+    """
     from nymprov.topology import load_topology
 
+    if settings.get("directory") and settings.get("directory_key"):
+        from nymprov.client.network import ClientNetwork
+        from nymprov.metrics import Counters
+        from nymprov.netdoc.signed import key_from_text
+
+        try:
+            key = key_from_text(settings["directory_key"], "directory_key")
+            return await ClientNetwork(reactor, settings["directory"], key, Counters()).start()
+        except Exception as e:  # unreachable, refused or malformed: the file still routes
+            print(f"{PROGRAM}: directory {settings['directory']} not used ({e}); routing by the topology file",
+                  file=sys.stderr)
+    return load_topology(settings["topology"])
+
+
+async def _client(settings, reactor):
+    from nymprov.client import NymClient, load_or_create_client_keys
+
     keys = load_or_create_client_keys(settings["data_dir"])
-    topology = load_topology(settings["topology"])
+    topology = await _topology(settings, reactor)
     try:
         return NymClient(keys, topology, settings["provider"], reactor=reactor,
                          data_dir=settings["data_dir"],
@@ -224,11 +244,12 @@ def _drain(client):
 
 
 async def _init(reactor, settings, out):
-    client = _client(settings, reactor)
+    client = await _client(settings, reactor)
     await client.session()
     await client.stop()
     kept = {"topology": os.path.abspath(settings["topology"]), "provider": settings["provider"],
             "mean_delay_ms": float(settings["mean_delay_ms"])}
+    kept.update({key: settings[key] for key in ("directory", "directory_key") if settings.get(key)})
     kept.update({key: float(settings[key]) for key in ("send_rate", "loop_rate", "drop_rate")})
     text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in kept.items())
     write_file_atomically(os.path.join(settings["data_dir"], CONFIG_FILE), text.encode(), mode=0o644)
@@ -244,7 +265,7 @@ async def _send(reactor, settings, options, out, err, stdin):
               file=out)
         return
     clientrun.fallback_notice(PROGRAM, "send", settings["data_dir"], err)
-    client = _client(settings, reactor)
+    client = await _client(settings, reactor)
     earlier = _load_received(client, settings["data_dir"])
     await client.start()
     try:
@@ -272,7 +293,7 @@ async def _receive(reactor, settings, options, out, err):
         out.flush()
         return
     clientrun.fallback_notice(PROGRAM, "receive", settings["data_dir"], err)
-    client = _client(settings, reactor)
+    client = await _client(settings, reactor)
     messages = _load_received(client, settings["data_dir"])
     await client.start()
     await deferLater(reactor, options["wait"], lambda: None)
@@ -285,7 +306,7 @@ async def _receive(reactor, settings, options, out, err):
 
 
 async def _run(reactor, settings, options, out):
-    client = _client(settings, reactor)
+    client = await _client(settings, reactor)
     earlier = _load_received(client, settings["data_dir"])
     await clientrun.run(reactor, client, settings, options, out, earlier,
                         lambda left: _save_received(client, settings["data_dir"], left))
@@ -324,7 +345,7 @@ async def _broadcast(reactor, settings, options, out, err, stdin):
     # the sending from the broadcast.
     print(f"{PROGRAM} broadcast: connecting once by itself: an observer of the link can see when this happens",
           file=err)
-    client = _client(settings, reactor)
+    client = await _client(settings, reactor)
     await client.start()
     try:
         service = ServiceClient(client, options["service"], reactor)

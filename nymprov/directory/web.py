@@ -168,6 +168,14 @@ class _Root(Resource):
         return _NotFound()
 
 
+class _QuietSite(Site):
+    """A site that writes no access log: nodes poll every few seconds, and
+    refusals are counted by reason (``descriptors.refused``)."""
+
+    def log(self, request):
+        pass
+
+
 def make_site(registry, clock):
     """:returns: the ``twisted.web`` ``Site`` of the directory API."""
     root = _Root(
@@ -177,7 +185,7 @@ def make_site(registry, clock):
             b"directory": DirectoryInfoResource(registry, clock),
         }
     )
-    site = Site(root, requestFactory=BoundedRequest)
+    site = _QuietSite(root, requestFactory=BoundedRequest)
     site.displayTracebacks = False
     site.noisy = False
     return site
