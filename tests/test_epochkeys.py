@@ -105,7 +105,7 @@ class KeyedReplayCacheTests(TestCase):
             live.append(new)
         self.assertEqual(cache.open_keys(), frozenset(live))
         files = sorted(n for n in os.listdir(directory) if n.endswith(".sqlite"))
-        self.assertEqual(files, sorted(f"replay-{k[:16].hex()}.sqlite" for k in live))
+        self.assertEqual(files, sorted(f"replay-{k.hex()}.sqlite" for k in live))
         await cache.close()
 
         # A restart reads only the live keys' tags, which still stop replays.
@@ -115,6 +115,20 @@ class KeyedReplayCacheTests(TestCase):
         await again.open_key(live[-1])
         self.assertFalse(await again.check_and_record(live[-1], (7).to_bytes(16, "big")))
         self.assertTrue(await again.check_and_record(live[-1], (99).to_bytes(16, "big")))
+
+    async def test_keys_sharing_a_prefix_have_their_own_files(self):
+        """Two key ids alike in their first half still get separate replay files."""
+        directory = os.path.abspath(self.mktemp())
+        cache = sqlite_per_key(reactor, directory, filter_bytes=4096)
+        self.addCleanup(cache.close)
+        one, two = bytes(31) + b"\x01", bytes(31) + b"\x02"
+        await cache.open_key(one)
+        await cache.open_key(two)
+        self.assertTrue(await cache.check_and_record(one, b"t" * 16))
+        self.assertTrue(await cache.check_and_record(two, b"t" * 16))
+        await cache.retire_key(one)
+        self.assertFalse(await cache.check_and_record(two, b"t" * 16))
+        self.assertEqual(len([n for n in os.listdir(directory) if n.endswith(".sqlite")]), 1)
 
     async def test_memory(self):
         cache = memory_per_key(Clock())

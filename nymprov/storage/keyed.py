@@ -104,7 +104,7 @@ def sqlite_per_key(reactor, directory, filter_bytes=1 << 20):
     ensure_private_dir(directory)
 
     def path(key_id):
-        return os.path.join(directory, f"replay-{key_id[:16].hex()}.sqlite")
+        return os.path.join(directory, f"replay-{key_id.hex()}.sqlite")
 
     def make(key_id):
         return SQLiteStore(reactor, path(key_id), StoreLimits(), replay_key_id=key_id, replay_filter_bytes=filter_bytes)
@@ -121,7 +121,7 @@ def drop_other_keys(directory, key_ids):
 
     :returns: how many files were deleted.
     """
-    keep = {f"replay-{key_id[:16].hex()}.sqlite" for key_id in key_ids}
+    keep = {f"replay-{key_id.hex()}.sqlite" for key_id in key_ids}
     deleted = 0
     for name in os.listdir(directory):
         if not name.startswith("replay-"):
