@@ -115,6 +115,10 @@ class LocalApiTests(TestCase):
         self.assertEqual((await next_of(app))["kind"], "binary_not_supported")
         app.request({"type": "selfAddress", "id": 1})
         self.assertEqual((await next_of(app))["address"], str(alice.client.address))
+        app.request({"type": "stats", "id": 2})
+        stats = await next_of(app)
+        self.assertEqual((stats["type"], stats["id"]), ("stats", 2))
+        self.assertIn("stream.queue_length", stats["stats"])
         self.assertEqual(alice.counters.get("api.errors", "malformed_json"), 2)
         self.assertTrue(alice.client.running)
 

@@ -92,10 +92,13 @@ class LocalApiServerProtocol(WebSocketServerProtocol):
             return
         request_id = request.get("id")
         d = maybeDeferred(self.factory.handler.handle, request, self)
-        d.addCallbacks(self._answer, self._failed, errbackArgs=(request_id,))
+        d.addCallbacks(self._answer, self._failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
 
-    def _answer(self, response):
+    def _answer(self, response, request_id):
         if response is not None:
+            if request_id is not None:
+                # Every answer repeats the id of its request, if it had one.
+                response = {**response, "id": request_id}
             self.send_json(response)
 
     def _failed(self, failure, request_id):
