@@ -48,6 +48,15 @@ class LiveTopologyTests(SynchronousTestCase):
         first_hop, _packet = router.forward(b"hi", b"\x01" * 32, self.live.providers[0])
         self.assertEqual(first_hop, self.live.first_layer[0].address)
 
+    def test_surbs_take_the_next_keys_within_the_grace(self):
+        """Within the grace before a boundary, SURBs are built on the next epoch's keys, packets not yet."""
+        self.publish(3)
+        self.clock.advance(38.5)  # 1.5 s before epoch 4; grace 2 s, lead 1 s
+        node = self.nodes[1]
+        self.assertEqual(self.key_used(node), node.sphinx_key(3).public_bytes)
+        surb_topology = self.live.for_surbs()
+        self.assertEqual(surb_topology.by_identity(node.identity).sphinx_key, node.sphinx_key(4).public_bytes)
+
     def test_keeps_the_last_good_topology(self):
         """With no document for the epoch, the last good topology stays in use."""
         self.publish(3)

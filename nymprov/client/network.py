@@ -45,9 +45,19 @@ class LiveTopology:
         self._cached = (None, None)
         self._last_good = None
 
-    def epoch_of_next_packet(self):
+    def epoch_of_next_packet(self, lead=None):
         """The epoch whose keys a packet built now is built for."""
-        return self.epochs.number_at(self._clock.seconds() + self._lead)
+        return self.epochs.number_at(self._clock.seconds() + (self._lead if lead is None else lead))
+
+    def for_surbs(self):
+        """
+        The topology SURBs are built from: keys are taken as early as nodes
+        accept them (``grace`` before their epoch), so that a SURB made
+        near the end of an epoch is not handed out with only moments left.
+        """
+        latest = self.holder.latest
+        grace = latest.parameters["grace"] if latest is not None else 0.0
+        return self.current(max(self._lead, grace))
 
     def usable_until(self, epoch):
         """When packets (and SURBs) built for ``epoch``'s keys stop being accepted."""
@@ -55,13 +65,13 @@ class LiveTopology:
         grace = latest.parameters["grace"] if latest is not None else 0.0
         return self.epochs.end_of(epoch) + grace
 
-    def current(self):
+    def current(self, lead=None):
         """
         :returns: the ``Topology`` for the next packet; while no held
             document gives one, the last one that did.
         :raises NoNetwork: if none ever did.
         """
-        target = self.epoch_of_next_packet()
+        target = self.epoch_of_next_packet(lead)
         for document in (self.holder.document_for(target), self.holder.document_for(target - 1), self.holder.latest):
             if document is None:
                 continue

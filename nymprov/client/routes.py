@@ -38,10 +38,10 @@ class Router:
         """Hops of a forward route, provider(s) included."""
         return len(self._topology.layers) + 1 + (1 if self._loopix else 0)
 
-    def _snapshot(self):
+    def _snapshot(self, surb=False):
         # With a directory the topology follows the epochs (a LiveTopology):
         # one packet takes every key from one epoch's topology.
-        current = getattr(self._topology, "current", None)
+        current = getattr(self._topology, "for_surbs" if surb else "current", None)
         return current() if current is not None else self._topology
 
     @staticmethod
@@ -82,7 +82,7 @@ class Router:
         first hop is a first-layer mix, as providers relay SURB packets
         unchanged.
         """
-        topology = self._snapshot()
+        topology = self._snapshot(surb=True)
         route = self._mixes(topology) + [self._provider(topology, self._own_provider).route_node]
         destination = Destination(own_identity, self._rng.randbytes(IDENTIFIER_LENGTH))
         return SURB.create(route, self._delays(len(route)), destination)
