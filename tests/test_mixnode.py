@@ -16,6 +16,7 @@ from twisted.python import usage
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from nymprov import __version__
 from nymprov.cli import mixnode
 from nymprov.mixnode import tap as mixnode_tap
 from nymprov.provider.config import InvalidSetting, ProviderConfig
@@ -117,7 +118,7 @@ class CommandTests(SynchronousTestCase):
 
     def test_version(self):
         """--version prints the version."""
-        self.assertEqual(run_main(["--version"]), (0, f"nymprov {mixnode.__version__}\n", ""))
+        self.assertEqual(run_main(["--version"]), (0, f"nymprov {__version__}\n", ""))
 
     def test_help_run(self):
         """help run lists the run options."""

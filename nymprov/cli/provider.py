@@ -2,7 +2,6 @@
 
 import importlib
 import importlib.util
-import sys
 
 from twisted.python import usage
 
@@ -11,7 +10,8 @@ from nymprov._version import __version__
 from nymprov.cli.banner import banner, command_list
 from nymprov.cli.logs import LOG_FORMATS, NodeLog
 from nymprov.cli.common import create_and_print_keys, run_service
-from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
+from nymprov.cli.dispatch import dispatch, show_help
+from nymprov.options import EXIT_FAILURE, EXIT_OK, InvalidOption, parse_command_options
 from nymprov.provider.config import DEFAULT_DATA_DIR, RunOptions, load_config
 
 PROGRAM = "nym-provider"
@@ -100,31 +100,37 @@ _HELP_HELP = (
 )
 
 
-def _help_text(command):
-    """The help for ``command``, or ``None`` if there is no such command."""
-    if command == "run":
-        return str(RunCommandOptions())
-    if command == "init":
-        return str(InitOptions())
-    if command == "bench":
-        return _BENCH_HELP
-    if command == "help":
-        return _HELP_HELP
-    if command == "testnet":
-        from nymprov.cli.testnet import TestnetOptions
+def _testnet_help():
+    from nymprov.cli.testnet import TestnetOptions
 
-        return str(TestnetOptions())
-    if command == "--version":
-        return f"Usage: {PROGRAM} --version\n\nPrint the version."
-    if command in ("clients", "invites", "status"):
-        from nymprov.cli.admin import AdminOptions
+    return str(TestnetOptions())
 
-        return str(AdminOptions(command))
-    if command == "backends":
-        from nymprov.plugins import describe_backends
 
-        return describe_backends()
-    return None
+def _admin_help(command):
+    from nymprov.cli.admin import AdminOptions
+
+    return str(AdminOptions(command))
+
+
+def _backends_help():
+    from nymprov.plugins import describe_backends
+
+    return describe_backends()
+
+
+#: ``help TOPIC``: each topic's text, made when asked (some load plugins).
+_HELP_TEXTS = {
+    "run": lambda: str(RunCommandOptions()),
+    "init": lambda: str(InitOptions()),
+    "bench": lambda: _BENCH_HELP,
+    "help": lambda: _HELP_HELP,
+    "testnet": _testnet_help,
+    "--version": lambda: f"Usage: {PROGRAM} --version\n\nPrint the version.",
+    "clients": lambda: _admin_help("clients"),
+    "invites": lambda: _admin_help("invites"),
+    "status": lambda: _admin_help("status"),
+    "backends": _backends_help,
+}
 
 
 def _init(args, stdout, stderr):
@@ -186,16 +192,7 @@ def _testnet(args, stdout, stderr):
 
 
 def _help(args, stdout, stderr):
-    if not args:
-        print(_command_list(), file=stdout)
-        return EXIT_OK
-    text = _help_text(args[0]) if len(args) == 1 else None
-    if text is None:
-        print(f"{PROGRAM}: no such command: {' '.join(args)}\n", file=stderr)
-        print(_command_list(), file=stderr)
-        return EXIT_USAGE
-    print(text, file=stdout)
-    return EXIT_OK
+    return show_help(PROGRAM, args, _HELP_TEXTS, _command_list, stdout, stderr)
 
 
 def _admin(command):
@@ -219,22 +216,4 @@ def main(argv=None, stdout=None, stderr=None):
 
     :returns: the exit code: 0 done, 1 failed, 2 usage error.
     """
-    if argv is None:
-        argv = sys.argv[1:]
-    stdout = sys.stdout if stdout is None else stdout
-    stderr = sys.stderr if stderr is None else stderr
-    if not argv:
-        print(_banner(), file=stdout)
-        return EXIT_OK
-    command, args = argv[0], list(argv[1:])
-    if command == "--version" and not args:
-        print(f"nymprov {__version__}", file=stdout)
-        return EXIT_OK
-    if command in ("--help", "-h") and not args:
-        return _help([], stdout, stderr)
-    handler = _DISPATCH.get(command)
-    if handler is None:
-        print(f"{PROGRAM}: unknown command: {command}\n", file=stderr)
-        print(_command_list(), file=stderr)
-        return EXIT_USAGE
-    return handler(args, stdout, stderr)
+    return dispatch(PROGRAM, argv, _DISPATCH, _banner, _command_list, stdout, stderr)
