@@ -4,9 +4,10 @@ import sys
 
 from nymprov._version import __version__
 from nymprov.cli.common import LOG_LEVELS, run_service
+from nymprov.cli.dispatch import dispatch, show_help
 from nymprov.directory.config import DirectoryOptions
 from nymprov.errors import ConfigError
-from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, InvalidOption, parse_command_options
+from nymprov.options import EXIT_FAILURE, EXIT_OK, InvalidOption, parse_command_options
 
 PROGRAM = "nym-directory"
 
@@ -84,15 +85,11 @@ def _run(args, stdout, stderr):
 def _help_command(args, stdout, stderr):
     texts = {"run": lambda: str(RunCommandOptions()), "init": lambda: str(InitOptions()),
              "help": _command_list, "--version": lambda: f"Usage: {PROGRAM} --version"}
-    if not args:
-        print(_command_list(), file=stdout)
-        return EXIT_OK
-    text = texts.get(args[0]) if len(args) == 1 else None
-    if text is None:
-        print(f"{PROGRAM}: no such command: {' '.join(args)}\n\n{_command_list()}", file=stderr)
-        return EXIT_USAGE
-    print(text(), file=stdout)
-    return EXIT_OK
+    return show_help(PROGRAM, args, texts, _command_list, stdout, stderr)
+
+
+def _banner():
+    return f"{PROGRAM} {__version__}: a Nym network directory\n\n{_command_list()}"
 
 
 def main(argv=None, stdout=None, stderr=None):
@@ -101,23 +98,8 @@ def main(argv=None, stdout=None, stderr=None):
 
     :returns: the exit code: 0 done, 1 failed, 2 usage error.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    stdout = sys.stdout if stdout is None else stdout
-    stderr = sys.stderr if stderr is None else stderr
-    if not argv:
-        print(f"{PROGRAM} {__version__}: a Nym network directory\n\n{_command_list()}", file=stdout)
-        return EXIT_OK
-    command, args = argv[0], list(argv[1:])
-    if command == "--version" and not args:
-        print(f"nymprov {__version__}", file=stdout)
-        return EXIT_OK
-    if command in ("--help", "-h") and not args:
-        return _help_command([], stdout, stderr)
-    handler = {"run": _run, "init": _init, "help": _help_command}.get(command)
-    if handler is None:
-        print(f"{PROGRAM}: unknown command: {command}\n\n{_command_list()}", file=stderr)
-        return EXIT_USAGE
-    return handler(args, stdout, stderr)
+    handlers = {"run": _run, "init": _init, "help": _help_command}
+    return dispatch(PROGRAM, argv, handlers, _banner, _command_list, stdout, stderr)
 
 
 if __name__ == "__main__":
