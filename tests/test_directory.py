@@ -129,6 +129,47 @@ class DirectoryHTTPTests(TestCase):
         status, body = await self.get(url, "/nothing/here")
         self.assertEqual((status, json.loads(body)["error"]), (404, "not_found"))
 
+    async def test_operator_api(self):
+        """
+        With --http-listen, the operator's API serves the directory's
+        counters in Prometheus' format (they move by exactly what was
+        posted), its health and its description; without it nothing listens.
+        """
+        from prometheus_client.parser import text_string_to_metric_families
+
+        plain, _ = await self.start_directory()
+        self.assertEqual(plain.http_listener.ports, [])
+        service, url = await self.start_directory(http_listen="tcp:0:interface=127.0.0.1")
+        api = f"http://127.0.0.1:{service.http_listener.ports[0].getHost().port}"
+
+        async def scrape():
+            status, body = await self.get(api, "/metrics")
+            self.assertEqual(status, 200)
+            return {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(body.decode("utf-8"))
+                for sample in family.samples
+            }
+
+        epoch = self.epoch_now(service)
+        node = FakeNode("mix", 1)
+        self.assertEqual((await self.post(url, node.signed(reactor.seconds(), (epoch,))))[0], 200)
+        before = await scrape()
+        self.assertEqual(before[("nymprov_directory_nodes", ())], 1)
+        await self.post(url, b"{not json")
+        await self.post(url, b"{not json")
+        after = await scrape()
+        refused = ("nymprov_descriptors_refused_total", (("reason", "malformed"),))
+        self.assertEqual(after[refused] - before.get(refused, 0), 2)
+        accepted = ("nymprov_descriptors_accepted_total", ())
+        self.assertEqual(after[accepted], before[accepted])
+        status, body = await self.get(api, "/health")
+        self.assertEqual((status, json.loads(body)), (200, {"live": True, "ready": True}))
+        status, body = await self.get(api, "/description")
+        description = json.loads(body)
+        self.assertEqual(description["role"], "directory")
+        self.assertEqual(description["endpoints"]["directory_api"], [url[len("http://"):]])
+
     async def test_admission_list(self):
         """With an admission list, only the identities on it are accepted."""
         admitted, stranger = FakeNode("mix", 1), FakeNode("mix", 1)

@@ -31,6 +31,7 @@ class DirectoryConfig:
 
     data_dir: str = DEFAULT_DATA_DIR
     listen: str = "tcp:8080:interface=127.0.0.1"
+    http_listen: str = None  # the operator's HTTP API (/metrics, /health); none by default
     database: str = None  # default: directory.sqlite in data_dir
     epoch_length: float = 3600.0  # seconds
     epoch_zero: float = 0.0  # Unix time at which epoch 0 began
@@ -71,6 +72,7 @@ def _optional_number(minimum):
 _CHECKS = {
     "data_dir": check_path,
     "listen": check_endpoint,
+    "http_listen": lambda field, value: None if value is None else check_endpoint(field, value),
     "database": _check_database,
     "epoch_length": number(0.0, exclusive=True),
     "epoch_zero": number(0.0),
@@ -85,6 +87,7 @@ _DEFAULTS = DirectoryConfig.__dataclass_fields__
 _HELP = {
     "data_dir": "directory for the signing key and the database",
     "listen": "endpoint of the HTTP API",
+    "http_listen": "endpoint of the operator's HTTP API (/metrics, /health, /description); none if not given",
     "database": "SQLite file of descriptors [default: DATA_DIR/directory.sqlite]",
     "epoch_length": "seconds per epoch",
     "epoch_zero": "Unix time at which epoch 0 began",

@@ -11,6 +11,7 @@ from twisted.logger import Logger
 
 from nymprov.directory.config import read_admission_list
 from nymprov.directory.registry import Registry
+from nymprov.directory.status import DirectoryStatus
 from nymprov.directory.store import DescriptorStore
 from nymprov.directory.web import make_site
 from nymprov.keys import (
@@ -23,6 +24,7 @@ from nymprov.keys import (
 from nymprov.metrics import Counters
 from nymprov.netdoc.epochs import Epochs
 from nymprov.netdoc.signed import key_text
+from nymprov.node.operator import http_listener, serve_http
 from nymprov.node.service import ListenerService, NodeService, chore
 
 DIRECTORY_KEY_HEADER = "nymprov ed25519 directory v1"
@@ -76,6 +78,7 @@ class _Registry(Service):
             length=config.epoch_length,
         )
         directory.listener.serve(make_site(directory.registry, directory._reactor))
+        serve_http(directory.http_listener, DirectoryStatus(directory))
 
     def stopService(self):
         Service.stopService(self)
@@ -101,7 +104,8 @@ class DirectoryService(NodeService):
         self.counters = Counters()
         self.signing_key = self.registry = self._store = self.admitted = None
         self.listener = ListenerService(reactor, [config.listen], "directory API")
-        self.listeners = [self.listener]
+        self.http_listener = http_listener(reactor, [config.http_listen] if config.http_listen else [])
+        self.listeners = [self.listener, self.http_listener]
 
     @property
     def ports(self):
@@ -123,7 +127,8 @@ class DirectoryService(NodeService):
         # Often enough that a node leaves within a tenth of the expiry of it
         # being due; documents already leave out silent nodes when built.
         expiry = chore(self._reactor, max(config.expiry / 10, 0.1), self._expire, "expiry")
-        for part in (_Registry(self), self.listener, expiry):
+        # The operator's API first, so that /health answers while the rest stops.
+        for part in (self.http_listener, _Registry(self), self.listener, expiry):
             part.setServiceParent(self)
 
     def _expire(self):
