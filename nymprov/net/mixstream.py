@@ -1,0 +1,198 @@
+"""
+One end of a reliable byte stream over the mixnet (frames of
+:mod:`nymprov.wire.streams`): sequence numbers, cumulative ACKs,
+retransmission after a time-out, a flow-control window, half-close and an
+idle time-out.  Shared by the client's SOCKS5 port and the ``socks5``
+backend; it knows nothing about how a frame travels (``transmit``).
+
+Written by hand: the mixnet loses and reorders packets like no transport a
+library offers a stream over, and TCP itself cannot ride on SURBs.
+"""
+
+import collections
+
+from nymprov.wire.streams import (
+    ACK,
+    FIN,
+    RELIABLE,
+    RESET,
+    REPLY_GENERAL_FAILURE,
+    REPLY_TTL_EXPIRED,
+    decode_reset,
+    encode_reset,
+)
+
+#: Frames a receiver takes past the last one it delivered in order.
+DEFAULT_WINDOW = 64
+#: Frames sent before the other side said what its window is.
+INITIAL_WINDOW = 16
+
+
+class _Unacked:
+    __slots__ = ("kind", "payload", "sent_at", "attempts")
+
+    def __init__(self, kind, payload, sent_at):
+        self.kind = kind
+        self.payload = payload
+        self.sent_at = sent_at
+        self.attempts = 1
+
+
+class StreamEndpoint:
+    """
+    :param clock: an ``IReactorTime``.
+    :param transmit: ``(kind, seq, ack, window, payload) -> None``: send one
+        frame (it may be lost; this end retransmits).
+    :param on_frame: ``(kind, payload) -> None``: a reliable frame, in order,
+        once (OPEN, OPENED, DATA, FIN).
+    :param on_closed: ``(code) -> None``: the stream is over: ``None`` after
+        both FINs were exchanged and acked, else the SOCKS5 reply code of
+        the RESET or failure that ended it.  Called once.
+    :param float rto: seconds before an unacked frame is sent again
+        (doubled per attempt, at most ``8 * rto``).
+    :param int max_attempts: sends of one frame before the stream is reset.
+    :param int window: frames this end takes past the last delivered one.
+    :param float idle_timeout: seconds without a frame from the other side
+        before the stream is reset.
+    """
+
+    def __init__(self, clock, transmit, on_frame, on_closed, *, rto=3.0, max_attempts=10,
+                 window=DEFAULT_WINDOW, idle_timeout=300.0):
+        self._clock = clock
+        self._transmit = transmit
+        self._on_frame = on_frame
+        self._on_closed = on_closed
+        self._rto = rto
+        self._max_attempts = max_attempts
+        self._window = window
+        self._next_seq = 0
+        self._expected = 0
+        self._peer_ack = 0
+        self._peer_window = INITIAL_WINDOW
+        self._unacked = collections.OrderedDict()  # seq -> _Unacked
+        self._waiting = collections.deque()  # (seq, kind, payload) beyond the peer's window
+        self._early = {}  # seq -> (kind, payload): arrived before a missing one
+        self.fin_sent = False
+        self.fin_received = False
+        self.closed = False
+        self._retransmit_call = None
+        self._linger_call = None
+        self._idle_timeout = idle_timeout
+        self._idle_call = clock.callLater(idle_timeout, self._idle)
+
+    # -- sending ------------------------------------------------------------
+
+    @property
+    def in_flight(self):
+        """Reliable frames sent or waiting, not yet acked."""
+        return len(self._unacked) + len(self._waiting)
+
+    def send(self, kind, payload=b""):
+        """Send a reliable frame (OPEN, OPENED, DATA or FIN) in order."""
+        if kind not in RELIABLE:
+            raise ValueError(f"frame kind {kind} is not reliable")
+        if self.closed or self.fin_sent:
+            return
+        if kind == FIN:
+            self.fin_sent = True
+        self._waiting.append((self._next_seq, kind, payload))
+        self._next_seq += 1
+        self._pump()
+
+    def _free_window(self):
+        return max(self._window - len(self._early), 0)
+
+    def _pump(self):
+        while self._waiting and self._waiting[0][0] < self._peer_ack + self._peer_window:
+            seq, kind, payload = self._waiting.popleft()
+            self._unacked[seq] = _Unacked(kind, payload, self._clock.seconds())
+            self._transmit(kind, seq, self._expected, self._free_window(), payload)
+        self._arm_retransmit()
+
+    def _arm_retransmit(self):
+        if self._unacked and (self._retransmit_call is None or not self._retransmit_call.active()):
+            self._retransmit_call = self._clock.callLater(self._rto, self._retransmit)
+
+    def _retransmit(self):
+        self._retransmit_call = None
+        if self.closed:
+            return
+        now = self._clock.seconds()
+        for seq, frame in list(self._unacked.items()):
+            if now - frame.sent_at < min(self._rto * 2 ** (frame.attempts - 1), 8 * self._rto):
+                continue
+            if frame.attempts >= self._max_attempts:
+                self.reset(REPLY_TTL_EXPIRED)
+                return
+            frame.attempts += 1
+            frame.sent_at = now
+            self._transmit(frame.kind, seq, self._expected, self._free_window(), frame.payload)
+        self._arm_retransmit()
+
+    def ack(self):
+        """Tell the other side what arrived (and the window), now."""
+        if not self.closed:
+            self._transmit(ACK, 0, self._expected, self._free_window(), b"")
+
+    def reset(self, code=REPLY_GENERAL_FAILURE):
+        """End the stream at once, telling the other side (best effort)."""
+        if self.closed:
+            return
+        self._transmit(RESET, 0, self._expected, 0, encode_reset(code))
+        self._close(code)
+
+    def linger(self, seconds):
+        """Reset the stream unless it has closed within ``seconds``."""
+        if not self.closed and self._linger_call is None:
+            self._linger_call = self._clock.callLater(seconds, self.reset, REPLY_TTL_EXPIRED)
+
+    # -- receiving ----------------------------------------------------------
+
+    def receive(self, frame):
+        """Take a :class:`nymprov.wire.streams.StreamFrame` from the other side."""
+        if self.closed:
+            return
+        self._idle_call.reset(self._idle_timeout)
+        if frame.kind == RESET:
+            self._close(decode_reset(frame.payload))
+            return
+        if self._peer_ack < frame.ack <= self._next_seq:
+            for seq in [s for s in self._unacked if s < frame.ack]:
+                del self._unacked[seq]
+            self._peer_ack = frame.ack
+        if frame.ack >= self._peer_ack:
+            self._peer_window = frame.window
+        if frame.kind in RELIABLE:
+            if self._expected <= frame.seq < self._expected + self._window:
+                self._early.setdefault(frame.seq, (frame.kind, frame.payload))
+            while self._expected in self._early and not self.closed:
+                kind, payload = self._early.pop(self._expected)
+                self._expected += 1
+                if kind == FIN:
+                    self.fin_received = True
+                self._on_frame(kind, payload)
+            # Duplicates and frames past the window are acked too: the
+            # other side's ACK was lost, or it learns the window.
+            self.ack()
+        if not self.closed:
+            self._pump()
+            if self.fin_sent and self.fin_received and not self._unacked and not self._waiting:
+                self._close(None)
+
+    # -- ending -------------------------------------------------------------
+
+    def _idle(self):
+        self._idle_call = None
+        self.reset(REPLY_TTL_EXPIRED)
+
+    def _close(self, code):
+        if self.closed:
+            return
+        self.closed = True
+        for call in (self._retransmit_call, self._idle_call, self._linger_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._unacked.clear()
+        self._waiting.clear()
+        self._early.clear()
+        self._on_closed(code)

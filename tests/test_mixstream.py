@@ -1,0 +1,110 @@
+"""
+The stream state machine (nymprov.net.mixstream) between two ends joined
+by a link, under a Clock, that loses, duplicates and reorders frames.
+"""
+
+import random
+
+from hypothesis import given, settings, strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from nymprov.net.mixstream import StreamEndpoint
+from nymprov.wire.streams import DATA, FIN, OPEN, StreamFrame
+
+
+class _Pair:
+    """Two endpoints; each frame takes ``delay`` s and is lost with ``loss``."""
+
+    def __init__(self, loss=0.0, duplicate=0.0, seed=0, delay=0.1, window=8, max_attempts=30):
+        self.clock = Clock()
+        self.rng = random.Random(seed)
+        self.loss, self.duplicate, self.delay = loss, duplicate, delay
+        self.got = {"a": [], "b": []}
+        self.closed = {}
+        self.sent = {"a": 0, "b": 0}
+        self.ends = {}
+        for name, other in (("a", "b"), ("b", "a")):
+            self.ends[name] = StreamEndpoint(
+                self.clock, self._link(name, other), self._on_frame(name), self._on_closed(name),
+                rto=1.0, window=window, idle_timeout=60.0, max_attempts=max_attempts)
+
+    def _link(self, name, other):
+        def transmit(kind, seq, ack, window, payload):
+            self.sent[name] += 1
+            frame = StreamFrame(kind, bytes(16), 1, seq, ack, window, 0, payload)
+            copies = 0 if self.rng.random() < self.loss else 1 + (self.rng.random() < self.duplicate)
+            for _ in range(copies):
+                # Random delays reorder frames.
+                self.clock.callLater(self.delay * (0.5 + self.rng.random()), self.ends[other].receive, frame)
+        return transmit
+
+    def _on_frame(self, name):
+        return lambda kind, payload: self.got[name].append((kind, payload))
+
+    def _on_closed(self, name):
+        return lambda code: self.closed.setdefault(name, code)
+
+    def run(self, seconds):
+        for _ in range(int(seconds / 0.05)):
+            self.clock.advance(0.05)
+
+
+class EndpointTests(SynchronousTestCase):
+    @settings(max_examples=30, deadline=None)
+    @given(st.floats(0, 0.3), st.floats(0, 0.3), st.integers(0, 2**32), st.integers(1, 60))
+    def test_in_order_exactly_once_then_closed(self, loss, duplicate, seed, count):
+        """Over a lossy, duplicating, reordering link every frame arrives once in order; FINs close both."""
+        pair = _Pair(loss, duplicate, seed)
+        a, b = pair.ends["a"], pair.ends["b"]
+        a.send(OPEN, b"open")
+        chunks = [b"%d" % i for i in range(count)]
+        for chunk in chunks:
+            a.send(DATA, chunk)
+        b.send(DATA, b"back")
+        a.send(FIN)
+        b.send(FIN)
+        pair.run(400)
+        self.assertEqual(pair.got["b"], [(OPEN, b"open")] + [(DATA, c) for c in chunks] + [(FIN, b"")])
+        self.assertEqual(pair.got["a"], [(DATA, b"back"), (FIN, b"")])
+        # Closed by the FINs, or (when the last ACK was lost) by running out of attempts.
+        self.assertIn(pair.closed.get("a", "open"), (None, 6))
+        self.assertIn(pair.closed.get("b", "open"), (None, 6))
+
+    def test_window_bounds_frames_in_flight(self):
+        """With no ACKs coming back, no more than the window's frames are sent."""
+        pair = _Pair(loss=1.0, window=8)
+        for i in range(50):
+            pair.ends["a"].send(DATA, b"x")
+        self.assertEqual(pair.sent["a"], 16)  # the initial window before the peer speaks
+        self.assertEqual(pair.ends["a"].in_flight, 50)
+
+    def test_no_answer_resets(self):
+        """A peer that never answers ends the stream with TTL expired (6) after the attempts."""
+        pair = _Pair(loss=1.0, max_attempts=3)
+        pair.ends["a"].send(OPEN, b"x")
+        pair.run(30)
+        self.assertEqual(pair.closed["a"], 6)
+        self.assertEqual(pair.ends["a"].in_flight, 0)
+
+    def test_idle_timeout(self):
+        """A stream with nothing from the other side for the idle time-out is reset and frees its timers."""
+        pair = _Pair()
+        pair.run(61)
+        self.assertEqual(pair.closed, {"a": 6, "b": 6})
+        self.assertEqual(pair.clock.getDelayedCalls(), [])
+
+    def test_reset_reaches_the_peer(self):
+        """A reset end tells the other with its code."""
+        pair = _Pair()
+        pair.ends["a"].reset(2)
+        pair.run(1)
+        self.assertEqual(pair.closed, {"a": 2, "b": 2})
+
+    def test_linger(self):
+        """After linger, a stream not closed is reset."""
+        pair = _Pair(loss=1.0)
+        pair.ends["a"].send(FIN)
+        pair.ends["a"].linger(5)
+        pair.run(6)
+        self.assertEqual(pair.closed["a"], 6)
