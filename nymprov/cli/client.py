@@ -108,8 +108,28 @@ class SendOptions(_Common):
 class RunOptions(_Common):
     synopsis = f"Usage: {PROGRAM} run [options]"
     optParameters = [["api-listen", None, "tcp:1977:interface=127.0.0.1",
-                      "the local WebSocket API's endpoint (loopback or unix: only, unless --api-public)"]]
-    optFlags = [["api-public", None, "allow the local API on an address other than loopback"]]
+                      "the local WebSocket API's endpoint (loopback or unix: only, unless --api-public)"],
+                     ["socks5", None, None, "serve SOCKS5 on HOST:PORT (loopback only, unless --socks5-public)"],
+                     ["service", "s", None, "the socks5 service provider's identity (base58), for --socks5"]]
+    optFlags = [["api-public", None, "allow the local API on an address other than loopback"],
+                ["socks5-public", None, "allow the SOCKS5 port on an address other than loopback"]]
+
+    def postOptions(self):
+        if self["socks5"] is None:
+            return
+        import ipaddress
+
+        from nymprov.net.addresses import parse_host_port
+
+        try:
+            host, port = parse_host_port(self["socks5"])
+        except ValueError as e:
+            raise usage.UsageError(f"--socks5: {e}")
+        if not self["socks5-public"] and not ipaddress.ip_address(host).is_loopback:
+            raise usage.UsageError(f"--socks5: {host} is not loopback (give --socks5-public to allow it)")
+        if not self["service"]:
+            raise usage.UsageError("--socks5 needs --service: the socks5 service provider's identity")
+        self["socks5-host"], self["socks5-port"] = host, int(port)
 
 
 class ReceiveOptions(_Common):

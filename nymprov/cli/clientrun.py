@@ -117,6 +117,7 @@ async def run(reactor, client, settings, options, out, earlier, save):
     daemon = ClientDaemon(client, reactor, options["api-listen"], options["api-public"],
                           settings["data_dir"], earlier)
     await daemon.start()
+    socks = await _serve_socks5(reactor, client, options) if options["socks5"] else None
 
     async def shutdown():
         save(await daemon.stop())
@@ -125,4 +126,26 @@ async def run(reactor, client, settings, options, out, earlier, save):
     stream = client.stream
     shaping = (f"shaped: λ_P {stream.send_rate:g}/s" if stream.shaped else "UNSHAPED (observable)")
     print(f"client {client.address}\nlocal API on {daemon.url} ({shaping}); Ctrl-C stops", file=out, flush=True)
+    if socks is not None:
+        address = socks.getHost()
+        print(f"SOCKS5 on {address.host}:{address.port} through {options['service']}", file=out, flush=True)
     await Deferred()  # until the reactor stops
+
+
+async def _serve_socks5(reactor, client, options):
+    """Listen for SOCKS5 on ``--socks5``: each connection one stream to ``--service``."""
+    from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+
+    from nymprov.client.socks5.server import Socks5Factory
+    from nymprov.client.socks5.streams import MixStreams
+
+    try:
+        streams = MixStreams(client, options["service"], reactor)
+    except (KeyError, ValueError):
+        raise ConfigError(f"--service: {options['service']} is not a provider of the topology") from None
+    host = options["socks5-host"]
+    endpoint_class = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
+    port = await endpoint_class(reactor, options["socks5-port"], interface=host).listen(
+        Socks5Factory(streams, reactor))
+    reactor.addSystemEventTrigger("before", "shutdown", streams.close)
+    return port
