@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from OpenSSL import SSL, crypto
 from twisted.internet import defer
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -379,6 +379,38 @@ class RegisterTests(SynchronousTestCase):
         factory = make_factory(registration="closed", invite_codes=[b"sesame"])
         answer = Connection(factory).register(self.key, invite=b"sesame")
         self.assertEqual(shape(answer), error(ErrorCode.INVITE_REQUIRED, 2))
+
+    def test_garbage_spends_no_budget(self):
+        """
+        REGISTERs with a bad signature do not spend the address's budget:
+        an honest client behind the same address still registers.
+        """
+        for i in range(10):
+            challenge = self.conn.ask(api.Challenge(request_id=1))
+            self.assertIsInstance(challenge, api.ChallengeOk)
+            answer = self.conn.ask(api.Register(bytes(SigningKey(bytes([i]) * 32).verify_key),
+                                                b"\x00" * 64, request_id=2))
+            self.assertEqual(shape(answer), error(ErrorCode.BAD_PROOF, 2))
+        self.assertIsInstance(self.conn.register(self.key), api.Registered)
+
+    def test_rate_limited_per_ipv6_network(self):
+        """
+        Addresses of one IPv6 /64 share one budget; another /64 has its own.
+        """
+        def connection(host):
+            conn = Connection.__new__(Connection)
+            conn.factory = self.factory
+            conn.transport = StringTransport(peerAddress=IPv6Address("TCP", host, 40000))
+            conn.protocol = self.factory.buildProtocol(conn.transport.getPeer())
+            conn.protocol.makeConnection(conn.transport)
+            return conn
+
+        for i in range(5):
+            answer = connection(f"2001:db8::{i + 1}").register(SigningKey(bytes([i]) * 32))
+            self.assertIsInstance(answer, api.Registered)
+        answer = connection("2001:db8::ffff:1").register(self.key)
+        self.assertEqual(shape(answer), error(ErrorCode.RATE_LIMITED, 2))
+        self.assertIsInstance(connection("2001:db8:0:1::1").register(self.key), api.Registered)
 
     def test_rate_limited_per_ip(self):
         """

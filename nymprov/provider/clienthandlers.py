@@ -9,6 +9,7 @@ from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from nymprov.errors import PacketRefused, UnknownLease
+from nymprov.net.connlimit import peer_network
 from nymprov.sphinx.errors import ReplayedPacket, SphinxError
 from nymprov.wire import clientapi as api
 from nymprov.wire.clientapi import ClientApiError, ErrorCode
@@ -62,14 +63,17 @@ class RequestHandlers:
         nonce, self._nonce = self._nonce, None
         if nonce is None:
             raise _refusal(ErrorCode.BAD_PROOF, "no live challenge")
-        if not factory.register_limiter.allow(self._peer_host()):
-            factory.counters.incr("client_api.rate_limited", "register")
-            raise _refusal(ErrorCode.RATE_LIMITED, "too many registrations")
         signed = api.register_signed_bytes(factory.provider_identity, nonce, request.address)
         try:
             VerifyKey(request.address).verify(signed, request.signature)
         except (CryptoError, ValueError, TypeError):
             raise _refusal(ErrorCode.BAD_PROOF, "bad signature") from None
+        # Only a valid proof spends the budget, so garbage from a neighbour
+        # behind the same address locks no honest client out; one budget
+        # per IPv4 address or IPv6 /64 (a host holds a whole /64).
+        if not factory.register_limiter.allow(peer_network(self._peer_host())):
+            factory.counters.incr("client_api.rate_limited", "register")
+            raise _refusal(ErrorCode.RATE_LIMITED, "too many registrations")
         if not factory.registration.allows(request.address, request.invite):
             raise _refusal(ErrorCode.INVITE_REQUIRED, "registration needs a valid invite")
         token = factory.random_bytes(api.TOKEN_LENGTH)
