@@ -196,3 +196,42 @@ class ServerOptionsTests(TestCase):
             return connected.addCallback(check)
 
         return endpoint.listen(server_factory).addCallback(listening)
+
+
+class CipherSuiteTests(TestCase):
+    """The provider offers only AEAD cipher suites."""
+
+    async def test_only_aead_suites(self):
+        """
+        A TLS 1.2 client offering only CBC-SHA suites cannot connect; one
+        offering AES-GCM can, and that is what it gets.
+        """
+        import socket
+        import ssl
+
+        from twisted.internet.threads import deferToThread
+
+        private_certificate = tls.load_or_create_certificate(self.mktemp())
+        endpoint = SSL4ServerEndpoint(
+            reactor, 0, tls.server_tls_options(private_certificate), interface="127.0.0.1"
+        )
+        port = await endpoint.listen(protocol.Factory.forProtocol(_Echo))
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+
+        def handshake(ciphers):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers(ciphers)
+            with socket.create_connection(address, timeout=10) as raw:
+                try:
+                    with context.wrap_socket(raw) as wrapped:
+                        return wrapped.cipher()[0]
+                except ssl.SSLError:
+                    return None
+
+        weak = "ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA:AES128-SHA:ECDHE-ECDSA-AES256-SHA384"
+        self.assertIsNone(await deferToThread(handshake, weak))
+        self.assertIn("GCM", await deferToThread(handshake, "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256"))

@@ -15,6 +15,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.ssl import (
+    AcceptableCiphers,
     Certificate,
     CertificateOptions,
     PrivateCertificate,
@@ -155,6 +156,13 @@ def certificate_fingerprint(certificate):
     return hashlib.sha256(certificate.dump(crypto.FILETYPE_ASN1)).digest()
 
 
+#: TLS 1.2 suites with forward secrecy and authenticated encryption only
+#: (every TLS 1.3 suite is both); no CBC, no SHA-1 MACs, no static RSA.
+_AEAD_ONLY = AcceptableCiphers.fromOpenSSLCipherString(
+    "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL"
+)
+
+
 def server_tls_options(private_certificate):
     """
     The TLS context factory for serving with ``private_certificate``: what
@@ -169,6 +177,7 @@ def server_tls_options(private_certificate):
         privateKey=private_certificate.privateKey.original.to_cryptography_key(),
         certificate=private_certificate.original.to_cryptography(),
         raiseMinimumTo=TLSVersion.TLSv1_2,
+        acceptableCiphers=_AEAD_ONLY,
     )
 
 
