@@ -47,6 +47,23 @@ def fresh_schema(test):
     return make_conninfo(url, options=f"-csearch_path={name}")
 
 
+def fresh_schema_url(test):
+    """
+    As :func:`fresh_schema`, as a ``postgresql://`` URL (what ``--store``
+    takes).
+    """
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    conninfo = fresh_schema(test)
+    url = postgres_url()
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SkipTest(f"{ENV} must be a postgresql:// URL for the provider tests")
+    options = conninfo_to_dict(conninfo)["options"]
+    return url + ("&" if "?" in url else "?") + "options=" + quote(options, safe="")
+
+
 def cuttable_proxy(test, url):
     """
     A loopback TCP proxy to the server of ``url``, for a test to cut and

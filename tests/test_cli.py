@@ -170,6 +170,29 @@ class RunUsageTests(SynchronousTestCase):
         self.assertIn("--log-level", err)
         self.assertEqual(os.listdir(self.root), [])
 
+    def test_processes_need_a_shared_store(self):
+        """
+        --processes above 1 with the SQLite store, or not a count, exits 2
+        naming the option; nothing is created.
+        """
+        for argv in (["--processes", "2"], ["--processes", "0"], ["--processes", "many"],
+                     ["--processes", "2", "--store", "memory"]):
+            code, out, err = run_main(["run", "-d", self.data_dir] + argv)
+            self.assertEqual(code, 2, argv)
+            self.assertIn("--processes", err)
+        self.assertEqual(os.listdir(self.root), [])
+
+    def test_processes_bad_endpoint(self):
+        """
+        --processes shares tcp: endpoints only; any other exits 1 with a
+        message naming it.
+        """
+        code, out, err = run_main(["run", "-d", self.data_dir, "--processes", "2",
+                                   "--store", "postgresql://nobody@localhost/none", "--no-client-tls",
+                                   "--client-listen", "unix:" + os.path.join(self.root, "sock")])
+        self.assertEqual(code, 1)
+        self.assertIn("only tcp: and tcp6: endpoints", err)
+
     def test_init_invalid_value(self):
         """init with a run option or a bad config value exits 2 and creates nothing."""
         code, out, err = run_main(["init", "-d", self.data_dir, "--pull-max", "x"])

@@ -249,7 +249,9 @@ class SharedDatabaseTests(TestCase):
         """
         first, second = yield self.two_stores()
         told = []
-        second.add_client_observer(told.append)
+        hashes = []
+        second.add_client_observer(lambda address, token_hash: told.append(address))
+        second.add_client_observer(lambda *change: hashes.append(change))
         # None: the other is listening, and has re-read the clients.
         yield Deferred.fromCoroutine(wait_for(lambda: None in told, "listening"))
         yield first.register(ALICE, token_hash(b"old"), T0)
@@ -257,9 +259,11 @@ class SharedDatabaseTests(TestCase):
         yield first.register(ALICE, token_hash(b"new"), T0)
         yield Deferred.fromCoroutine(wait_for(lambda: told.count(ALICE) == 2, "rotation notice"))
         self.assertFalse((yield second.authenticate(ALICE, token_hash(b"old"))))
+        self.assertEqual(hashes[-1], (ALICE, token_hash(b"new")))
         yield first.forget(ALICE)
         yield Deferred.fromCoroutine(wait_for(lambda: not second.is_registered(ALICE), "forget notice"))
         self.assertEqual(told.count(ALICE), 3)
+        self.assertEqual(hashes[-1], (ALICE, None))
 
     @inlineCallbacks
     def test_database_away_and_back(self):

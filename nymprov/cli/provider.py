@@ -12,7 +12,7 @@ from nymprov.cli.logs import LOG_FORMATS, NodeLog
 from nymprov.cli.common import create_and_print_keys, run_service
 from nymprov.cli.dispatch import dispatch, show_help
 from nymprov.options import EXIT_FAILURE, EXIT_OK, InvalidOption, parse_command_options
-from nymprov.provider.config import DEFAULT_DATA_DIR, RunOptions, load_config
+from nymprov.provider.config import DEFAULT_DATA_DIR, POSTGRES_SCHEMES, RunOptions, load_config
 
 PROGRAM = "nym-provider"
 
@@ -41,12 +41,22 @@ class RunCommandOptions(RunOptions):
     optParameters = [
         ["logfile", None, None, "log to this file (reopened on SIGHUP) instead of standard error"],
         ["log-format", None, "text", "text, or json: one JSON object a line"],
+        ["processes", None, "1", "provider processes sharing the listening ports;"
+         " more than 1 needs a postgresql:// --store"],
     ]
 
     def postOptions(self):
         if self["log-format"] not in LOG_FORMATS:
             raise InvalidOption(f"--log-format: expected one of {', '.join(LOG_FORMATS)}, got {self['log-format']!r}")
+        try:
+            self["processes"] = int(self["processes"])
+        except ValueError:
+            self["processes"] = 0
+        if not 1 <= self["processes"] <= 256:
+            raise InvalidOption("--processes: expected a whole number from 1 to 256")
         RunOptions.postOptions(self)
+        if self["processes"] > 1 and not self.provider_config.store.lower().startswith(POSTGRES_SCHEMES):
+            raise InvalidOption("--processes: several processes need a shared store: --store postgresql://...")
 
 
 class InitOptions(usage.Options):
@@ -161,6 +171,10 @@ def _run(args, stdout, stderr):
     failed = parse_command_options(options, args, stdout, stderr, PROGRAM)
     if failed is not None:
         return failed
+    if options["processes"] > 1:
+        from nymprov.cli.processes import run_processes
+
+        return run_processes(options.provider_config, options["processes"], args, stderr, PROGRAM)
     return _run_service(options, stderr)
 
 

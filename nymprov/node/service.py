@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 
 from nymprov.errors import NymProvError
 from nymprov.net.addresses import show_address
+from nymprov.net.inherited import adopt, take_inherited
 from nymprov.net.listeners import ConnectionTracker
 from nymprov.sphinx import encode_address
 
@@ -103,6 +104,14 @@ class ListenerService(Service):
         if self.ports:
             return
         for description in self.descriptions:
+            inherited = take_inherited(description)
+            if inherited is not None:
+                # Bound by a parent for this process and its siblings
+                # (nym-provider run --processes N): every one accepts on it.
+                port = adopt(self._reactor, *inherited, self.tracker)
+                _pause(port)
+                self.ports.append(port)
+                continue
             d = serverFromString(self._reactor, description).listen(self.tracker)
             outcome = []
             d.addBoth(outcome.append)

@@ -295,10 +295,13 @@ class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, Fram
     # Sessions: which address this connection acts for, known to the
     # factory so that a rotation or FORGET can end the others.
 
-    def _set_address(self, address):
+    def _set_address(self, address, token_hash=None):
         if self._address is not None:
             self.factory.sessions.unbind(self._address, self)
         self._address = address
+        #: The hash of the token this session proved, for a store shared
+        #: with other processes to tell whether it still holds.
+        self.token_hash = token_hash
         if address is not None:
             self.factory.sessions.bind(address, self)
 
@@ -383,6 +386,11 @@ class ClientApiFactory(ServerFactory):
         self.answer_budget = answer_budget
         self.random_bytes = random_bytes
         self.sessions = Sessions(counters)
+        # A store shared by several processes tells of token changes and
+        # forgets made by any of them, so that sessions here end too.
+        watch = getattr(store, "add_client_observer", None)
+        if watch is not None:
+            watch(lambda address, token_hash: self.sessions.changed_elsewhere(address, token_hash, store))
 
     @property
     def connections(self):

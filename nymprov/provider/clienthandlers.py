@@ -77,13 +77,14 @@ class RequestHandlers:
         if not factory.registration.allows(request.address, request.invite):
             raise _refusal(ErrorCode.INVITE_REQUIRED, "registration needs a valid invite")
         token = factory.random_bytes(api.TOKEN_LENGTH)
-        d = factory.store.register(request.address, _token_hash(token), factory.clock.seconds())
+        token_hash = _token_hash(token)
+        d = factory.store.register(request.address, token_hash, factory.clock.seconds())
 
         def registered(_):
             # A new token ends every other session of the address: one of
             # them may be a thief's with the old token.
             factory.sessions.revoke(request.address, keep=self)
-            self._set_address(request.address)
+            self._set_address(request.address, token_hash)
             self.log.debug("client {client} registered", client=_short(request.address))
             return api.Registered(token, request_id=request.request_id)
 
@@ -106,7 +107,7 @@ class RequestHandlers:
                 return factory.store.authenticate(request.address, token_hash).addCallback(checked)
             if not ok:
                 raise _refusal(ErrorCode.BAD_TOKEN, "unknown client or wrong token")
-            self._set_address(request.address)
+            self._set_address(request.address, token_hash)
             return api.AuthOk(request_id=request.request_id)
 
         return factory.store.authenticate(request.address, token_hash).addCallback(checked)

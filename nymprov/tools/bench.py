@@ -10,107 +10,14 @@ measured in the same process, because these machines are shared and noisy.
 """
 
 import argparse
-import hashlib
-import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-#: Clients the ingest packets are spread over (each gets an inbox).
-CLIENTS = 64
-
-#: Longest a long step goes without a progress line.
-PROGRESS_INTERVAL = 2.0  # seconds
-
-
-class Progress:
-    """
-    Progress lines for a long step, at most one per ``interval`` seconds
-    (and the first at once), so that a run of a minute never looks hung.
-    """
-
-    def __init__(self, what, total, out=None, interval=PROGRESS_INTERVAL, clock=time.monotonic):
-        self.what = what
-        self.total = total
-        self._out = out
-        self._interval = interval
-        self._clock = clock
-        self._started = clock()
-        self._next = self._started
-
-    def update(self, done):
-        """Report ``done`` of the total if the last line is old enough."""
-        now = self._clock()
-        if now < self._next:
-            return
-        self._next = now + self._interval
-        print(f"  [{now - self._started:5.1f} s] {self.what}: {done}/{self.total}",
-              file=self._out or sys.stdout, flush=True)
-
-
-# -- packet generation (worker processes, before any measurement) ------------
-
-
-def _generate(job):
-    """
-    Write ``count`` framed one-hop packets for the provider into ``path``.
-    """
-    from nymprov.sphinx import Destination, Node, build_packet
-    from nymprov.wire.envelope import encode_envelope
-    from nymprov.wire.frames import encode_frame
-
-    path, count, node_address, node_public, clients, seed = job
-    with open(path, "wb") as out:
-        for i in range(count):
-            client = clients[(seed + i) % len(clients)]
-            # A client's message: an envelope around ~2 KB of ciphertext.
-            message = encode_envelope(hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 60)
-            packet = build_packet(message, [Node(node_address, node_public)], [0], Destination(client, bytes(16)))
-            out.write(encode_frame(packet))
-    return path
-
-
-def generate_packets(directory, count, node_address, node_public, clients, workers=2, progress=None):
-    """
-    :param progress: a :class:`Progress` told of each file made.
-    :returns: the files holding ``count`` frames, made by ``workers``
-        processes, 2,000 frames a file at most (a progress line a file).
-    """
-    files = max(1, -(-count // 2000))
-    share, extra = divmod(count, files)
-    jobs = [
-        (os.path.join(directory, f"frames-{w}.bin"), share + (1 if w < extra else 0),
-         node_address, node_public, clients, w * count)
-        for w in range(files)
-    ]
-    paths, made = [], 0
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        # imap keeps the files in job order.
-        for path, job in zip(pool.imap(_generate, jobs), jobs):
-            paths.append(path)
-            made += job[1]
-            if progress is not None:
-                progress.update(made)
-    return paths
-
-
-def _stream(host, port, paths):
-    """The load generator: stream frame files to the mix port as fast as it reads."""
-    with socket.create_connection((host, port)) as sock:
-        for path in paths:
-            with open(path, "rb") as f:
-                while True:
-                    chunk = f.read(1 << 20)
-                    if not chunk:
-                        break
-                    sock.sendall(chunk)
-        # Keep the connection until the node has read everything.
-        sock.shutdown(socket.SHUT_WR)
-        sock.recv(1)
+from nymprov.tools.bench_packets import CLIENTS, Progress, generate_packets
 
 
 # -- unwrap only ---------------------------------------------------------------
@@ -213,7 +120,7 @@ async def _node_benchmark(reactor, args, figures):
         base_rss = _rss_mib()
         samples = []
         generator = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from nymprov.tools.bench import _stream; "
+            [sys.executable, "-c", "import sys; from nymprov.tools.bench_packets import _stream; "
              "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])",
              mix_port.host, str(mix_port.port), *paths]
         )
@@ -309,21 +216,32 @@ def report(figures):
             print(f"  unwrap worker peak RSS    {peak:8.0f} MiB")
 
 
+def _store_choice(text):
+    if text in ("sqlite", "memory") or text.startswith(("postgresql://", "postgres://")):
+        return text
+    raise argparse.ArgumentTypeError("expected sqlite, memory or a postgresql:// URL")
+
+
 def main(argv=None):
     """Entry point of ``nym-provider bench``."""
     parser = argparse.ArgumentParser(prog="nym-provider bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--packets", type=int, default=200_000, help="packets to ingest (default 200000)")
+    parser.add_argument("--packets", type=int, default=None,
+                        help="packets to ingest (default 200000; 50000 with a postgresql:// --store)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds for the medians (default 5)")
     parser.add_argument("--per-round", type=int, default=2000, help="operations per round (default 2000)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up on ingest after this many seconds")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite",
-                        help="store to ingest into (default sqlite)")
+    parser.add_argument("--store", type=_store_choice, default="sqlite",
+                        help="store to ingest into: sqlite (default), memory, or a postgresql:// URL,"
+                             " which compares provider processes on SQLite and on PostgreSQL (1 and 2)")
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL",
                         help="SQLite synchronous setting (default FULL)")
     parser.add_argument("--unwrap-workers", type=int, default=None,
                         help="the node's unwrap worker processes (default: the provider's default)")
     parser.add_argument("--unwrap-only", action="store_true", help="skip the whole-node part")
     args = parser.parse_args(argv)
+    scaleout = args.store.startswith(("postgresql://", "postgres://"))
+    if args.packets is None:
+        args.packets = 50_000 if scaleout else 200_000
 
     figures = {}
     unwrap, x25519 = measure_unwrap(args.rounds, args.per_round)
@@ -332,6 +250,10 @@ def main(argv=None):
         from twisted.internet.task import react
 
         def run(reactor):
+            if scaleout:
+                from nymprov.tools.bench_scaleout import scaleout_benchmark
+
+                return ensureDeferred(scaleout_benchmark(reactor, args, figures))
             return ensureDeferred(_node_benchmark(reactor, args, figures))
 
         try:
@@ -347,6 +269,10 @@ def main(argv=None):
     figures["unwrap_us"] = statistics.median(unwrap)
     figures["x25519_us"] = statistics.median(x25519)
     report(figures)
+    if scaleout and not args.unwrap_only:
+        from nymprov.tools.bench_scaleout import report_scaleout
+
+        report_scaleout(figures)
     return 0
 
 

@@ -25,9 +25,9 @@ class ClientNotices:
 
     :param reactor: gets ``callFromThread``.
     :param conninfo: the database's connection string.
-    :param on_change: called on the reactor thread with ``(kind, address)``,
-        ``kind`` being ``"r"`` (registered or token rotated) or ``"f"``
-        (forgotten).
+    :param on_change: called on the reactor thread with ``(kind, address,
+        token_hash)``, ``kind`` being ``"r"`` (registered or token rotated,
+        to ``token_hash``) or ``"f"`` (forgotten; ``token_hash`` is None).
     :param on_resync: called on the reactor thread whenever the listening
         connection was (re)established: notices sent while it was down are
         lost, so the receiver must re-read what it caches.
@@ -85,11 +85,12 @@ class ClientNotices:
     def _deliver(self, notice):
         if notice.channel != CLIENTS_CHANNEL:
             return
-        payload = notice.payload
-        kind, text = payload[:1], payload[1:]
+        kind, text = notice.payload[:1], notice.payload[1:]
         try:
-            address = bytes.fromhex(text)
+            values = bytes.fromhex(text)
         except ValueError:
             return  # not ours: someone else on this channel
-        if kind in ("r", "f"):
-            self._reactor.callFromThread(self._on_change, kind, address)
+        if kind == "r" and len(values) == 64:
+            self._reactor.callFromThread(self._on_change, kind, values[:32], values[32:])
+        elif kind == "f" and len(values) == 32:
+            self._reactor.callFromThread(self._on_change, kind, values, None)

@@ -12,7 +12,8 @@ one order, so that no two transactions can wait for each other: replay tags
 from nymprov.errors import InboxFull, UnknownDestination
 
 #: Channel of the notices that a client's token changed or it was forgotten;
-#: the payload is the address in hex.
+#: the payload is ``r`` and the address and new token hash in hex, or ``f``
+#: and the address in hex.
 CLIENTS_CHANNEL = "nymprov_clients"
 
 #: Key of the advisory lock that lets one process at a time expire
@@ -95,7 +96,7 @@ def register(connection, address, token_hash, now):
             (address, token_hash, now),
         )
         # Delivered at commit, to every listening process (this one too).
-        cursor.execute("SELECT pg_notify(%s, %s)", (CLIENTS_CHANNEL, "r" + address.hex()))
+        cursor.execute("SELECT pg_notify(%s, %s)", (CLIENTS_CHANNEL, "r" + address.hex() + token_hash.hex()))
 
 
 def token_hash(connection, address):

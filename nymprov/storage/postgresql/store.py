@@ -73,10 +73,9 @@ class PostgresStore(Service):
     are counted in the client rows, under their locks.  ``is_registered``
     is answered from a set of addresses kept current by LISTEN/NOTIFY.
 
-    ``add_client_observer(callback)`` registers ``callback(address)``, called
-    on the reactor thread when any process rotated the token of ``address``
-    or forgot it (and with ``None`` when notices may have been missed), so
-    that sessions can check that their token still holds.
+    ``add_client_observer`` tells the client API of token changes and
+    forgets made by any process, so that sessions everywhere end (the
+    notices travel by LISTEN/NOTIFY, a few milliseconds).
 
     :param conninfo: a ``postgresql://`` URL or libpq connection string.
     :param connections: database connections (and threads) of this process.
@@ -249,12 +248,15 @@ class PostgresStore(Service):
 
     def add_client_observer(self, callback):
         """
-        Call ``callback(address)`` whenever the token of ``address`` may no
-        longer be the one a session proved (``None``: any address).
+        Call ``callback(address, token_hash)`` on the reactor thread
+        whenever any process rotated the token of ``address`` to
+        ``token_hash``, or forgot ``address`` (then ``token_hash`` is
+        ``None``); and ``callback(None, None)`` when notices may have been
+        missed, so that every session checks its token.
         """
         self._observers.append(callback)
 
-    def _client_changed(self, kind, address):
+    def _client_changed(self, kind, address, token_hash):
         if self._state != OPEN:
             return
         if kind == "r":
@@ -262,7 +264,7 @@ class PostgresStore(Service):
         else:
             self._registered.discard(address)
         for observer in list(self._observers):
-            observer(address)
+            observer(address, token_hash)
 
     def _resync(self):
         if self._state != OPEN:
@@ -274,7 +276,7 @@ class PostgresStore(Service):
         def reread(addresses):
             self._registered = addresses
             for observer in list(self._observers):
-                observer(None)
+                observer(None, None)
 
         d.addCallbacks(reread, lambda f: self.log.failure("cannot re-read the clients", f))
 
