@@ -245,14 +245,18 @@ class SharedPortsTests(TestCase):
         data_dir = os.path.abspath(self.mktemp())
         process = _Supervised()
         args = [sys.executable, "-m", "nymprov", "run", "--processes", "2", "--store", url,
-                "--data-dir", data_dir, "--no-client-tls", "--unwrap-workers", "0",
+                "--data-dir", data_dir, "--no-client-tls", "--unwrap-workers", "0", "--http-listen", "none",
+                "--admin-socket", "none",
                 "--mix-listen", "tcp:0:interface=127.0.0.1", "--client-listen", "tcp:0:interface=127.0.0.1"]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         transport = reactor.spawnProcess(process, sys.executable, args, env=env)
         self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
 
-        await wait_for(lambda: len(re.findall(r"Listening on .*\(client API", process.text())) == 2
-                       or process.ended.called, "both processes to listen")
+        try:
+            await wait_for(lambda: len(re.findall(r"Listening on .*\(client API", process.text())) == 2
+                           or process.ended.called, "both processes to listen")
+        except AssertionError:
+            raise AssertionError(process.text()[-3000:])
         client_port = int(re.search(r"client API on 127\.0\.0\.1:(\d+)", process.text()).group(1))
         listening = re.findall(r"Listening on 127\.0\.0\.1:(\d+) \(client API", process.text())
         self.assertEqual([int(port) for port in listening], [client_port, client_port])
@@ -279,4 +283,26 @@ class SharedPortsTests(TestCase):
         transport.signalProcess("TERM")
         reason = await process.ended
         self.assertEqual(reason.exitCode, 0, process.text())
-        self.assertEqual(process.text().count("nym-provider stopped"), 2)
+        self.assertEqual(process.text().count("store closed"), 2)
+
+    def test_processes_that_cannot_start(self):
+        """
+        When the provider processes cannot start (here: no such database),
+        the parent stops instead of starting them again forever, exit 1.
+        """
+        return ensureDeferred(self._processes_that_cannot_start())
+
+    async def _processes_that_cannot_start(self):
+        url = fresh_schema_url(self).replace("/postgres?", "/no_such_database?")
+        process = _Supervised()
+        args = [sys.executable, "-m", "nymprov", "run", "--processes", "2", "--store", url,
+                "--data-dir", os.path.abspath(self.mktemp()), "--no-client-tls", "--unwrap-workers", "0",
+                "--http-listen", "none", "--admin-socket", "none",
+                "--mix-listen", "tcp:0:interface=127.0.0.1", "--client-listen", "tcp:0:interface=127.0.0.1"]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        transport = reactor.spawnProcess(process, sys.executable, args, env=env)
+        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
+        reason = await process.ended
+        self.assertEqual(reason.exitCode, 1, process.text())
+        self.assertIn("could not start", process.text())
+        self.assertEqual(len(re.findall(r"provider process \d started", process.text())), 2)

@@ -167,7 +167,7 @@ class PostgresStoreTests(_StoreContract, TestCase):
         As a service, the store opens on start and closes on stop.
         """
         store = self.new_store(StoreLimits())
-        store.startService()
+        yield store.startService()
         self.assertTrue(store.running)
         yield store.stopService()
         yield self.assertFailure(store.append(ALICE, b"x", T0), StoreError)

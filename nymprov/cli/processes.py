@@ -19,6 +19,10 @@ from nymprov.options import EXIT_FAILURE, EXIT_OK
 
 #: Seconds before a provider process that died is started again.
 RESTART_DELAY = 1.0
+#: A provider process that exits with an error sooner than this after its
+#: start could not start (a bad setting, a port, the database): starting it
+#: again would fail the same way, so the parent stops instead.
+START_FAILURE_WINDOW = 10.0
 #: Seconds the parent waits for its children after passing on a SIGTERM
 #: before it kills them.
 STOP_DEADLINE = 60.0
@@ -66,6 +70,7 @@ class Supervisor:
         self._inherited = inherited
         self._admin_socket = admin_socket
         self._children = {}  # number -> process transport
+        self._started = {}  # number -> reactor time of its start
         self._stopping = False
         self.code = EXIT_OK
 
@@ -91,6 +96,7 @@ class Supervisor:
             _Child(self, number), sys.executable, command, env=env, childFDs=child_fds
         )
         self._children[number] = process
+        self._started[number] = self._reactor.seconds()
         self.log.info("provider process {number} started (pid {pid})", number=number, pid=process.pid)
 
     def ended(self, child, code, signal_number):
@@ -100,6 +106,12 @@ class Supervisor:
                 self.code = EXIT_FAILURE
             if not self._children and self._reactor.running:
                 self._reactor.stop()
+            return
+        if code not in (0, None) and self._reactor.seconds() - self._started[child.number] < START_FAILURE_WINDOW:
+            self.log.error("provider process {number} could not start (exit {code}); stopping", number=child.number,
+                           code=code)
+            self.code = EXIT_FAILURE
+            self.stop()
             return
         self.log.warn(
             "provider process {number} ended (exit {code}, signal {signal}); starting it again",
@@ -112,7 +124,7 @@ class Supervisor:
         if self._stopping:
             return
         self._stopping = True
-        if not self._children:
+        if not self._children and self._reactor.running:
             self._reactor.stop()
             return
         for process in self._children.values():
