@@ -181,6 +181,7 @@ async def _run_configuration(reactor, label, store, processes, keys, paths, pack
                 ["--data-dir", os.path.join(workdir, "data"), *database.arguments,
                  "--mix-listen", "tcp:0:interface=127.0.0.1", "--client-listen", "tcp:0:interface=127.0.0.1",
                  "--no-client-tls", "--unwrap-workers", "0", "--stats-interval", "0",
+                 "--http-listen", "none", "--admin-socket", "none",
                  "--register-rate", str(CLIENTS * 4), "--lease-seconds", "300"],
                 os.path.join(workdir, f"{label}-{number}.log"),
             )
