@@ -1,5 +1,7 @@
 """Tests for nymprov.backends.surbreply: service-message codecs and SURB replies."""
 
+import os
+
 from hypothesis import given, settings, strategies as st
 from nacl.public import PrivateKey
 from twisted.internet.defer import fail
@@ -179,6 +181,21 @@ class EchoTests(SynchronousTestCase):
         d = backend.deliver(final(encode_fragment(b"z" * 16, 0, 1, data)))
         self.failureResultOf(d, SurbRefused)
         self.assertEqual(sender.sent, [])
+
+    def test_low_order_reply_key_refused(self):
+        """
+        A reply key that is a low-order point (no shared secret can come
+        of it) is refused as a typed DeliveryError before anything is
+        sent, not a crypto library's RuntimeError per packet.
+        """
+        for low_order in (b"\x01" + bytes(31), bytes.fromhex(
+                "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")):
+            sender = RecordingSender()
+            backend = EchoProvider(sender, TOPOLOGY, Clock())
+            data = encode_service_request([make_surb()], b"hi", low_order)
+            d = backend.deliver(final(encode_fragment(os.urandom(16), 0, 1, data)))
+            self.failureResultOf(d, MalformedServiceRequest)
+            self.assertEqual(sender.sent, [])
 
     def test_copy_of_a_taken_request_is_not_handled_again(self):
         """A retransmitted copy of a request already taken (its ACK was lost) is taken, not echoed twice."""

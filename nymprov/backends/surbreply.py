@@ -12,6 +12,8 @@ import struct
 
 from nacl.bindings import crypto_box_SEALBYTES
 from nacl.exceptions import CryptoError
+import nacl.exceptions
+from nacl.bindings import crypto_scalarmult
 from nacl.public import PrivateKey, PublicKey, SealedBox
 from twisted.internet.defer import fail, maybeDeferred, succeed
 
@@ -132,6 +134,20 @@ def encode_service_request(surbs, body, reply_key=NO_REPLY_KEY):
     return _REQUEST_HEAD.pack(reply_key, len(blobs), length) + b"".join(blobs) + body
 
 
+#: Any fixed scalar: multiplying a low-order point by it gives the
+#: all-zero point, which libsodium refuses.
+_PROBE_SCALAR = bytes(range(1, 33))
+
+
+def _usable_public_key(key):
+    """Whether X25519 with ``key`` gives a shared secret (not low order)."""
+    try:
+        crypto_scalarmult(_PROBE_SCALAR, key)
+    except (nacl.exceptions.RuntimeError, nacl.exceptions.TypeError):
+        return False
+    return True
+
+
 def decode_service_request(request_id, data, topology):
     """
     :returns: a :class:`ServiceRequest`.
@@ -142,6 +158,8 @@ def decode_service_request(request_id, data, topology):
     if len(data) < _REQUEST_HEAD.size:
         raise MalformedServiceRequest("shorter than a request header")
     reply_key, count, length = _REQUEST_HEAD.unpack_from(data)
+    if reply_key != NO_REPLY_KEY and not _usable_public_key(reply_key):
+        raise MalformedServiceRequest("reply key is a low-order point")
     end = _REQUEST_HEAD.size + count * length
     if end > len(data):
         raise MalformedServiceRequest("SURBs run past the end of the request")
