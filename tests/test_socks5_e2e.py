@@ -6,25 +6,30 @@ CA) from a local HTTPS server.
 
 import hashlib
 import os
+import random
 import shutil
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.static import File
 
 from nymprov.client import ClientKeys, NymClient
-from nymprov.client.socks5.server import Socks5Factory
+from nymprov.backends.socks5.policy import ExitPolicy
+from nymprov.client.socks5.server import Socks5Factory, socks_reply
 from nymprov.client.socks5.streams import MixStreams
 
 from tests.socks_support import listen_https, make_test_ca, write_policy
+from tests.support import wait_for
 from tests.test_e2e_backends import InProcessMixnet
 
 MARKER = b"NYMPROV-PLAINTEXT-MARKER-"
 
 
-class Socks5EndToEndTests(TestCase):
+class _Socks5Net(TestCase):
     timeout = 240
 
     async def _setup(self, size, policy_lines=None):
@@ -63,6 +68,9 @@ class Socks5EndToEndTests(TestCase):
             "-sS", "--max-time", "200", "--socks5-hostname", f"127.0.0.1:{self.socks_port}",
             "--cacert", self.ca, "-o", out, *extra, url], env=dict(os.environ))
 
+
+
+class Socks5EndToEndTests(_Socks5Net):
     async def test_fetch_over_tls(self):
         """1 MiB arrives byte-identical; the provider's files hold no plaintext of it."""
         await self._setup(1024 * 1024)
@@ -73,3 +81,102 @@ class Socks5EndToEndTests(TestCase):
             self.assertEqual(hashlib.sha256(f.read()).hexdigest(), self.digest)
         backend = self.net.services["service"].backend
         self.assertGreater(backend.counters.get("socks5.streams_opened"), 0)
+        await wait_for(lambda: all(not s.streams for s in backend.sessions.values()),
+                       "the provider to close the stream", limit=30)
+        for root, _, files in os.walk(self.net.directory):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    self.assertNotIn(MARKER, f.read(), name)
+
+
+class _Raw(Protocol):
+    """Writes ``data``, collects the answer, fires ``done`` with it once closed."""
+
+    def __init__(self, data, hang_up):
+        self.data, self.hang_up = data, hang_up
+        self.received = b""
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+        if self.hang_up:
+            self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        self.received += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.received)
+
+
+def malformed_requests(rng, port):
+    """``(bytes, expected answer or None for no check, hang up ourselves)``: 1,000 of them."""
+    name = b"localhost"
+    good_request = b"\x05\x01\x00\x03" + bytes([len(name)]) + name + port.to_bytes(2, "big")
+    kinds = [
+        lambda: (bytes([rng.choice([0, 4, 6, 0x47, 0xFF]), 1, 0]), b"", False),  # bad version: closed
+        lambda: (b"\x05\x01" + bytes([rng.randrange(1, 255)]), b"\x05\xff", False),  # no acceptable method
+        lambda: (b"\x05\x01\x00\x04" + good_request[1:], b"\x05\x00" + socks_reply(1), False),  # bad version
+        lambda: (b"\x05\x01\x00\x05" + bytes([rng.choice([2, 3, 9])]) + good_request[2:],
+                 b"\x05\x00" + socks_reply(7), False),  # BIND, UDP or unknown: command not supported
+        lambda: (b"\x05\x01\x00\x05\x01\x00" + bytes([rng.choice([0, 2, 5, 0xFF])]) + b"\x01" * 8,
+                 b"\x05\x00" + socks_reply(8), False),  # unknown address type
+        lambda: (b"\x05\x01\x00\x05\x01\x00\x03\x04a b!\x01\xbb", b"\x05\x00" + socks_reply(1), False),  # bad name
+        lambda: (b"\x05\x01\x00\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x00\x00",
+                 b"\x05\x00" + socks_reply(1), False),  # port 0
+        lambda: (b"\x05\x01\x00" + good_request[: rng.randrange(1, len(good_request) - 1)], None, True),  # truncated
+        lambda: (b"\x05\xff" + bytes(255) + b"\x05\x01\x00\x03" + b"x" * 600, b"", False),  # oversize: closed
+    ]
+    return [rng.choice(kinds)() for _ in range(1000)]
+
+
+class Socks5RefusalTests(_Socks5Net):
+    async def _raw(self, data, hang_up=False):
+        protocol = _Raw(data, hang_up)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), protocol)
+        return await protocol.done
+
+    async def test_malformed_requests_refused(self):
+        """1,000 malformed requests get the RFC's reply codes; the client and provider keep serving."""
+        await self._setup(64 * 1024)
+        rng = random.Random(18)
+        requests = malformed_requests(rng, self.https_port)
+        for data, expected, hang_up in requests:
+            answer = await self._raw(data, hang_up)
+            if expected is not None:
+                self.assertEqual(answer, expected, data)
+        reasons = ("bad_version", "no_method", "bad_request", "bad_command", "bad_address_type", "bad_name",
+                   "bad_port", "oversize")
+        refused = sum(self.streams.counters.get("socks5.local_refused", reason) for reason in reasons)
+        self.assertEqual(refused, sum(1 for _, _, hang_up in requests if not hang_up))
+        self.assertEqual(self.streams.streams, {})
+        self.assertEqual(self.net.services["service"].backend.sessions, {})
+        out = os.path.join(self.directory, "got.bin")
+        _, stderr, code = await self._curl(f"https://localhost:{self.https_port}/file.bin", out)
+        self.assertEqual(code, 0, stderr)
+
+    async def test_policy_refusals(self):
+        """Outside the policy, or a name that resolves to loopback unnamed: not allowed (2), counted."""
+        await self._setup(64 * 1024)
+        backend = self.net.services["service"].backend
+        request = b"\x05\x01\x00\x05\x01\x00\x03\x0bexample.org\x01\xbb"
+        self.assertEqual(await self._raw(request), b"\x05\x00" + socks_reply(2))
+        self.assertEqual(backend.counters.get("socks5.refused", "policy"), 1)
+        # localhost is named for another port than the HTTPS server's, 127.0.0.1 not at all for it.
+        backend.policy = ExitPolicy.parse(f"localhost {self.https_port + 1}\n")
+        request = b"\x05\x01\x00\x05\x01\x00\x03\x09localhost" + (self.https_port + 1).to_bytes(2, "big")
+        self.assertEqual(await self._raw(request), b"\x05\x00" + socks_reply(2))
+        self.assertEqual(backend.counters.get("socks5.refused", "forbidden_address"), 1)
+
+    async def test_vanished_program_closes_the_stream(self):
+        """A local program that opens a stream and disappears: the provider closes it and frees its state."""
+        await self._setup(64 * 1024)
+        backend = self.net.services["service"].backend
+        protocol = _Raw(b"\x05\x01\x00\x05\x01\x00\x03\x09localhost" + self.https_port.to_bytes(2, "big"), False)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), protocol)
+        await wait_for(lambda: protocol.received == b"\x05\x00" + socks_reply(0), "the stream to open")
+        self.assertEqual(backend.counters.get("socks5.streams_opened"), 1)
+        protocol.transport.abortConnection()
+        await wait_for(lambda: all(not s.streams for s in backend.sessions.values()),
+                       "the provider to close the stream", limit=30)
+        self.assertEqual(self.streams.streams, {})
