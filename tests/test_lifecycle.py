@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymprov.client import session as provider_client
 from nymprov.mixnode.config import MixNodeConfig
 from nymprov.mixnode.service import MixNodeService
-from nymprov.node.service import NodeService, StartFailure
+from nymprov.node.service import NodeService, StartFailure, chore
 from nymprov.provider.config import ProviderConfig
 from nymprov.provider.service import ProviderService
 from nymprov.sphinx import Destination, KeyPair, Node, PacketSize, build_packet, encode_address
@@ -291,3 +291,21 @@ class TreeOrderTests(SynchronousTestCase):
         store.pending.callback(None)
         self.successResultOf(stopped)
         self.failureResultOf(tree.when_started(), StartFailure)
+
+
+class ChoreTests(SynchronousTestCase):
+    """The periodic chores of a node's tree."""
+
+    def test_first_call_waits_an_interval_when_asked(self):
+        """A chore started with at_start=False runs first after one interval (the stats line)."""
+        clock, calls, first_calls = Clock(), [], []
+        later = chore(clock, 60.0, lambda: calls.append(clock.seconds()), "stats", at_start=False)
+        now = chore(clock, 60.0, lambda: first_calls.append(clock.seconds()), "expiry")
+        later.startService()
+        now.startService()
+        self.assertEqual((calls, first_calls), ([], [0.0]))
+        clock.advance(60.0)
+        clock.advance(60.0)
+        self.assertEqual((calls, first_calls), ([60.0, 120.0], [0.0, 60.0, 120.0]))
+        later.stopService()
+        now.stopService()

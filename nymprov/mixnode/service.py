@@ -181,7 +181,7 @@ class MixNodeService(NodeService):
         if self.rotation is not None:
             parts.append(chore(reactor, self.rotation.check_interval, self.rotation.tick, "key rotation tick"))
         if config.stats_interval > 0:
-            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats", at_start=False))
         parts.append(summary_part(self, self._summary))
         for part in parts:
             part.setServiceParent(self)

@@ -228,16 +228,33 @@ class Part(Service):
         return None
 
 
-def chore(reactor, interval, call, name):
+def chore(reactor, interval, call, name, *, at_start=True):
     """
+    :param at_start: call first when it starts (else first after one
+        ``interval``: a stats line at start would say nothing).
     :returns: a ``TimerService`` calling ``call`` every ``interval``
-        seconds (first when it starts); ``call`` must not fail, since a
-        looping call stops for good on its first exception.
+        seconds; ``call`` must not fail, since a looping call stops for
+        good on its first exception.
     """
+    if not at_start:
+        call = _after_the_first(call)
     timer = TimerService(interval, call)
     timer.clock = reactor
     timer.setName(name)
     return timer
+
+
+def _after_the_first(call):
+    """:returns: ``call``, but doing nothing the first time it is called."""
+    called = []
+
+    def later():
+        if not called:
+            called.append(True)
+            return None
+        return call()
+
+    return later
 
 
 class NodeService(MultiService):

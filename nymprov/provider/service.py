@@ -245,7 +245,7 @@ class ProviderService(NodeService):
             parts.append(chore(reactor, self.rotation.check_interval, self.rotation.tick, "key rotation tick"))
         parts.append(chore(reactor, EXPIRY_INTERVAL, self._expire, "expiry"))
         if config.stats_interval > 0:
-            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats"))
+            parts.append(chore(reactor, config.stats_interval, self.log_stats, "stats", at_start=False))
         parts.append(summary_part(self, self._summary))
         for part in parts:
             if part is not None:
