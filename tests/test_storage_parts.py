@@ -8,6 +8,7 @@ import sqlite3
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymprov.errors import StoreError
@@ -239,3 +240,26 @@ class InsertRowsTests(SynchronousTestCase):
         shapes = {s.count("), (") + 1 for s in statements if s.startswith("INSERT")}
         self.assertLessEqual(shapes, set(_ROWS_PER_INSERT))
         self.assertIn(128, shapes)
+
+
+class TokenCheckTests(SynchronousTestCase):
+    """AUTH does the same work for an unknown address as for a known one."""
+
+    def test_one_comparison_either_way(self):
+        """
+        An unknown address gets one constant-time comparison, as a known
+        one with a wrong token does, and never matches.
+        """
+        from nymprov.storage import tokens
+        from nymprov.storage.memory import MemoryStore
+
+        compared = []
+        real = tokens.hmac.compare_digest
+        self.patch(tokens.hmac, "compare_digest", lambda a, b: compared.append(len(a)) or real(a, b))
+        store = MemoryStore(Clock())
+        self.successResultOf(store.register(b"k" * 32, b"h" * 32, 0))
+        self.assertFalse(self.successResultOf(store.authenticate(b"u" * 32, b"h" * 32)))
+        self.assertFalse(self.successResultOf(store.authenticate(b"k" * 32, b"x" * 32)))
+        self.assertTrue(self.successResultOf(store.authenticate(b"k" * 32, b"h" * 32)))
+        self.assertEqual(compared, [32, 32, 32])
+        self.assertFalse(tokens.token_matches(None, bytes(32)))

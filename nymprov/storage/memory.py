@@ -2,7 +2,6 @@
 An inbox store and replay cache held in memory, for tests and throwaway nodes.
 """
 
-import hmac
 import itertools
 
 from twisted.application.service import Service
@@ -15,6 +14,7 @@ from nymprov.storage.bloom import TAG_SIZE
 from nymprov.storage.leases import check_lease_id, check_lease_request, new_lease_id
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
+from nymprov.storage.tokens import token_matches
 
 
 class _Stored:
@@ -114,7 +114,7 @@ class MemoryStore(Service):
     def _authenticate(self, address, token_hash):
         check_bytes("token_hash", token_hash)
         stored = self._tokens.get(address)
-        return stored is not None and hmac.compare_digest(stored, token_hash)
+        return token_matches(stored, token_hash)
 
     def is_registered(self, address):
         """IInboxStore API"""

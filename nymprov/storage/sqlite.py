@@ -2,7 +2,6 @@
 The durable inbox store and replay cache, in one SQLite file.
 """
 
-import hmac
 import sqlite3
 
 from twisted.application.service import Service
@@ -20,6 +19,7 @@ from nymprov.storage.leases import check_lease_id, check_lease_request, new_leas
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
 from nymprov.storage.sqlite_file import SQLiteFile
+from nymprov.storage.tokens import token_matches
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 DEFAULT_FILTER_BYTES = 4 * 1024 * 1024
@@ -308,7 +308,7 @@ class SQLiteStore(Service):
         except TypeError as error:
             return fail(error)
         d = self._run(self._file.token_hash, address)
-        return d.addCallback(lambda stored: stored is not None and hmac.compare_digest(stored, token_hash))
+        return d.addCallback(lambda stored: token_matches(stored, token_hash))
 
     def is_registered(self, address):
         """IInboxStore API"""

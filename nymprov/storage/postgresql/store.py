@@ -3,7 +3,6 @@ The inbox store and replay cache on PostgreSQL, shared by any number of
 provider processes as one provider.
 """
 
-import hmac
 
 import psycopg
 import psycopg_pool
@@ -24,6 +23,7 @@ from nymprov.storage.postgresql import queries, schema
 from nymprov.storage.postgresql.batches import GroupCommit
 from nymprov.storage.postgresql.listener import POLL_SECONDS, ClientNotices
 from nymprov.storage.quota import check_bytes, check_time
+from nymprov.storage.tokens import token_matches
 
 #: Database connections (and threads) per process: one batch writer, one
 #: more batch while it commits, and pulls, acks and logins beside them.
@@ -317,7 +317,7 @@ class PostgresStore(Service):
         except TypeError as error:
             return fail(error)
         d = self._run(queries.token_hash, address)
-        return d.addCallback(lambda stored: stored is not None and hmac.compare_digest(stored, token_hash))
+        return d.addCallback(lambda stored: token_matches(stored, token_hash))
 
     def is_registered(self, address):
         """IInboxStore API"""
