@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from nymprov import __version__
 from nymprov.cli import client as cli
+from nymprov.cli.clientrun import SEND_ONLY_QUERY, connect_running
 from nymprov.client.daemon import API_FILE
 from nymprov.tools.testnet import Testnet
 from tests.support import wait_for
@@ -164,6 +165,45 @@ class CommandTests(TestCase):
         self.assertNotIn(b"no running client", err)
         self.assertEqual(await running.stop(), 0, running.output)
         self.assertFalse(os.path.exists(api_file))
+
+    async def test_running_client_keeps_up_with_its_cover(self):
+        """
+        A shaped client's own traffic comes back to its inbox (every
+        packet's SURB-ACK, every loop), so its pulls must take more than
+        that: after the running client has sent cover for a while, a message
+        for it is still printed by ``receive`` within its default wait, as
+        the README's tour does it.  (Pulling 64 every 0.5 s took 128 of the
+        ~220 messages a second that λ_P 100/s and λ_L 10/s bring back, so a
+        real message waited behind a backlog that only grew.)
+        """
+        net = Testnet(self.mktemp(), layers=3, per_layer=1, providers=2, mean_delay_ms=5)
+        self.addCleanup(net.stop)
+        await net.start()
+        first, second = net.client_config_paths
+        out, err, code = await nym_client("init", "--config", second)
+        self.assertEqual(code, 0, err)
+        bob = out.decode().strip()
+        bob_dir = os.path.join(os.path.dirname(second), "client-2")
+        running = start_running_client(self, "--data-dir", bob_dir, "--api-listen", "tcp:0:interface=127.0.0.1")
+        api_file = os.path.join(bob_dir, API_FILE)
+        await wait_for(lambda: os.path.exists(api_file) or running.ended.called, "the running client's API file")
+        stats = {}
+
+        async def read_stats():
+            api = await connect_running(reactor, bob_dir, SEND_ONLY_QUERY)
+            api.request({"type": "stats", "id": 1})
+            stats.update((await api.next_message())["stats"])
+            await api.close()
+
+        # Ten seconds of cover at λ_P 100/s: a backlog builds up if the
+        # pulls don't keep up (an observable count, not a sleep).
+        while stats.get("stream.sent.cover", 0) < 1000:
+            self.assertFalse(running.ended.called, running.output)
+            await read_stats()
+        out, err, code = await nym_client("send", "--config", first, bob, "behind the cover")
+        self.assertEqual(code, 0, err)
+        out, err, code = await nym_client("receive", "--data-dir", bob_dir)
+        self.assertEqual((code, out), (0, b"behind the cover\n"), err)
 
     async def test_bad_usage_exits_2(self):
         """A bad address or missing settings exit 2 with a message, not a traceback."""

@@ -199,13 +199,33 @@ class ShapedClientTests(SynchronousTestCase):
 
     def test_pulls_keep_a_fixed_cadence_and_ask_for_padding(self):
         """Pulls come every pull_interval, padded, one per tick."""
-        client, session = self.client()
+        client, session = self.client(send_rate=10.0)
         self.successResultOf(client.start())
         run_until(self.clock, 10.5)
         times = [t for t, _, _ in session.pulls]
         self.assertEqual(len(times), 11)
         self.assertEqual({round(g, 6) for g in gaps(times)}, {1.0})
         self.assertEqual({pad for _, _, pad in session.pulls}, {True})
+
+    def test_pulls_come_faster_than_the_own_traffic_returns(self):
+        """
+        At λ_P 100/s and λ_L 2/s about 204 messages a second come back (ACKs
+        and loops): pulls of 64 every 1.0 s would fall behind, so they come
+        every 64 / (1.5 · 204) s; while held they skip their turn.
+        """
+        client, session = self.client(send_rate=100.0)
+        self.successResultOf(client.start())
+        run_until(self.clock, 10.0)
+        times = [t for t, _, _ in session.pulls]
+        # LoopingCall's float schedule can put two calls at one Clock time
+        # (its modulo lands a hair short of the interval); the other gaps
+        # are the interval.
+        self.assertEqual({round(g, 6) for g in gaps(times) if g > 1e-6}, {round(64 / (1.5 * 204), 6)})
+        client.pulls_held = True
+        before = len(session.pulls)
+        run_until(self.clock, 12.0)
+        self.assertEqual(len(session.pulls), before)
+        self.assertGreater(client.counters.snapshot()["pulls.held"], 0)
 
     def test_full_batch_does_not_pull_again_unless_configured(self):
         """A full batch waits for the next tick; pull_drain=True pulls again at once."""

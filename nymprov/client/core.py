@@ -5,7 +5,6 @@ them by pulling on a fixed schedule, and reply through SURBs.
 """
 
 import random
-from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, succeed
 from twisted.internet.task import LoopingCall
@@ -29,12 +28,14 @@ from nymprov.client.sealing import (
     reply_private_key,
     seal,
 )
+from nymprov.client.received import ReceivedMessage
 from nymprov.client.stream import (
     DEFAULT_DROP_RATE,
     DEFAULT_LOOP_RATE,
     DEFAULT_QUEUE_CAPACITY,
     DEFAULT_SEND_RATE,
     OutgoingStream,
+    pull_interval_keeping_up,
 )
 from nymprov.metrics import Counters
 from nymprov.sphinx import SURB
@@ -69,28 +70,6 @@ class NoClientApi(ValueError):
     reason = "no_client_api"
 
 
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """
-    A whole message that arrived.
-
-    :ivar data: its bytes.
-    :ivar message_id: the sender's 16-byte id of it.
-    :ivar is_reply: whether it answers one of this client's messages.
-    :ivar in_reply_to: for a reply, the hint of the message it answers
-        (the ``reply_hint`` :meth:`NymClient.send` returned); else ``None``.
-    :ivar surbs: SURBs to reply through (consumed by :meth:`NymClient.reply`).
-    """
-
-    data: bytes
-    message_id: bytes
-    is_reply: bool = False
-    in_reply_to: bytes = None
-    surbs: list = None
-    reply_hint: bytes = None
-    reply_public: bytes = None
-
-
 class _Outgoing:
     """One fragment in flight until its ACK comes back."""
 
@@ -118,7 +97,8 @@ class NymClient:
     :param float mean_delay: mean per-hop delay in seconds.
     :param bool loopix: first hop is the own provider (Loopix) instead of a
         first-layer mix (Nym).
-    :param float pull_interval: seconds between pulls of the inbox.
+    :param float pull_interval: seconds between pulls of the inbox, at most
+        (shorter where the client's own traffic coming back needs it).
     :param float ack_timeout: seconds to wait for an ACK before sending the
         fragment again over a fresh route; derived from the delays if ``None``.
     :param int max_attempts: sends of one fragment before giving up.
@@ -156,6 +136,8 @@ class NymClient:
         self._data_dir = data_dir
         self._rng = rng or random.SystemRandom()
         self.router = Router(topology, self.provider, mean_delay, loopix, self._rng)
+        pull_interval = pull_interval_keeping_up(pull_interval, pull_batch, send_rate, loop_rate,
+                                                 drop_rate, cover, shaped)
         self._pull_interval = pull_interval
         if ack_timeout is None:
             # Out and back through every hop with generous room for the
@@ -185,6 +167,7 @@ class NymClient:
         self._pending = {}  # ack id -> _Outgoing
         self._pull_loop = None
         self._running = False
+        self.pulls_held = False  # set: scheduled pulls skip (messages wait at the provider)
 
     # -- connection ---------------------------------------------------------
 
@@ -409,6 +392,9 @@ class NymClient:
     # -- receiving ----------------------------------------------------------
 
     def _pull_tick(self):
+        if self.pulls_held:
+            self.counters.incr("pulls.held")
+            return None
         d = self.pull(self._pull_drain)
         d.addErrback(lambda f: self.log.debug("pull failed: {error}", error=f.getErrorMessage()))
         return d

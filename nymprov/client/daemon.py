@@ -14,10 +14,11 @@ import os
 import secrets
 
 from twisted.internet.address import UNIXAddress
+from twisted.internet.defer import CancelledError
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
-from nymprov.client.core import ReceivedMessage
+from nymprov.client.received import ReceivedMessage
 from nymprov.client.identity import ClientAddress, InvalidClientAddress
 from nymprov.client.localapi import LocalApiError, local_api_factory, message_field, message_json
 from nymprov.errors import ConfigError
@@ -26,7 +27,9 @@ from nymprov.errors import ConfigError
 API_FILE = "client-api.json"
 #: Nym's native client listens on 1977; so does this one by default.
 DEFAULT_API_LISTEN = "tcp:1977:interface=127.0.0.1"
-#: Messages kept for applications while none is connected.
+#: Messages kept for applications while none is connected; past this the
+#: client's pulls wait (the provider keeps the rest, up to its quota), so
+#: nothing taken from the provider is dropped here.
 MAX_BUFFERED = 1000
 #: Received messages whose SURBs an application may still reply through.
 MAX_SENDER_TAGS = 1000
@@ -137,17 +140,22 @@ class ClientDaemon:
 
     def _read_next(self):
         self._reading = self.client.inbox.get()
-        self._reading.addCallbacks(self._received, lambda failure: None)
+        self._reading.addCallbacks(self._received, self._reading_failed)
+
+    def _reading_failed(self, failure):
+        if not failure.check(CancelledError):  # cancelled: the daemon stops
+            self.log.failure("handing a received message on failed", failure)
 
     def _received(self, message):
         self._reading = None
         if any(app.receives for app in self._apps):
             self._hand_over(message)
         else:
-            if len(self._buffer) >= MAX_BUFFERED:
-                self._buffer.popleft()
-                self.counters.incr("api.dropped", "buffer_full")
             self._buffer.append(message)
+            if len(self._buffer) >= MAX_BUFFERED and not self.client.pulls_held:
+                self.client.pulls_held = True
+                self.log.warn("{count} received messages wait for an application; pulls wait too",
+                              count=len(self._buffer))
         self._read_next()
 
     def _hand_over(self, message):
@@ -169,6 +177,8 @@ class ClientDaemon:
         self._apps.add(app)
         while app.receives and self._buffer:
             self._hand_over(self._buffer.popleft())
+        if app.receives:
+            self.client.pulls_held = False
 
     def detach(self, app):
         """An application went away."""

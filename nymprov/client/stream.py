@@ -27,6 +27,29 @@ MAX_BEHIND = 0.05
 DEFAULT_QUEUE_CAPACITY = 1000
 
 
+#: Pulls take this many times what the client's own packets bring back.
+PULL_HEADROOM = 1.5
+
+
+def pull_interval_keeping_up(pull_interval, pull_batch, send_rate, loop_rate, drop_rate,
+                             cover="loop", shaped=True):
+    """
+    The pull interval, shortened if need be so that pulls of ``pull_batch``
+    messages keep up with what the client's own streams bring back to its
+    inbox: each packet's SURB-ACK, and each loop itself (a loop cover
+    packet of the payload stream too).  A client that pulled less would
+    see its real messages wait behind a backlog of its own cover that only
+    grows, up to its provider's quota.
+
+    :returns: seconds between pulls.
+    """
+    payload = send_rate if shaped else 0.0
+    returning = payload * (2 if cover == "loop" else 1) + 2 * loop_rate + drop_rate
+    if returning <= 0:
+        return pull_interval
+    return min(pull_interval, pull_batch / (PULL_HEADROOM * returning))
+
+
 class QueueFull(Exception):
     """The outgoing queue has no room and the caller asked not to wait."""
 
