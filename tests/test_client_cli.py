@@ -58,6 +58,21 @@ class HelpTests(SynchronousTestCase):
         self.assertNotIn("Twisted", out)
 
 
+class RunOptionTests(SynchronousTestCase):
+    """nym-client run's options."""
+
+    def test_allowed_origins(self):
+        """--api-allow-origin is repeatable and must name a scheme; none by default."""
+        options = cli.RunOptions()
+        options.parseOptions(["--api-allow-origin", "http://localhost:3000",
+                              "--api-allow-origin", "https://app.example"])
+        self.assertEqual(options["api-allow-origin"], ["http://localhost:3000", "https://app.example"])
+        self.assertEqual(cli.RunOptions()["api-allow-origin"], [])
+        code, _, err = run_main(["run", "--api-allow-origin", "localhost:3000"])
+        self.assertEqual(code, 2)
+        self.assertIn("not scheme://host[:port]", err)
+
+
 class PrintableTests(SynchronousTestCase):
     """What receive prints for a message."""
 

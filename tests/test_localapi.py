@@ -133,3 +133,29 @@ class LocalApiTests(TestCase):
         self.assertFalse(client.running)
         public, _ = await self.daemon(net, net.home_node, listen="tcp:0:interface=0.0.0.0", allow_public=True)
         self.assertTrue(public.url.startswith("ws://0.0.0.0:"))
+
+    async def test_a_web_page_cannot_drive_the_client(self):
+        """
+        A browser sends the page's Origin with every WebSocket handshake,
+        so any page the user opens could reach ws://127.0.0.1:1977: a
+        handshake with an Origin is refused (403, counted) unless the
+        operator allowed that origin; programs, which send none, connect.
+        """
+        net = InProcessMixnet(self, "inbox", ())
+        await net.start()
+        daemon, _ = await self.daemon(net, net.home_node)
+        with self.assertRaises(ConnectionError):
+            await connect_local_api(reactor, daemon.url, origin="https://evil.example")
+        self.assertEqual(daemon.counters.get("api.refused", "origin"), 1)
+        app = await self.app(daemon)
+        app.request({"type": "selfAddress", "id": 1})
+        self.assertEqual((await next_of(app))["address"], str(daemon.client.address))
+
+        allowing, _ = await self.daemon(net, net.home_node, allowed_origins=["http://localhost:3000"])
+        page = await connect_local_api(reactor, allowing.url, origin="http://localhost:3000")
+        self.addCleanup(page.close)
+        page.request({"type": "selfAddress", "id": 2})
+        self.assertEqual((await next_of(page))["id"], 2)
+        with self.assertRaises(ConnectionError):
+            await connect_local_api(reactor, allowing.url, origin="http://localhost:3001")
+        self.assertEqual(allowing.counters.get("api.refused", "origin"), 1)

@@ -114,6 +114,16 @@ class RunOptions(_Common):
     optFlags = [["api-public", None, "allow the local API on an address other than loopback"],
                 ["socks5-public", None, "allow the SOCKS5 port on an address other than loopback"]]
 
+    def __init__(self):
+        _Common.__init__(self)
+        self["api-allow-origin"] = []
+
+    def opt_api_allow_origin(self, origin):
+        """a web page origin (scheme://host[:port]) that may use the local API (repeatable)"""
+        if "://" not in origin:
+            raise usage.UsageError(f"--api-allow-origin: {origin!r} is not scheme://host[:port]")
+        self["api-allow-origin"].append(origin)
+
     def postOptions(self):
         if self["socks5"] is None:
             return

@@ -115,7 +115,7 @@ async def run(reactor, client, settings, options, out, earlier, save):
     from nymprov.client.daemon import ClientDaemon
 
     daemon = ClientDaemon(client, reactor, options["api-listen"], options["api-public"],
-                          settings["data_dir"], earlier)
+                          settings["data_dir"], earlier, options["api-allow-origin"])
     await daemon.start()
     socks = await _serve_socks5(reactor, client, options) if options["socks5"] else None
 

@@ -65,17 +65,20 @@ class ClientDaemon:
     :param str data_dir: where to write :data:`API_FILE`; ``None`` writes none.
     :param buffered: bytes of messages received earlier and not yet handed
         to an application.
+    :param allowed_origins: web origins whose pages may use the API (a
+        browser's handshake names its page; others are refused).
     """
 
     log = Logger()
 
     def __init__(self, client, reactor, listen=DEFAULT_API_LISTEN, allow_public=False, data_dir=None,
-                 buffered=()):
+                 buffered=(), allowed_origins=()):
         self.client = client
         self.counters = client.counters
         self._reactor = reactor
         self._listen = listen
         self._allow_public = allow_public
+        self._allowed_origins = tuple(allowed_origins)
         self._data_dir = data_dir
         self._apps = set()
         self._buffer = collections.deque(ReceivedMessage(data, b"") for data in buffered)
@@ -92,7 +95,7 @@ class ClientDaemon:
         """Start the client, then serve the API and write :data:`API_FILE`."""
         await self.client.start()
         self._read_next()
-        port = await serverFromString(self._reactor, self._listen).listen(local_api_factory(self, None))
+        port = await serverFromString(self._reactor, self._listen).listen(local_api_factory(self, None, self._allowed_origins))
         address = port.getHost()
         if not _is_local(address) and not self._allow_public:
             await port.stopListening()

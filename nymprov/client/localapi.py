@@ -14,6 +14,7 @@ import binascii
 import json
 
 from autobahn.twisted.websocket import (
+    ConnectionDeny,
     WebSocketClientFactory,
     WebSocketClientProtocol,
     WebSocketServerFactory,
@@ -70,6 +71,15 @@ class LocalApiServerProtocol(WebSocketServerProtocol):
     receives = True
 
     def onConnect(self, request):
+        # A browser names the page behind every handshake; any page the
+        # user opens could otherwise drive the client over loopback.
+        # Programs send no Origin (autobahn gives ""). autobahn's own
+        # allowedOrigins also requires the page's port to be the API's,
+        # which no page served elsewhere has, so the check is ours.
+        origin = request.origin.rstrip("/").lower() if request.origin else ""
+        if origin and origin not in self.factory.allowed_origins:
+            self.factory.handler.counters.incr("api.refused", "origin")
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "this origin may not use the local API")
         self.receives = request.params.get("receive") != ["no"]
 
     def onOpen(self):
@@ -125,15 +135,19 @@ class LocalApiServerProtocol(WebSocketServerProtocol):
         self.send_json(error)
 
 
-def local_api_factory(handler, url):
+def local_api_factory(handler, url, allowed_origins=()):
     """
     :param handler: has ``attach(app)``, ``detach(app)``,
         ``handle(request, app) -> dict | Deferred`` and ``counters``.
+    :param allowed_origins: the web origins (``scheme://host[:port]``)
+        whose pages may connect; a handshake with any other Origin is
+        refused.
     :returns: a WebSocket server factory for the local API at ``url``.
     """
     factory = WebSocketServerFactory(url)
     factory.protocol = LocalApiServerProtocol
     factory.handler = handler
+    factory.allowed_origins = frozenset(origin.rstrip("/").lower() for origin in allowed_origins)
     # Text that is not UTF-8 gets the typed malformed_json error like any
     # other bad request, instead of autobahn closing the connection.
     factory.setProtocolOptions(maxFramePayloadSize=MAX_FRAME, maxMessagePayloadSize=MAX_FRAME,
@@ -190,15 +204,16 @@ class LocalApiClient:
         return d
 
 
-async def connect_local_api(reactor, url, timeout=5):
+async def connect_local_api(reactor, url, timeout=5, origin=None):
     """
-    Connect to the local API at ``url`` (``ws://127.0.0.1:PORT``).
+    Connect to the local API at ``url`` (``ws://127.0.0.1:PORT``);
+    ``origin`` sends an Origin header, as a browser would.
 
     :returns: a :class:`LocalApiClient`.
     :raises ConnectionError: (or Twisted's connection errors) if nothing
         answers there.
     """
-    factory = WebSocketClientFactory(url)
+    factory = WebSocketClientFactory(url, origin=origin)
     factory.protocol = _ApiClientProtocol
     factory.setProtocolOptions(maxFramePayloadSize=MAX_FRAME, maxMessagePayloadSize=MAX_FRAME)
     endpoint = clientFromString(reactor, f"tcp:host={factory.host}:port={factory.port}:timeout={timeout}")
