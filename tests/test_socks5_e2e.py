@@ -17,7 +17,10 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.static import File
 
+from prometheus_client import generate_latest
+
 from nymprov.client import ClientKeys, NymClient
+from nymprov.metrics import NodeMetrics
 from nymprov.backends.socks5.policy import ExitPolicy
 from nymprov.client.socks5.server import Socks5Factory, socks_reply
 from nymprov.client.socks5.streams import MixStreams
@@ -162,6 +165,11 @@ class Socks5RefusalTests(_Socks5Net):
         request = b"\x05\x01\x00\x05\x01\x00\x03\x0bexample.org\x01\xbb"
         self.assertEqual(await self._raw(request), b"\x05\x00" + socks_reply(2))
         self.assertEqual(backend.counters.get("socks5.refused", "policy"), 1)
+        # The node's counters are what its stats line and /metrics serve.
+        node = self.net.services["service"]
+        self.assertIs(backend.counters, node.counters)
+        self.assertIn("nymprov_socks5_refused_total{reason=\"policy\"} 1.0",
+                      generate_latest(NodeMetrics(node.counters).registry).decode())
         # localhost is named for another port than the HTTPS server's, 127.0.0.1 not at all for it.
         backend.policy = ExitPolicy.parse(f"localhost {self.https_port + 1}\n")
         request = b"\x05\x01\x00\x05\x01\x00\x03\x09localhost" + (self.https_port + 1).to_bytes(2, "big")

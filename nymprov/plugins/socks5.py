@@ -45,7 +45,7 @@ class Socks5Maker:
             sender, topology, reactor, policy=options["exit-policy"],
             max_sessions=options["max-sessions"], max_streams=options["max-streams"],
             max_surbs=options["max-surbs"], window=options["window"],
-            idle_timeout=options["idle-timeout"])
+            idle_timeout=options["idle-timeout"], counters=context.get("counters"))
 
 
 socks5 = Socks5Maker()

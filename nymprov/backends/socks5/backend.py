@@ -192,7 +192,8 @@ class Socks5Provider(ReplyingBackend, Service):
     name = "socks5"
 
     def __init__(self, sender, topology, reactor, *, policy, max_sessions=256, max_streams=64,
-                 max_surbs=1024, window=64, idle_timeout=120.0, rto=3.0, connect_timeout=20.0):
+                 max_surbs=1024, window=64, idle_timeout=120.0, rto=3.0, connect_timeout=20.0,
+                 counters=None):
         ReplyingBackend.__init__(self, sender, topology, reactor)
         self.reactor = reactor
         self.policy = policy
@@ -203,7 +204,9 @@ class Socks5Provider(ReplyingBackend, Service):
         self.idle_timeout = idle_timeout
         self.rto = rto
         self.connect_timeout = connect_timeout
-        self.counters = Counters()
+        # The node's counters, so that refusals and stream fates are in its
+        # stats line and /metrics.
+        self.counters = counters if counters is not None else Counters()
         self.sessions = {}
 
     # -- frames from clients -------------------------------------------------
