@@ -12,7 +12,7 @@ import shutil
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.static import File
@@ -210,3 +210,63 @@ class Socks5LargeTests(_Socks5Net):
             self.assertEqual(code, 0, stderr)
             with open(o, "rb") as f:
                 self.assertEqual(hashlib.sha256(f.read()).hexdigest(), self.digest)
+
+
+class _Echo(Protocol):
+    def dataReceived(self, data):
+        self.transport.write(data)
+
+
+class _Optimistic(Protocol):
+    """
+    Sends its first bytes before the SOCKS reply, as optimistic clients
+    (Tor Browser's optimistic data, a TLS client in a hurry) do: after the
+    method reply, in a write of their own while the stream is opening.
+    """
+
+    def __init__(self, request, early, then):
+        self.request, self.early, self.then = request, early, then
+        self.received = b""
+        self.then_sent = False
+        self.echoed = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(b"\x05\x01\x00")
+
+    def dataReceived(self, data):
+        first = not self.received
+        self.received += data
+        if first:  # the method reply: the request, then the early bytes apart
+            self.transport.write(self.request)
+            reactor.callLater(0, self.transport.write, self.early)
+        if not self.then_sent and self.received.startswith(b"\x05\x00" + socks_reply(0)):
+            self.then_sent = True
+            self.transport.write(self.then)
+        expected = b"\x05\x00" + socks_reply(0) + self.early + self.then
+        if self.received == expected and not self.echoed.called:
+            self.echoed.callback(self.received)
+
+    def connectionLost(self, reason):
+        if not self.echoed.called:
+            self.echoed.errback(AssertionError(f"closed after {self.received!r}"))
+
+
+class Socks5EarlyDataTests(_Socks5Net):
+    async def test_bytes_sent_before_the_reply_arrive_in_order(self):
+        """
+        Bytes a local program sends while its stream is still opening reach
+        the server, before what it sends after the reply: neither the
+        client (which dropped them while opening) nor the provider (which
+        dropped DATA that came before its TCP connect completed) loses them.
+        """
+        echo = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_Echo))
+        self.addCleanup(echo.stopListening)
+        port = echo.getHost().port
+        await self._setup(1024, policy_lines=[f"localhost {port}", f"127.0.0.1 {port}"])
+        request = b"\x05\x01\x00\x03\x09localhost" + port.to_bytes(2, "big")
+        protocol = _Optimistic(request, b"early bytes|", b"after the reply")
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), protocol)
+        d = protocol.echoed
+        d.addTimeout(60, reactor)
+        await d
+        protocol.transport.loseConnection()

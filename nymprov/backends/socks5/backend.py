@@ -105,6 +105,11 @@ class _Relay:
         self.tcp = None
         self.connector = None
         self.paused = False
+        # What the client sent before the TCP connect completed: written
+        # once it does, in order; bounded by the flow-control window.
+        self.early = []
+        self.early_bytes = 0
+        self.early_fin = False
         self.endpoint = StreamEndpoint(
             provider.clock, self._transmit, self._frame, self._closed,
             rto=provider.rto, window=provider.window, idle_timeout=provider.idle_timeout)
@@ -121,8 +126,15 @@ class _Relay:
             self.provider.open(self, host, port)
         elif kind == DATA and self.tcp is not None:
             self.tcp.transport.write(payload)
+        elif kind == DATA:
+            self.early_bytes += len(payload)
+            if self.early_bytes > self.provider.window * REPLY_CHUNK_SIZE:
+                return self.refuse("early_data_over_window", REPLY_GENERAL_FAILURE)
+            self.early.append(payload)
         elif kind == FIN and self.tcp is not None:
             self.tcp.transport.loseWriteConnection()
+        elif kind == FIN:
+            self.early_fin = True
 
     def refuse(self, reason, code):
         self.provider.counters.incr("socks5.refused", reason)
@@ -135,6 +147,11 @@ class _Relay:
             return
         self.provider.counters.incr("socks5.streams_opened")
         self.endpoint.send(OPENED)
+        early, self.early = b"".join(self.early), []
+        if early:
+            protocol.transport.write(early)
+        if self.early_fin:
+            protocol.transport.loseWriteConnection()
 
     def connect_failed(self, reason):
         self.connector = None

@@ -122,7 +122,8 @@ class Socks5Protocol(Protocol):
         self.transport.loseConnection()
 
     def dataReceived(self, data):
-        if self._state == "relaying":
+        if self._state in ("opening", "relaying"):
+            # While opening too: the stream carries it after the OPEN.
             self._to_stream(data)
             return
         if self._state not in ("greeting", "request"):
@@ -163,7 +164,7 @@ class Socks5Protocol(Protocol):
         self._check_flow()
 
     def _check_flow(self):
-        if self._endpoint is None or self._state != "relaying":
+        if self._endpoint is None or self._state not in ("opening", "relaying"):
             return
         full = self._endpoint.in_flight >= self.factory.streams.window
         if full != self._paused:
