@@ -108,3 +108,37 @@ class EndpointTests(SynchronousTestCase):
         pair.ends["a"].linger(5)
         pair.run(6)
         self.assertEqual(pair.closed["a"], 6)
+
+
+class ZeroWindowTests(SynchronousTestCase):
+    def test_a_closed_window_is_probed_until_it_opens(self):
+        """
+        An ACK that closes the window (window 0: a buggy or hostile peer,
+        or a window update lost on the way) must not stall the stream
+        forever: with frames waiting and none in flight, the sender probes
+        with the next frame after its RTO, and the answer's window lets the
+        rest go.
+        """
+        pair = _Pair(delay=0.1)
+        a, b = pair.ends["a"], pair.ends["b"]
+        a.receive(StreamFrame(6, bytes(16), 1, 0, 0, 0, 0, b""))  # ACK, window 0
+        for i in range(5):
+            a.send(DATA, b"%d" % i)
+        self.assertEqual(pair.sent["a"], 0)
+        pair.run(10)
+        self.assertEqual(pair.got["b"], [(DATA, b"%d" % i) for i in range(5)])
+        self.assertFalse(a.closed or b.closed)
+
+
+class WindowOptionTests(SynchronousTestCase):
+    def test_window_fits_its_field(self):
+        """The socks5 backend's window is refused past 65535 (it is a u16 of every frame)."""
+        from twisted.python.usage import UsageError
+
+        from nymprov.plugins.socks5 import Socks5Options
+
+        options = Socks5Options()
+        options.parseOptions(["--window", "65535"])
+        self.assertEqual(options["window"], 65535)
+        with self.assertRaises(UsageError):
+            Socks5Options().parseOptions(["--window", "65536"])

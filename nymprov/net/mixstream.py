@@ -110,12 +110,22 @@ class StreamEndpoint:
         self._arm_retransmit()
 
     def _arm_retransmit(self):
-        if self._unacked and (self._retransmit_call is None or not self._retransmit_call.active()):
+        # With frames waiting and none in flight the window is shut: the
+        # timer then probes, as TCP's persist timer does, since the ACK
+        # that opens it again may never come.
+        if (self._unacked or self._waiting) and (
+                self._retransmit_call is None or not self._retransmit_call.active()):
             self._retransmit_call = self._clock.callLater(self._rto, self._retransmit)
 
     def _retransmit(self):
         self._retransmit_call = None
         if self.closed:
+            return
+        if not self._unacked and self._waiting:
+            seq, kind, payload = self._waiting.popleft()
+            self._unacked[seq] = _Unacked(kind, payload, self._clock.seconds())
+            self._transmit(kind, seq, self._expected, self._free_window(), payload)
+            self._arm_retransmit()
             return
         now = self._clock.seconds()
         for seq, frame in list(self._unacked.items()):

@@ -7,6 +7,9 @@ from zope.interface import implementer
 from nymprov.interfaces import IProviderMaker
 from nymprov.plugins import BackendOptions, positive
 
+#: A frame carries its window in 16 bits.
+MAX_WINDOW = 0xFFFF
+
 
 class Socks5Options(BackendOptions):
     """Options of the network requester; with no policy file nothing is reachable."""
@@ -22,6 +25,9 @@ class Socks5Options(BackendOptions):
 
     def postOptions(self):
         from nymprov.backends.socks5.policy import ExitPolicy, PolicyError
+
+        if self["window"] > MAX_WINDOW:
+            raise usage.UsageError(f"window: at most {MAX_WINDOW} (a 16-bit field of every frame)")
 
         try:
             self["exit-policy"] = ExitPolicy.load(self["policy"]) if self["policy"] else ExitPolicy()
