@@ -64,6 +64,9 @@ class _Common(usage.Options):
             if not found.get(key):
                 raise usage.UsageError(f"no {key.replace('_', '-')}: give --{key.replace('_', '-')} or --config")
         found.setdefault("mean_delay_ms", 50.0)
+        # Rates set here (command line or file) override what the network
+        # document publishes; the others may come from it.
+        found["local_rates"] = {key for key in ("send_rate", "loop_rate", "drop_rate") if key in found}
         found.setdefault("send_rate", DEFAULT_SEND_RATE)
         found.setdefault("loop_rate", DEFAULT_LOOP_RATE)
         found.setdefault("drop_rate", DEFAULT_DROP_RATE)
@@ -209,11 +212,22 @@ async def _topology(settings, reactor):
 
         try:
             key = key_from_text(settings["directory_key"], "directory_key")
-            return await ClientNetwork(reactor, settings["directory"], key, Counters()).start()
+            topology = await ClientNetwork(reactor, settings["directory"], key, Counters()).start()
+            _published_rates(settings, topology.holder.latest)
+            return topology
         except Exception as e:  # unreachable, refused or malformed: the file still routes
             print(f"{PROGRAM}: directory {settings['directory']} not used ({e}); routing by the topology file",
                   file=sys.stderr)
     return load_topology(settings["topology"])
+
+
+def _published_rates(settings, document):
+    """Take the shaping rates the network document publishes, unless set locally."""
+    from nymprov.netdoc.document import RATE_NAMES
+
+    for name in RATE_NAMES:
+        if name in document.parameters and name not in settings.get("local_rates", ()):
+            settings[name] = document.parameters[name]
 
 
 async def _client(settings, reactor):
@@ -280,7 +294,8 @@ async def _init(reactor, settings, out):
     kept = {"topology": os.path.abspath(settings["topology"]), "provider": settings["provider"],
             "mean_delay_ms": float(settings["mean_delay_ms"])}
     kept.update({key: settings[key] for key in ("directory", "directory_key") if settings.get(key)})
-    kept.update({key: float(settings[key]) for key in ("send_rate", "loop_rate", "drop_rate")})
+    # Only rates set here: the others keep coming from the network document.
+    kept.update({key: float(settings[key]) for key in sorted(settings["local_rates"])})
     text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in kept.items())
     write_file_atomically(os.path.join(settings["data_dir"], CONFIG_FILE), text.encode(), mode=0o644)
     print(client.address, file=out)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 from twisted.python import usage
 
 from nymprov._version import __version__
+from nymprov.netdoc.document import RATE_NAMES
 from nymprov.options import (
     InvalidOption,
     InvalidSetting,
@@ -39,6 +40,11 @@ class DirectoryConfig:
     grace: float = None  # seconds nodes keep a retired key; default a quarter epoch
     max_skew: float = 30.0  # seconds a descriptor's timestamp may be ahead
     admit: str = None  # file of admitted identities; none: anyone may join
+    # Shaping rates published to clients in the network document (as
+    # Katzenpost's directory does); none: clients keep their own defaults.
+    send_rate: float = None  # λ_P
+    loop_rate: float = None  # λ_L
+    drop_rate: float = None  # λ_D
 
     def __post_init__(self):
         for field in fields(self):
@@ -46,8 +52,15 @@ class DirectoryConfig:
             object.__setattr__(self, field.name, value)
         if self.grace is None:
             object.__setattr__(self, "grace", self.epoch_length / 4)
+        if self.send_rate is not None and not self.send_rate > 0:
+            raise InvalidSetting("send_rate", "must be above 0 (clients shape at this rate)")
         if self.grace > self.epoch_length:
             raise InvalidSetting("grace", f"must be at most the epoch length ({self.epoch_length:g}), got {self.grace:g}")
+
+    @property
+    def rates(self):
+        """The shaping rates to publish: name -> packets per second."""
+        return {name: getattr(self, name) for name in RATE_NAMES if getattr(self, name) is not None}
 
     @property
     def database_path(self):
@@ -80,6 +93,9 @@ _CHECKS = {
     "grace": _optional_number(0.0),
     "max_skew": number(0.0),
     "admit": check_optional_path,
+    "send_rate": _optional_number(0.0),
+    "loop_rate": _optional_number(0.0),
+    "drop_rate": _optional_number(0.0),
 }
 
 _DEFAULTS = DirectoryConfig.__dataclass_fields__
@@ -95,6 +111,9 @@ _HELP = {
     "grace": "seconds nodes accept a retired Sphinx key [default: a quarter epoch]",
     "max_skew": "seconds a descriptor's timestamp may be ahead of this clock",
     "admit": "file of admitted identity keys (base58, one a line); none: open",
+    "send_rate": "λ_P published to clients: payload packets per second (none: clients' own)",
+    "loop_rate": "λ_L published to clients: loop cover packets per second (none: clients' own)",
+    "drop_rate": "λ_D published to clients: drop cover packets per second (none: clients' own)",
 }
 
 

@@ -46,13 +46,14 @@ class Registry:
 
     log = Logger()
 
-    def __init__(self, store, signing_key, epochs, *, expiry, grace, max_skew, admitted, counters):
+    def __init__(self, store, signing_key, epochs, *, expiry, grace, max_skew, admitted, counters, rates=None):
         self._store = store
         self._key = signing_key
         self.epochs = epochs
         self.expiry = expiry
         self.grace = grace
         self.max_skew = max_skew
+        self.rates = dict(rates or {})  # shaping rates published to clients
         self._admitted = None if admitted is None else frozenset(admitted)
         self._counters = counters
         self._entries = {}  # identity -> _Entry
@@ -73,6 +74,7 @@ class Registry:
             "epoch_zero": self.epochs.start,
             "expiry": self.expiry,
             "grace": self.grace,
+            **self.rates,
         }
 
     def load(self, now):

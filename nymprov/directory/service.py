@@ -69,6 +69,7 @@ class _Registry(Service):
             max_skew=config.max_skew,
             admitted=directory.admitted,
             counters=directory.counters,
+            rates=config.rates,
         )
         loaded = directory.registry.load(directory._reactor.seconds())
         self.log.info(

@@ -17,6 +17,10 @@ DOCUMENT_CONTEXT = b"nymprov-network-document-v1"
 #: Refused unread beyond this: thousands of nodes fit in a few megabytes.
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 MAX_NODES = 10_000
+#: Shaping rates a directory may publish (optional parameters): λ_P, λ_L, λ_D.
+RATE_NAMES = ("send_rate", "loop_rate", "drop_rate")
+#: Far above any sane rate: a client must not be told to flood its link.
+MAX_RATE = 10_000.0
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,8 @@ class NetworkDocument:
     :ivar float epoch_end: when it ends.
     :ivar int generated: when the directory made it.
     :ivar dict parameters: the directory's parameters (``epoch_length``,
-        ``epoch_zero``, ``expiry``, ``grace``), as numbers.
+        ``epoch_zero``, ``expiry``, ``grace`` and, when the directory
+        publishes them, the shaping rates of ``RATE_NAMES``), as numbers.
     :ivar tuple nodes: the nodes' :class:`nymprov.netdoc.Descriptor`
         entries, each with a Sphinx key for ``epoch``.
     :ivar bytes contents: the signed envelope it was read from (or made as).
@@ -109,6 +114,7 @@ def parse_document(payload, contents=b""):
         raise MalformedDocument(f"version: expected {DOCUMENT_VERSION}, got {version!r}")
     parameters = Fields(fields.raw("parameters"), "parameters")
     values = {name: parameters.number(name) for name in ("epoch_length", "epoch_zero", "expiry", "grace")}
+    values.update(_rates(parameters))
     nodes = []
     for entry in fields.objects("nodes", MAX_NODES):
         try:
@@ -131,6 +137,21 @@ def parse_document(payload, contents=b""):
             raise MalformedDocument("nodes: an identity is listed twice")
         seen.add(node.identity)
     return document
+
+
+def _rates(parameters):
+    """The published shaping rates among ``parameters`` (each optional)."""
+    found = {}
+    for name in RATE_NAMES:
+        if parameters.raw(name, None) is None:
+            continue
+        value = parameters.number(name)
+        # NaN passes a comparison with the minimum; JSON's parser gives it.
+        if not (value <= MAX_RATE) or (name == "send_rate" and not value > 0):
+            raise MalformedDocument(f"parameters.{name}: expected packets per second up to {MAX_RATE:g}"
+                                    + (", above 0" if name == "send_rate" else ""))
+        found[name] = value
+    return found
 
 
 def verify_document(contents, directory_key, epoch=None):
