@@ -295,7 +295,7 @@ async def _init(reactor, settings, out):
             "mean_delay_ms": float(settings["mean_delay_ms"])}
     kept.update({key: settings[key] for key in ("directory", "directory_key") if settings.get(key)})
     # Only rates set here: the others keep coming from the network document.
-    kept.update({key: float(settings[key]) for key in sorted(settings["local_rates"])})
+    kept.update({key: float(settings[key]) for key in sorted(settings.get("local_rates", ()))})
     text = "".join(f"{k} = {json.dumps(v)}\n" for k, v in kept.items())
     write_file_atomically(os.path.join(settings["data_dir"], CONFIG_FILE), text.encode(), mode=0o644)
     print(client.address, file=out)
