@@ -14,6 +14,7 @@ from tests.support import wait_for
 
 RATE = 5.0  # λ_M, loops per second
 WINDOW = 3.0  # seconds
+ROTATING_EPOCH = 4.0  # seconds: keys rotate every 4 s (grace 1 s)
 #: The loops a provider sends before a fault from its start shows: one
 #: window of warm-up, one whose loops are judged (2 x RATE x WINDOW = 30),
 #: with room for Poisson noise.
@@ -35,9 +36,10 @@ class NodeLoopTestnetTests(TestCase):
 
     timeout = 150
 
-    async def start_testnet(self, extra=None):
+    async def start_testnet(self, extra=None, epoch_length=0.0):
         net = Testnet(self.mktemp(), layers=3, per_layer=1, providers=2, mean_delay_ms=5,
-                      node_loop_rate=RATE, node_loop_window=WINDOW, extra_arguments=extra)
+                      node_loop_rate=RATE, node_loop_window=WINDOW, extra_arguments=extra,
+                      epoch_length=epoch_length)
         self.addCleanup(net.stop)
         await net.start()
         return net
@@ -55,6 +57,28 @@ class NodeLoopTestnetTests(TestCase):
         self.assertGreaterEqual(returned / due, 0.95)
         # The mixes judge their own loops too.
         self.assertTrue(loop_lines(net.nodes["mix-2-1"]))
+
+    async def test_loops_go_on_across_key_rotations(self):
+        """
+        With a directory and epochs of ROTATING_EPOCH seconds, every node
+        rotates its Sphinx keys several times while its loops run: the
+        provider and the mixes judge windows across the boundaries, at
+        least 95% of the provider's loops come back, no warning.
+        """
+        net = await self.start_testnet(epoch_length=ROTATING_EPOCH)
+        provider = net.nodes["provider-1"]
+        # Loops start after one window; six judged windows span 18 s, so
+        # at least four boundaries of 4 s epochs.
+        await wait_for(lambda: len(loop_lines(provider)) >= 6, "six judged windows", 90)
+        lines = loop_lines(provider)
+        self.assertEqual([line for line in lines if "below" in line], [])
+        judged = [tuple(map(int, _JUDGED.search(line).groups())) for line in lines]
+        returned, due = sum(r for r, _ in judged), sum(d for _, d in judged)
+        print(f"\nrotating testnet ({ROTATING_EPOCH:g} s epochs): provider-1 got {returned} of {due} loops back"
+              f" at λ_M {RATE:g}/s")
+        self.assertGreaterEqual(returned / due, 0.95)
+        for name in ("mix-1-1", "mix-2-1", "mix-3-1"):
+            await wait_for(lambda: loop_lines(net.nodes[name]), f"{name}'s judged loops", 30)
 
     async def test_a_dropping_mix_shows_in_the_providers_loops(self):
         """

@@ -147,11 +147,15 @@ class MixNodeService(NodeService):
             role="mix",
             keys=None if self.rotation is None else self.rotation.keys,
         )
-        # Loops are built from a topology file's keys, which rotate with epochs.
+        # Loops take each epoch's keys from the directory's documents; a
+        # topology file's keys are good only while keys do not rotate.
         topology = self.topology if not isinstance(self.topology, DocumentTopology) and self.rotation is None else None
+        following = self.directory is not None and epochs is not None
         self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                 topology if isinstance(topology, Topology) else None, link_sender,
-                                reactor, self.counters, config, self.name)
+                                reactor, self.counters, config, self.name,
+                                holder=self.directory.holder if following else None,
+                                epochs=epochs if following else None)
         own = self.keys.sphinx.public_bytes
         if self.rotation is None and not any(node.sphinx_key == own for node in getattr(self.topology, "nodes", ())):
             self.log.warn("this node's Sphinx key is not in the topology; no one will route here")

@@ -17,6 +17,8 @@ import random
 from twisted.logger import Logger
 
 from nymprov.sphinx import Destination, PacketSize, build_packet, poisson_delays
+from nymprov.topology import TopologyError
+from nymprov.wire.frames import rotation_of_epoch
 
 NANOSECONDS = 1_000_000_000
 
@@ -56,6 +58,48 @@ def loop_route(topology, own_node):
         return [rng.choice(topology.layers[layer]).route_node for layer in layers] + [own_node.route_node]
 
     return route
+
+
+class DocumentLoopRoute:
+    """
+    Loop routes with the Sphinx keys of the epoch now, read from the held
+    network documents at each loop, so that loops go on across key
+    rotations.  A loop sent just before a boundary is unwrapped with the
+    retired key inside the grace period, so it still comes back in time.
+
+    :param holder: a :class:`nymprov.netdoc.fetch.DocumentHolder`.
+    :param identity: the node's 32-byte identity.
+    :param epochs: ``when -> epoch`` (a :class:`nymprov.netdoc.Epochs`).
+    :param clock: an ``IReactorTime``.
+    :ivar rotation: the frame's key-rotation byte of the last route made.
+    """
+
+    def __init__(self, holder, identity, epochs, clock):
+        self._holder = holder
+        self._identity = identity
+        self._epochs = epochs
+        self._clock = clock
+        self._made = (None, None)  # (document, epoch) -> the route maker for it
+        self._maker = None
+        self.rotation = None
+
+    def __call__(self, rng):
+        """:returns: a route, or ``None`` while no document lists a way home."""
+        epoch = self._epochs.number_at(self._clock.seconds())
+        document = self._holder.document_for(epoch) or self._holder.latest
+        if document is None:
+            return None
+        if self._made != (document, epoch):
+            self._made, self._maker = (document, epoch), None
+            try:
+                topology = document.topology(epoch)
+                self._maker = loop_route(topology, topology.by_identity(self._identity))
+            except (KeyError, TopologyError):  # not listed with this epoch's key, or a layer missing
+                self._maker = None
+        if self._maker is None:
+            return None
+        self.rotation = rotation_of_epoch(epoch)
+        return self._maker(rng)
 
 
 class NodeLoops:
@@ -119,13 +163,20 @@ class NodeLoops:
     def _send(self):
         self._schedule_send()
         route = self._route(self._rng)
+        if route is None:
+            # No document lists a way home this epoch (yet): not a lost loop.
+            self._counters.incr("loops.no_route")
+            return
         delays = poisson_delays(self._mean_ns, len(route) - 1, self._rng) + [0] if self._mean_ns else [0] * len(route)
         loop_id = self._rng.randbytes(16)
         payload = self._rng.randbytes(PacketSize.REGULAR.plaintext)
         packet = build_packet(payload, route, delays, Destination(self._identity, loop_id))
         self._in_flight[loop_id] = self._clock.seconds()
         self._counters.incr("loops.sent")
-        if not self._sender.send(route[0].address, packet):
+        rotation = getattr(self._route, "rotation", None)
+        sent = (self._sender.send(route[0].address, packet) if rotation is None
+                else self._sender.send(route[0].address, packet, key_rotation=rotation))
+        if not sent:
             self._counters.incr("loops.send_refused")
 
     def take(self, destination, surb_id):
@@ -189,22 +240,27 @@ class NodeLoops:
         return {"loops.in_flight": len(self._in_flight), "loops.last_share": self.last_share}
 
 
-def node_loops(node, identity, sphinx_public, topology, sender, clock, counters, config, name):
+def node_loops(node, identity, sphinx_public, topology, sender, clock, counters, config, name, *,
+               holder=None, epochs=None):
     """
     Make the loops of a node from its config's ``node_loop_*`` settings
     and hand them to its core (``node.loops``).
 
     :param topology: the whole :class:`nymprov.topology.Topology`, or
-        ``None`` (then no loops, logged).
+        ``None`` (then no loops, logged), when the node follows no directory.
+    :param holder: with ``epochs``, the node's directory documents: loops
+        are then built with each epoch's keys from them.
     :returns: the started-to-be :class:`NodeLoops`, or ``None`` if the
         node sends none.
     """
     if not config.node_loop_rate > 0:
         return None
-    own = None
-    if topology is not None:
+    own = route = None
+    if holder is not None and epochs is not None:
+        route = DocumentLoopRoute(holder, identity, epochs, clock)
+    elif topology is not None:
         own = next((n for n in list(topology.nodes) if n.sphinx_key == sphinx_public), None)
-    route = loop_route(topology, own) if own is not None else None
+        route = loop_route(topology, own) if own is not None else None
     if route is None:
         NodeLoops.log.warn("{name}: no node loops: the topology does not list this node,"
                            " or no other layer can carry them", name=name)

@@ -197,8 +197,13 @@ class ProviderService(NodeService):
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
-        # Loops are built from the topology file's keys, which rotate with epochs.
-        if config.node_loop_rate > 0 and config.topology is not None and self.rotation is None:
+        # Loops take each epoch's keys from the directory's documents; a
+        # topology file's keys are good only while keys do not rotate.
+        if config.node_loop_rate > 0 and self.directory is not None and epochs is not None:
+            self.loops = node_loops(self.node, self.keys.identity_public_bytes, None, None, self.sender,
+                                    reactor, self.counters, config, self.name,
+                                    holder=self.directory.holder, epochs=epochs)
+        elif config.node_loop_rate > 0 and config.topology is not None and self.rotation is None:
             self.loops = node_loops(self.node, self.keys.identity_public_bytes, self.keys.sphinx.public_bytes,
                                     load_topology(config.topology), self.sender, reactor, self.counters,
                                     config, self.name)
