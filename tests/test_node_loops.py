@@ -5,6 +5,7 @@ back through the node core, counting, and the warning when too few return.
 
 import random
 
+from nacl.signing import SigningKey
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
@@ -14,9 +15,13 @@ from nymprov.errors import PacketRefused
 from nymprov.metrics import Counters
 from nymprov.mixnode.fault import DroppingSender
 from nymprov.node.core import NodeCore
-from nymprov.node.loops import NodeLoops, loop_route
+from nymprov.netdoc import Epochs, NetworkDocument, sign_document
+from nymprov.netdoc.fetch import DocumentHolder
+from nymprov.node.loops import DocumentLoopRoute, NodeLoops, loop_route
 from nymprov.sphinx import FinalHop, PacketSize, process_packet
 from nymprov.storage.memory import MemoryStore
+from nymprov.wire.frames import rotation_of_epoch
+from tests.netdoc_support import FakeNode
 from tests.test_client import make_network
 from tests.test_node import RecordingSender, ScriptedProvider
 
@@ -160,3 +165,75 @@ class LoopTests(SynchronousTestCase):
             self.assertTrue(loops.take(hop.destination, hop.surb_id))
         self.assertEqual(self.counters.get("loops.late"), len(sent))
         self.assertFalse(loops.take(b"\x00" * 32, b"\x00" * 16))
+
+
+class RotationSender:
+    """An IMixSender that keeps each packet with its frame's key-rotation byte."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, address, packet, key_rotation=0):
+        self.sent.append((address, packet, key_rotation))
+        return True
+
+
+class DocumentRouteTests(SynchronousTestCase):
+    """Loops of a node that follows a directory, across a key rotation, on a Clock."""
+
+    def setUp(self):
+        directory = SigningKey.generate()
+        self.nodes = [FakeNode("mix", 1), FakeNode("mix", 2), FakeNode("provider")]
+        self.epochs = Epochs(10.0, 0.0)
+        self.holder = DocumentHolder(directory.verify_key.encode(), Counters())
+        for epoch in (3, 4):
+            # Each node lists this epoch's key and the next one's, as nodes announce ahead.
+            self.holder.accept(sign_document(NetworkDocument(
+                directory=directory.verify_key.encode(), epoch=epoch, epoch_start=self.epochs.start_of(epoch),
+                epoch_end=self.epochs.end_of(epoch), generated=1,
+                parameters={"epoch_length": 10.0, "epoch_zero": 0.0, "expiry": 180.0, "grace": 2.5},
+                nodes=tuple(n.descriptor(1, (epoch, epoch + 1)) for n in self.nodes)), directory))
+        self.clock = Clock()
+        self.clock.advance(35.0)  # in epoch 3
+
+    def test_each_loop_takes_the_keys_of_the_epoch_it_is_sent_in(self):
+        own = self.nodes[2]
+        route = DocumentLoopRoute(self.holder, own.identity, self.epochs, self.clock)
+        rng = random.Random(1)
+        for epoch in (3, 4, 5):
+            hops = route(rng)
+            self.assertEqual([hop.public_key for hop in hops], [n.sphinx_key(epoch).public_bytes for n in self.nodes])
+            self.assertEqual(route.rotation, rotation_of_epoch(epoch))
+            self.clock.advance(10.0)
+        # Epoch 6: no document lists keys for it; the loop is not sent.
+        counters = Counters()
+        loops = NodeLoops(own.identity, route, RecordingSender(), self.clock, counters, rate=1.0, window=1.0)
+        self.addCleanup(loops.stop)
+        loops.start()
+        self.clock.pump([0.05] * 100)
+        self.assertGreater(counters.get("loops.no_route"), 0)
+        self.assertEqual(counters.get("loops.sent"), 0)
+
+    def test_a_loop_sent_before_the_boundary_comes_back_after_it(self):
+        """Built with epoch 3's keys, unwrapped after the boundary within the grace: returned."""
+        own = self.nodes[2]
+        sender = RotationSender()
+        counters = Counters()
+        loops = NodeLoops(own.identity, DocumentLoopRoute(self.holder, own.identity, self.epochs, self.clock),
+                          sender, self.clock, counters, rate=5.0, window=1.0, deadline=5.0, mean_delay=0.0,
+                          rng=random.Random(2))
+        self.addCleanup(loops.stop)
+        loops.start()
+        self.clock.pump([0.05] * 98)  # to 39.9 s
+        # The last loop sent in epoch 3, just before the boundary.
+        _address, packet, rotation = sender.sent[-1]
+        self.assertEqual(rotation, rotation_of_epoch(3))
+        self.clock.advance(0.5)  # epoch 4: the nodes still hold epoch 3's keys (grace)
+        self.assertEqual(self.epochs.number_at(self.clock.seconds()), 4)
+        for node in self.nodes:
+            hop = process_packet(packet, node.sphinx_key(3))
+            if isinstance(hop, FinalHop):
+                self.assertTrue(loops.take(hop.destination, hop.surb_id))
+                break
+            packet = hop.packet
+        self.assertEqual(counters.get("loops.returned"), 1)
