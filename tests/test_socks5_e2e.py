@@ -11,6 +11,7 @@ import shutil
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.utils import getProcessOutputAndValue
@@ -18,6 +19,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from twisted.web.static import File
 
 from prometheus_client import generate_latest
+from zope.interface import implementer
 
 from nymprov.client import ClientKeys, NymClient
 from nymprov.metrics import NodeMetrics
@@ -128,7 +130,9 @@ def malformed_requests(rng, port):
         lambda: (b"\x05\x01\x00\x05\x01\x00\x03" + bytes([len(name)]) + name + b"\x00\x00",
                  b"\x05\x00" + socks_reply(1), False),  # port 0
         lambda: (b"\x05\x01\x00" + good_request[: rng.randrange(1, len(good_request) - 1)], None, True),  # truncated
-        lambda: (b"\x05\xff" + bytes(255) + b"\x05\x01\x00\x03" + b"x" * 600, b"", False),  # oversize: closed
+        # The longest greeting, a bad name, bytes after it: refused on the name.
+        lambda: (b"\x05\xff" + bytes(255) + b"\x05\x01\x00\x03\x05a!b!c\x01\xbb" + b"x" * 600,
+                 b"\x05\x00" + socks_reply(1), False),
     ]
     return [rng.choice(kinds)() for _ in range(1000)]
 
@@ -149,7 +153,7 @@ class Socks5RefusalTests(_Socks5Net):
             if expected is not None:
                 self.assertEqual(answer, expected, data)
         reasons = ("bad_version", "no_method", "bad_request", "bad_command", "bad_address_type", "bad_name",
-                   "bad_port", "oversize")
+                   "bad_port")
         refused = sum(self.streams.counters.get("socks5.local_refused", reason) for reason in reasons)
         self.assertEqual(refused, sum(1 for _, _, hang_up in requests if not hang_up))
         self.assertEqual(self.streams.streams, {})
@@ -188,6 +192,99 @@ class Socks5RefusalTests(_Socks5Net):
         await wait_for(lambda: all(not s.streams for s in backend.sessions.values()),
                        "the provider to close the stream", limit=30)
         self.assertEqual(self.streams.streams, {})
+
+
+class _HangUp(Protocol):
+    """A site that resets every connection at once."""
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class _HalfOpen(_Raw):
+    """A program that keeps its side open after the site's end of data."""
+
+    def readConnectionLost(self):
+        self.read_closed = True
+
+    def writeConnectionLost(self):
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class _DigestAtEnd(Protocol):
+    """A site that reads to the end of what it is sent, then answers its SHA-256."""
+
+    def connectionMade(self):
+        self.hash = hashlib.sha256()
+
+    def dataReceived(self, data):
+        self.hash.update(data)
+
+    def readConnectionLost(self):
+        self.transport.write(self.hash.hexdigest().encode())
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
+
+
+class _WriteThenShut(_Raw):
+    def connectionMade(self):
+        self.transport.write(self.data)
+        self.transport.loseWriteConnection()
+
+
+class Socks5StopTests(_Socks5Net):
+    async def test_program_half_closes(self):
+        """
+        A program that ends its writing (shutdown(SHUT_WR), as `nc -N`
+        does) still reads the answer: its end of data is the stream's FIN,
+        not the end of the connection (the client closed it whole, and
+        the answer was lost).  The 20,000 bytes come in the handshake's
+        write: bytes after a complete request are the stream's, not an
+        oversize handshake.
+        """
+        await self._setup(1024)
+        site = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(_DigestAtEnd))
+        self.addCleanup(site.stopListening)
+        port = site.getHost().port
+        self.net.services["service"].backend.policy = ExitPolicy.parse(f"127.0.0.1 {port}\n")
+        body = os.urandom(20000)
+        protocol = _WriteThenShut(
+            b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big") + body, False)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), protocol)
+        answer = await protocol.done
+        self.assertEqual(answer, b"\x05\x00" + socks_reply(0) + hashlib.sha256(body).hexdigest().encode())
+
+
+    async def test_stop_with_a_stream_whose_site_hung_up(self):
+        """
+        The site reset its connection, the stream waits for the client's
+        FIN, and the provider stops (SIGTERM): the stream is reset and
+        freed, and the stop does not fail (it raised NotConnectingError
+        from a connector long connected, leaving the rest of the stop
+        undone).
+        """
+        await self._setup(1024)
+        site = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_HangUp))
+        self.addCleanup(site.stopListening)
+        port = site.getHost().port
+        node = self.net.services["service"]
+        backend = node.backend
+        backend.policy = ExitPolicy.parse(f"127.0.0.1 {port}\n")
+        protocol = _HalfOpen(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"), False)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), protocol)
+        await wait_for(lambda: getattr(protocol, "read_closed", False)
+                       and any(relay.tcp is None for session in backend.sessions.values()
+                               for relay in session.streams.values()), "the site to hang up", limit=30)
+        relays = [relay for session in backend.sessions.values() for relay in session.streams.values()]
+        await node.stopService()
+        self.assertTrue(all(relay.endpoint.closed for relay in relays))
+        self.assertEqual(backend.sessions, {})
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class Socks5LargeTests(_Socks5Net):

@@ -4,7 +4,9 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from nymprov.wire.streams import (
+    ACK,
     DATA,
+    MAX_SACK_LENGTH,
     KINDS,
     OPEN,
     RESET,
@@ -13,8 +15,10 @@ from nymprov.wire.streams import (
     StreamFrame,
     decode_open,
     decode_reset,
+    decode_sack,
     encode_open,
     encode_reset,
+    encode_sack,
 )
 
 u32 = st.integers(0, 0xFFFFFFFF)
@@ -29,7 +33,7 @@ class FrameTests(SynchronousTestCase):
     @given(frames, st.binary(max_size=3000))
     def test_round_trip(self, frame, payload):
         """Every field survives encoding; payload only where the kind has one."""
-        if frame.kind in (OPEN, DATA, RESET):
+        if frame.kind in (OPEN, DATA, RESET) or frame.kind == ACK and len(payload) <= MAX_SACK_LENGTH:
             frame = StreamFrame(frame.kind, frame.session, frame.stream, frame.seq, frame.ack, frame.window,
                                 frame.surbs, payload)
         data = frame.to_bytes()
@@ -46,11 +50,23 @@ class FrameTests(SynchronousTestCase):
         self.assertEqual(frame.to_bytes(), data)
 
     def test_refusals(self):
-        """Short, wrong version, unknown kind, payload on an ACK: each refused."""
+        """Short, wrong version, unknown kind, payload on an OPENED, an over-long selective ACK: each refused."""
         good = StreamFrame(DATA, bytes(16), 1, payload=b"x").to_bytes()
         for bad in (good[:STREAM_HEADER_LENGTH - 1], b"\x02" + good[1:], good[:1] + b"\x63" + good[2:],
-                    StreamFrame(6, bytes(16), 1).to_bytes() + b"x"):
+                    StreamFrame(2, bytes(16), 1).to_bytes() + b"x",
+                    StreamFrame(ACK, bytes(16), 1).to_bytes() + bytes(MAX_SACK_LENGTH + 1)):
             self.assertRaises(MalformedStreamFrame, StreamFrame.from_bytes, bad)
+
+    @given(u32, st.sets(st.integers(0, 2000)))
+    def test_sack_round_trip(self, ack, held_offsets):
+        """The held frames within the bitmap's reach come back; none beyond it, none invented."""
+        ack = min(ack, 0xFFFFFFFF - 3000)
+        held = {ack + 1 + offset for offset in held_offsets}
+        payload = encode_sack(ack, held)
+        self.assertLessEqual(len(payload), MAX_SACK_LENGTH)
+        self.assertEqual(set(decode_sack(ack, payload)), {s for s in held if s - ack - 1 < 8 * MAX_SACK_LENGTH})
+        self.assertEqual(StreamFrame.from_bytes(StreamFrame(ACK, bytes(16), 1, 0, ack, 1, 0, payload).to_bytes()).payload,
+                         payload)
 
     @given(hosts, st.integers(1, 0xFFFF))
     def test_open_round_trip(self, host, port):

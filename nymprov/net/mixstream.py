@@ -1,8 +1,9 @@
 """
 One end of a reliable byte stream over the mixnet (frames of
-:mod:`nymprov.wire.streams`): sequence numbers, cumulative ACKs,
-retransmission after a time-out, a flow-control window, half-close and an
-idle time-out.  Shared by the client's SOCKS5 port and the ``socks5``
+:mod:`nymprov.wire.streams`): sequence numbers, cumulative and selective
+ACKs, retransmission after a time-out measured from the round trips seen
+(RFC 6298's estimator), a flow-control window, half-close and an idle
+time-out.  Shared by the client's SOCKS5 port and the ``socks5``
 backend; it knows nothing about how a frame travels (``transmit``).
 
 Written by hand: the mixnet loses and reorders packets like no transport a
@@ -19,23 +20,31 @@ from nymprov.wire.streams import (
     REPLY_GENERAL_FAILURE,
     REPLY_TTL_EXPIRED,
     decode_reset,
+    decode_sack,
     encode_reset,
+    encode_sack,
 )
 
 #: Frames a receiver takes past the last one it delivered in order.
 DEFAULT_WINDOW = 64
 #: Frames sent before the other side said what its window is.
 INITIAL_WINDOW = 16
+#: The time-out never goes below this, however quick the round trips: a
+#: mixnet's delays vary far more than a link's.
+MIN_RTO = 0.25
 
 
 class _Unacked:
-    __slots__ = ("kind", "payload", "sent_at", "attempts")
+    __slots__ = ("kind", "payload", "sent_at", "attempts", "sacked")
 
     def __init__(self, kind, payload, sent_at):
         self.kind = kind
         self.payload = payload
         self.sent_at = sent_at
         self.attempts = 1
+        # The other side holds it (a selective ACK) but has not delivered
+        # it: never sent again, though it still counts in flight.
+        self.sacked = False
 
 
 class StreamEndpoint:
@@ -48,8 +57,10 @@ class StreamEndpoint:
     :param on_closed: ``(code) -> None``: the stream is over: ``None`` after
         both FINs were exchanged and acked, else the SOCKS5 reply code of
         the RESET or failure that ended it.  Called once.
-    :param float rto: seconds before an unacked frame is sent again
-        (doubled per attempt, at most ``8 * rto``).
+    :param float rto: seconds before an unacked frame is sent again until
+        round trips have been measured; then ``srtt + 4 * rttvar``, at
+        least :data:`MIN_RTO` and at most this value times 8 (doubled per
+        attempt of a frame, up to that cap).
     :param int max_attempts: sends of one frame before the stream is reset.
     :param int window: frames this end takes past the last delivered one.
     :param float idle_timeout: seconds without a frame from the other side
@@ -63,6 +74,9 @@ class StreamEndpoint:
         self._on_frame = on_frame
         self._on_closed = on_closed
         self._rto = rto
+        self._max_rto = 8 * rto
+        self._srtt = None
+        self._rttvar = None
         self._max_attempts = max_attempts
         self._window = window
         self._next_seq = 0
@@ -100,7 +114,10 @@ class StreamEndpoint:
         self._pump()
 
     def _free_window(self):
-        return max(self._window - len(self._early), 0)
+        # Frames held early lie inside the window counted from ``ack``, so
+        # they do not shrink it (shrinking it stalled the sender at every
+        # loss until its time-out).
+        return self._window
 
     def _pump(self):
         while self._waiting and self._waiting[0][0] < self._peer_ack + self._peer_window:
@@ -129,7 +146,7 @@ class StreamEndpoint:
             return
         now = self._clock.seconds()
         for seq, frame in list(self._unacked.items()):
-            if now - frame.sent_at < min(self._rto * 2 ** (frame.attempts - 1), 8 * self._rto):
+            if frame.sacked or now - frame.sent_at < min(self._rto * 2 ** (frame.attempts - 1), self._max_rto):
                 continue
             if frame.attempts >= self._max_attempts:
                 self.reset(REPLY_TTL_EXPIRED)
@@ -140,9 +157,23 @@ class StreamEndpoint:
         self._arm_retransmit()
 
     def ack(self):
-        """Tell the other side what arrived (and the window), now."""
+        """Tell the other side what arrived (and the window), now: in order, and what is held past a gap."""
         if not self.closed:
-            self._transmit(ACK, 0, self._expected, self._free_window(), b"")
+            self._transmit(ACK, 0, self._expected, self._free_window(), encode_sack(self._expected, self._early))
+
+    def _measure(self, acknowledged):
+        # One sample per ACK, from the newest frame it covers; Karn: only a
+        # frame sent once gives an unambiguous round trip.
+        sent_once = [frame.sent_at for frame in acknowledged if frame.attempts == 1]
+        if not sent_once:
+            return
+        sample = self._clock.seconds() - max(sent_once)
+        if self._srtt is None:
+            self._srtt, self._rttvar = sample, sample / 2
+        else:
+            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
+            self._srtt = 0.875 * self._srtt + 0.125 * sample
+        self._rto = min(max(self._srtt + 4 * self._rttvar, MIN_RTO), self._max_rto)
 
     def reset(self, code=REPLY_GENERAL_FAILURE):
         """End the stream at once, telling the other side (best effort)."""
@@ -166,10 +197,20 @@ class StreamEndpoint:
         if frame.kind == RESET:
             self._close(decode_reset(frame.payload))
             return
+        newly = []  # frames this frame is the first to acknowledge
         if self._peer_ack < frame.ack <= self._next_seq:
             for seq in [s for s in self._unacked if s < frame.ack]:
-                del self._unacked[seq]
+                done = self._unacked.pop(seq)
+                if not done.sacked:
+                    newly.append(done)
             self._peer_ack = frame.ack
+        if frame.kind == ACK and frame.payload and frame.ack == self._peer_ack:
+            for seq in decode_sack(frame.ack, frame.payload):
+                held = self._unacked.get(seq)
+                if held is not None and not held.sacked:
+                    held.sacked = True
+                    newly.append(held)
+        self._measure(newly)
         if frame.ack >= self._peer_ack:
             self._peer_window = frame.window
         if frame.kind in RELIABLE:

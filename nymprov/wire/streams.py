@@ -24,13 +24,15 @@ _HEAD = struct.Struct(">BB16sIIIHH")
 STREAM_HEADER_LENGTH = _HEAD.size  # 34
 MAX_SEQ = 0xFFFFFFFF
 MAX_HOST_LENGTH = 255
+#: Bytes of an ACK's selective-ACK bitmap at most: frames up to 1,024 past ``ack``.
+MAX_SACK_LENGTH = 128
 
 OPEN = 1  # client -> provider: port u16 || host length u8 || host
 OPENED = 2  # provider -> client: the TCP connection is up
 DATA = 3
 FIN = 4  # no more data in this direction (half-close)
 RESET = 5  # payload: a SOCKS5 reply code saying why (not reliable)
-ACK = 6  # nothing but the header's ack and window
+ACK = 6  # the header's ack and window; payload: a selective-ACK bitmap (optional)
 SURBS = 7  # client -> provider: reply blocks for the session ride with it
 MORE_SURBS = 8  # provider -> client: "window" is how many more it wants
 
@@ -85,8 +87,10 @@ class StreamFrame:
         if kind not in KINDS:
             raise MalformedStreamFrame(f"unknown stream frame kind {kind}")
         payload = bytes(data[STREAM_HEADER_LENGTH:])
-        if kind not in (OPEN, DATA, RESET) and payload:
+        if kind not in (OPEN, DATA, RESET, ACK) and payload:
             raise MalformedStreamFrame(f"frame kind {kind} carries no payload")
+        if kind == ACK and len(payload) > MAX_SACK_LENGTH:
+            raise MalformedStreamFrame("selective ACK longer than its limit")
         return cls(kind, bytes(session), stream, seq, ack, window, surbs, payload)
 
 
@@ -118,6 +122,28 @@ def decode_open(payload):
     if not all(c.isalnum() or c in "-._:" for c in host):
         raise MalformedStreamFrame("OPEN host has characters no host name has")
     return host, port
+
+
+def encode_sack(ack, held):
+    """
+    :param held: the sequence numbers held past ``ack`` (``ack`` itself missing).
+    :returns: an ACK payload: bit ``i`` (most significant first) set when
+        frame ``ack + 1 + i`` is held; empty when none is; frames beyond
+        the bitmap's limit are left out (they are sent again if need be).
+    """
+    offsets = [seq - ack - 1 for seq in held if 0 <= seq - ack - 1 < 8 * MAX_SACK_LENGTH]
+    if not offsets:
+        return b""
+    bitmap = bytearray(max(offsets) // 8 + 1)
+    for offset in offsets:
+        bitmap[offset // 8] |= 0x80 >> (offset % 8)
+    return bytes(bitmap)
+
+
+def decode_sack(ack, payload):
+    """:returns: the sequence numbers an ACK's bitmap says are held past ``ack``."""
+    return [ack + 1 + 8 * index + bit for index, byte in enumerate(payload) for bit in range(8)
+            if byte & (0x80 >> bit)]
 
 
 def encode_reset(code):

@@ -186,7 +186,8 @@ class _Relay:
     def _closed(self, code):
         self.provider.counters.incr("socks5.streams_closed", "done" if code is None else f"reset_{code}")
         self.session.streams.pop(self.stream_id, None)
-        if self.connector is not None and self.tcp is None:
+        # A connector whose connection came and went is not connecting any more.
+        if self.connector is not None and self.connector.state == "connecting":
             self.connector.stopConnecting()
         if self.tcp is not None:
             self.tcp.transport.abortConnection()

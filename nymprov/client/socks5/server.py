@@ -10,7 +10,9 @@ connection, counted by reason; the handshake's buffer is bounded.
 import ipaddress
 import struct
 
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from zope.interface import implementer
 
 from nymprov.wire.streams import (
     DATA,
@@ -96,8 +98,14 @@ def parse_request(data):
     return host, port, end + 2
 
 
+@implementer(IHalfCloseableProtocol)
 class Socks5Protocol(Protocol):
-    """One local connection: the handshake, then one mixnet stream."""
+    """
+    One local connection: the handshake, then one mixnet stream.  Each
+    direction closes by itself (TCP's half-close): the program's end of
+    writing is the stream's FIN, the site's FIN shuts the program's
+    reading side only.
+    """
 
     def __init__(self, factory):
         self.factory = factory
@@ -129,8 +137,6 @@ class Socks5Protocol(Protocol):
         if self._state not in ("greeting", "request"):
             return
         self._buffer += data
-        if len(self._buffer) > MAX_HANDSHAKE:
-            return self._refuse("oversize", REPLY_GENERAL_FAILURE if self._state == "request" else None)
         try:
             if self._state == "greeting":
                 methods, used = parse_greeting(self._buffer)
@@ -142,6 +148,9 @@ class Socks5Protocol(Protocol):
                 self._state = "request"
             host, port, used = parse_request(self._buffer)
         except _Incomplete:
+            # The format bounds what waits here (MAX_HANDSHAKE bytes at
+            # most before it parses or is refused); bytes after a complete
+            # request are the stream's, however many (an optimistic client's).
             return
         except _Refused as e:
             return self._refuse(e.reason, e.code)
@@ -179,7 +188,7 @@ class Socks5Protocol(Protocol):
         elif kind == DATA and self._state == "relaying":
             self.transport.write(payload)
         elif kind == FIN and self._state == "relaying":
-            self.transport.loseConnection()
+            self.transport.loseWriteConnection()
         self._check_flow()
 
     def _closed(self, code):
@@ -197,6 +206,16 @@ class Socks5Protocol(Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
+
+    def readConnectionLost(self):
+        endpoint = self._endpoint
+        if self._state in ("opening", "relaying") and not endpoint.closed:
+            endpoint.send(FIN)
+        else:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self):
+        pass
 
     def connectionLost(self, reason):
         self._cancel_timeout()
