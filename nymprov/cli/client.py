@@ -112,7 +112,8 @@ class RunOptions(_Common):
     synopsis = f"Usage: {PROGRAM} run [options]"
     optParameters = [["api-listen", None, "tcp:1977:interface=127.0.0.1",
                       "the local WebSocket API's endpoint (loopback or unix: only, unless --api-public)"],
-                     ["socks5", None, None, "serve SOCKS5 on HOST:PORT (loopback only, unless --socks5-public)"],
+                     ["socks5", None, None, "serve SOCKS5 on HOST:PORT (loopback only, unless --socks5-public;"
+                      " port 0: any free one, printed)"],
                      ["service", "s", None, "the socks5 service provider's identity (base58), for --socks5"]]
     optFlags = [["api-public", None, "allow the local API on an address other than loopback"],
                 ["socks5-public", None, "allow the SOCKS5 port on an address other than loopback"]]
@@ -135,7 +136,7 @@ class RunOptions(_Common):
         from nymprov.net.addresses import parse_host_port
 
         try:
-            host, port = parse_host_port(self["socks5"])
+            host, port = parse_host_port(self["socks5"], any_port=True)
         except ValueError as e:
             raise usage.UsageError(f"--socks5: {e}")
         if not self["socks5-public"] and not ipaddress.ip_address(host).is_loopback:

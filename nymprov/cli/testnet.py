@@ -27,6 +27,8 @@ class TestnetOptions(usage.Options):
         ["base-port", None, None, "first port to use [default: free ports]", int],
         ["epoch-length", None, 60.0, "seconds per epoch: a nym-directory runs, nodes publish to it and"
          " rotate their Sphinx keys; 0: no directory, one key per node", float],
+        ["socks5-policy", None, None, "an exit policy file: one more provider runs the socks5 backend"
+         " with it, for nym-client run --socks5 (its identity is in DIR/socks5-service)"],
     ]
 
     def postOptions(self):
@@ -59,7 +61,8 @@ def main(args, stdout=None, stderr=None):
     try:
         testnet = Testnet(directory, options["layers"], options["per-layer"], options["providers"],
                           mean_delay_ms=options["mean-delay-ms"], base_port=options["base-port"],
-                          reactor=reactor, epoch_length=options["epoch-length"])
+                          reactor=reactor, epoch_length=options["epoch-length"],
+                          socks5_policy=options["socks5-policy"])
     except (ValueError, OSError) as e:
         print(f"nym-provider testnet: {e}", file=stderr)
         return 2 if isinstance(e, ValueError) else 1

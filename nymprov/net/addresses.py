@@ -8,9 +8,10 @@ def host_port_text(host, port):
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def parse_host_port(text):
+def parse_host_port(text, any_port=False):
     """
-    Parse ``"ip:port"`` (``"[ipv6]:port"`` for IPv6) into ``(ip, port)``.
+    Parse ``"ip:port"`` (``"[ipv6]:port"`` for IPv6) into ``(ip, port)``;
+    with ``any_port``, port 0 (a listener's: the kernel picks) too.
 
     Only IP addresses: a first-layer mix node is named in Sphinx headers by
     its socket address, which has no room for a host name.
@@ -31,7 +32,7 @@ def parse_host_port(text):
         address = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"{host!r} is not an IP address")
-    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not (0 if any_port else 1) <= int(port) < 65536:
         raise ValueError(f"{port!r} is not a port number")
     return (str(address), int(port))
 

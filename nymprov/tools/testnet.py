@@ -46,6 +46,8 @@ TESTNET_NODE_LOOP_WINDOW = 20.0
 
 TOPOLOGY_FILE = "topology.json"
 STATE_FILE = "testnet.json"
+#: The identity of the testnet's socks5 service provider, for ``--service``.
+SOCKS5_SERVICE_FILE = "socks5-service"
 
 # The repository (or site-packages) holding this nymprov, so that children
 # run the same code as the parent even when it is not installed.
@@ -62,7 +64,8 @@ class TestnetNode:
     One node process of a testnet.
 
     :ivar name: ``mix-L-I`` (layer L, index I from 1) or ``provider-N``.
-    :ivar kind: ``"mix"`` or ``"provider"``.
+    :ivar kind: ``"mix"``, ``"provider"``, ``"service"`` (a provider with
+        another backend than ``inbox``) or ``"directory"``.
     :ivar data_dir: its data directory.
     :ivar mix_port: the port of its mix link.
     :ivar client_port: the port of its client API (providers only).
@@ -149,6 +152,10 @@ class Testnet:
         keys, the client configs name it, and ``topology.json`` is its
         current document, rewritten as epochs pass.  ``0``: no directory,
         one key per node forever.
+    :param str socks5_policy: an exit policy file: then one more provider,
+        ``socks5-1``, runs the ``socks5`` backend with it (a network
+        requester for ``nym-client run --socks5``; it serves no client API),
+        and ``socks5-service`` in the directory names its identity.
     """
 
     log = Logger()
@@ -157,7 +164,7 @@ class Testnet:
                  base_port=None, reactor=None, python=sys.executable,
                  ready_timeout=READY_TIMEOUT, stop_timeout=STOP_TIMEOUT,
                  node_loop_rate=TESTNET_NODE_LOOP_RATE, node_loop_window=TESTNET_NODE_LOOP_WINDOW,
-                 extra_arguments=None, epoch_length=0.0):
+                 extra_arguments=None, epoch_length=0.0, socks5_policy=None):
         if reactor is None:
             from twisted.internet import reactor
         if not 1 <= layers <= 4:
@@ -175,7 +182,8 @@ class Testnet:
         self._extra_arguments = dict(extra_arguments or {})
         os.makedirs(os.path.join(self.directory, "logs"), exist_ok=True)
         mix_count = layers * per_layer
-        port_count = mix_count + 2 * providers + (1 if epoch_length else 0)
+        self._socks5_policy = socks5_policy and os.path.abspath(socks5_policy)
+        port_count = mix_count + 2 * providers + (1 if epoch_length else 0) + (1 if socks5_policy else 0)
         if base_port is None:
             ports = iter(_free_ports(port_count))
         else:
@@ -204,6 +212,15 @@ class Testnet:
                 keys.identity_public_bytes, keys.sphinx.public_bytes, LOOPBACK, node.mix_port,
                 LOOPBACK, node.client_port, True, fingerprint,
             ))
+        self.socks5_service = None
+        if socks5_policy:
+            node = self._add_node("socks5-1", "service", next(ports))
+            keys = load_or_create_keys(node.data_dir)
+            provider_nodes.append(ProviderNode(keys.identity_public_bytes, keys.sphinx.public_bytes,
+                                               LOOPBACK, node.mix_port, None, None, False, None))
+            self.socks5_service = provider_nodes[-1].identity_base58
+            with open(os.path.join(self.directory, SOCKS5_SERVICE_FILE), "w") as f:
+                f.write(self.socks5_service + "\n")
         self.topology = Topology(mixnodes, provider_nodes)
         self.topology_path = os.path.join(self.directory, TOPOLOGY_FILE)
         dump_topology(self.topology, self.topology_path)
@@ -223,7 +240,8 @@ class Testnet:
         clients = os.path.join(self.directory, "clients")
         os.makedirs(clients, exist_ok=True)
         paths = []
-        for index, provider in enumerate(self.topology.providers, start=1):
+        inboxes = [p for p in self.topology.providers if p.client_address is not None]
+        for index, provider in enumerate(inboxes, start=1):
             path = os.path.join(clients, f"client-{index}.toml")
             with open(path, "w") as f:
                 f.write(
@@ -273,10 +291,13 @@ class Testnet:
                     "--mix-listen", listen, "--topology", self.topology_path,
                     "--stats-interval", "0", "--layer", layer,
                     "--http-listen", f"tcp:0:interface={LOOPBACK}"] + extra
+        if node.kind == "service":
+            serving = ["--backend", "socks5", "--backend-option", f"policy={self._socks5_policy}"]
+        else:
+            serving = ["--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
+                       "--register-rate", str(TESTNET_REGISTER_RATE)]
         arguments = ["-m", "nymprov", "run", "--data-dir", node.data_dir,
-                     "--mix-listen", listen,
-                     "--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
-                     "--register-rate", str(TESTNET_REGISTER_RATE), "--stats-interval", "0",
+                     "--mix-listen", listen, *serving, "--stats-interval", "0",
                      # Several nodes on one machine: each its own HTTP port;
                      # no admin socket (a deep --dir would not fit one).
                      "--http-listen", f"tcp:0:interface={LOOPBACK}", "--admin-socket", "none"]
@@ -359,7 +380,7 @@ class Testnet:
             :class:`TestnetError` (after stopping whatever did start).
         """
         # The directory, then mixes: a provider's first packets then find them up.
-        order = sorted(self.nodes.values(), key=lambda n: ("directory", "mix", "provider").index(n.kind))
+        order = sorted(self.nodes.values(), key=lambda n: ("directory", "mix", "provider", "service").index(n.kind))
         for node in order:
             if not node.running:
                 self._spawn(node)
@@ -436,7 +457,7 @@ class Testnet:
         if self.network is not None:
             self.network.stop()
         d = DeferredList([], consumeErrors=True)
-        for kind in ("mix", "provider", "directory"):
+        for kind in ("mix", "service", "provider", "directory"):
             d.addCallback(lambda _, kind=kind: DeferredList(
                 [self.stop_node(n.name) for n in self.nodes.values() if n.kind == kind], consumeErrors=True))
         return d.addCallback(lambda _: None)
@@ -459,6 +480,9 @@ class Testnet:
             if node.client_port is not None:
                 where += f", client API (TLS) {LOOPBACK}:{node.client_port}"
             lines.append(f"  {node.name:<12} pid {node.pid}  {where}  log: {node.log_path}")
+        if self.socks5_service is not None:
+            lines.append(f"  socks5 service: {self.socks5_service}"
+                         f" (also in {os.path.join(self.directory, SOCKS5_SERVICE_FILE)})")
         lines.append("  client configs:")
         lines += [f"    {path}" for path in self.client_config_paths]
         lines += [
