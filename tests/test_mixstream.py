@@ -161,6 +161,42 @@ class LossRecoveryTests(SynchronousTestCase):
         self.assertEqual(pair.sent["a"] - before, 1)
 
 
+class PausedDeliveryTests(SynchronousTestCase):
+    """A reader that does not read (its transport paused the stream): bounded, then all of it, in order."""
+
+    def test_paused_reader_holds_at_most_the_window(self):
+        pair = _Pair(delay=0.1, window=8)
+        a, b = pair.ends["a"], pair.ends["b"]
+        b.pause_delivery()
+        for i in range(500):
+            a.send(DATA, b"%d" % i)
+        pair.run(30)
+        self.assertEqual(pair.got["b"], [])
+        self.assertLessEqual(len(b._held) + len(b._early), 2 * 8)
+        self.assertFalse(a.closed or b.closed)
+        self.assertGreater(a.in_flight, 400)  # the rest waits at the sender, whose program is paused in turn
+        b.resume_delivery()
+        pair.run(60)
+        self.assertEqual(pair.got["b"], [(DATA, b"%d" % i) for i in range(500)])
+
+    def test_fin_waits_for_delivery(self):
+        """A FIN held behind paused delivery does not close the reader's end before the data goes out."""
+        pair = _Pair(delay=0.1)
+        a, b = pair.ends["a"], pair.ends["b"]
+        b.pause_delivery()
+        a.send(DATA, b"last words")
+        a.send(FIN)
+        b.send(FIN)
+        pair.run(5)
+        # The sender is done (b acked, and so keeps, what it holds); b is not.
+        self.assertNotIn("b", pair.closed)
+        self.assertEqual(pair.got["b"], [])
+        b.resume_delivery()
+        pair.run(5)
+        self.assertEqual(pair.got["b"], [(DATA, b"last words"), (FIN, b"")])
+        self.assertEqual(pair.closed, {"a": None, "b": None})
+
+
 class ZeroWindowTests(SynchronousTestCase):
     def test_a_closed_window_is_probed_until_it_opens(self):
         """

@@ -236,6 +236,78 @@ class _WriteThenShut(_Raw):
         self.transport.loseWriteConnection()
 
 
+class _NeverReads(Protocol):
+    """A site that accepts and never reads."""
+
+    # Kept: a connection that reads nothing is in no reactor's list, and
+    # would be collected (and closed) with its last reference.
+    connections = []
+
+    def connectionMade(self):
+        self.connections.append(self)
+        self.transport.pauseProducing()
+
+
+class _Floods(_Raw):
+    """A program that, once its stream is open, writes as fast as its transport takes it."""
+
+    def dataReceived(self, data):
+        self.received += data
+        if self.received.endswith(socks_reply(0)) and not hasattr(self, "written"):
+            self.written = 0
+            self.transport.registerProducer(self, True)
+            self.resumeProducing()
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.written < 64 * 1024 * 1024:
+            self.transport.write(b"x" * 65536)
+            self.written += 65536
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def stopProducing(self):
+        self.paused = True
+
+
+class Socks5BackPressureTests(_Socks5Net):
+    async def test_a_site_that_never_reads(self):
+        """
+        A program floods a site that never reads: the provider stops
+        delivering the stream to the site's connection once its buffer is
+        full (it wrote every frame, and its memory grew without bound), the
+        client stops reading the program, and what waits at the provider is
+        at most twice the window of frames.  On the way, more than a window
+        goes up: the client took the program's bytes again only on a frame
+        with data, never on an ACK, so every upload stalled after its first
+        window.
+        """
+        await self._setup(1024)
+        site = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(Factory.forProtocol(_NeverReads))
+        self.addCleanup(site.stopListening)
+        self.addCleanup(lambda: [c.transport.abortConnection() for c in _NeverReads.connections])
+        port = site.getHost().port
+        backend = self.net.services["service"].backend
+        backend.policy = ExitPolicy.parse(f"127.0.0.1 {port}\n")
+        program = _Floods(b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01" + port.to_bytes(2, "big"), False)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.socks_port), program)
+
+        def relay():
+            relays = [r for session in backend.sessions.values() for r in session.streams.values()]
+            return relays[0] if relays else None
+
+        await wait_for(lambda: relay() is not None and relay().endpoint.delivery_paused,
+                       "the provider to pause the stream", limit=120)
+        await wait_for(lambda: program.paused, "the client to stop reading the program", limit=60)
+        endpoint = relay().endpoint
+        self.assertLessEqual(len(endpoint._held) + len(endpoint._early), 2 * backend.window)
+        transport = relay().tcp.transport
+        self.assertLess(len(transport.dataBuffer) + transport._tempDataLen, 2 * 1024 * 1024)
+        self.assertFalse(endpoint.closed)
+        program.transport.abortConnection()
+
+
 class Socks5StopTests(_Socks5Net):
     async def test_program_half_closes(self):
         """

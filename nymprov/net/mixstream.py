@@ -12,6 +12,9 @@ library offers a stream over, and TCP itself cannot ride on SURBs.
 
 import collections
 
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
+
 from nymprov.wire.streams import (
     ACK,
     FIN,
@@ -86,6 +89,10 @@ class StreamEndpoint:
         self._unacked = collections.OrderedDict()  # seq -> _Unacked
         self._waiting = collections.deque()  # (seq, kind, payload) beyond the peer's window
         self._early = {}  # seq -> (kind, payload): arrived before a missing one
+        # In order and acked, but not delivered while delivery is paused
+        # (the program or site this end writes to does not read).
+        self._held = collections.deque()
+        self.delivery_paused = False
         self.fin_sent = False
         self.fin_received = False
         self.closed = False
@@ -116,8 +123,8 @@ class StreamEndpoint:
     def _free_window(self):
         # Frames held early lie inside the window counted from ``ack``, so
         # they do not shrink it (shrinking it stalled the sender at every
-        # loss until its time-out).
-        return self._window
+        # loss until its time-out); frames acked but held undelivered do.
+        return max(self._window - len(self._held), 0)
 
     def _pump(self):
         while self._waiting and self._waiting[0][0] < self._peer_ack + self._peer_window:
@@ -214,19 +221,43 @@ class StreamEndpoint:
         if frame.ack >= self._peer_ack:
             self._peer_window = frame.window
         if frame.kind in RELIABLE:
-            if self._expected <= frame.seq < self._expected + self._window:
+            # What this end keeps is bounded: the window's frames early and
+            # as many again held (the sender's probes of a shut window),
+            # whatever the sender does.
+            if (self._expected <= frame.seq < self._expected + self._window
+                    and len(self._early) + len(self._held) < 2 * self._window):
                 self._early.setdefault(frame.seq, (frame.kind, frame.payload))
             while self._expected in self._early and not self.closed:
-                kind, payload = self._early.pop(self._expected)
+                self._held.append(self._early.pop(self._expected))
                 self._expected += 1
-                if kind == FIN:
-                    self.fin_received = True
-                self._on_frame(kind, payload)
+            self._deliver()
             # Duplicates and frames past the window are acked too: the
             # other side's ACK was lost, or it learns the window.
             self.ack()
         if not self.closed:
             self._pump()
+            if self.fin_sent and self.fin_received and not self._unacked and not self._waiting:
+                self._close(None)
+
+    def _deliver(self):
+        while self._held and not self.delivery_paused and not self.closed:
+            kind, payload = self._held.popleft()
+            if kind == FIN:
+                self.fin_received = True
+            self._on_frame(kind, payload)
+
+    def pause_delivery(self):
+        """Hold what arrives (up to the window, then the other side waits) until :meth:`resume_delivery`."""
+        self.delivery_paused = True
+
+    def resume_delivery(self):
+        """Deliver what was held, and tell the other side its window is open again."""
+        if not self.delivery_paused:
+            return
+        self.delivery_paused = False
+        self._deliver()
+        if not self.closed:
+            self.ack()
             if self.fin_sent and self.fin_received and not self._unacked and not self._waiting:
                 self._close(None)
 
@@ -246,4 +277,27 @@ class StreamEndpoint:
         self._unacked.clear()
         self._waiting.clear()
         self._early.clear()
+        self._held.clear()
         self._on_closed(code)
+
+
+@implementer(IPushProducer)
+class DeliveryProducer:
+    """
+    What a stream delivers, as a producer for the transport it is written
+    to: registered with ``transport.registerProducer(DeliveryProducer(
+    endpoint), True)``, a transport whose buffer is full pauses delivery,
+    so a reader that never reads holds at most the window's frames.
+    """
+
+    def __init__(self, endpoint):
+        self._endpoint = endpoint
+
+    def pauseProducing(self):
+        self._endpoint.pause_delivery()
+
+    def resumeProducing(self):
+        self._endpoint.resume_delivery()
+
+    def stopProducing(self):
+        pass

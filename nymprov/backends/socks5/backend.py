@@ -25,7 +25,7 @@ from nymprov.backends.surbreply import (
 )
 from nymprov.interfaces import IProvider
 from nymprov.metrics import Counters
-from nymprov.net.mixstream import StreamEndpoint
+from nymprov.net.mixstream import DeliveryProducer, StreamEndpoint
 from nymprov.net.pinned import resolve
 from nymprov.sphinx import PacketSize
 from nymprov.wire.envelope import encode_envelope
@@ -146,6 +146,8 @@ class _Relay:
             protocol.transport.abortConnection()
             return
         self.provider.counters.incr("socks5.streams_opened")
+        # A site that does not read pauses the stream, not this process's memory.
+        protocol.transport.registerProducer(DeliveryProducer(self.endpoint), True)
         self.endpoint.send(OPENED)
         early, self.early = b"".join(self.early), []
         if early:

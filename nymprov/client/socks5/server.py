@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
+from nymprov.net.mixstream import DeliveryProducer
 from nymprov.wire.streams import (
     DATA,
     FIN,
@@ -160,7 +161,7 @@ class Socks5Protocol(Protocol):
         except ValueError:
             return self._refuse("bad_name", REPLY_GENERAL_FAILURE)
         self._state = "opening"
-        _, self._endpoint = self.factory.streams.open(self._frame, self._closed)
+        _, self._endpoint = self.factory.streams.open(self._frame, self._closed, self._check_flow)
         self._endpoint.send(OPEN, payload)
         if early:
             # Sent before the reply came (optimistic clients): it follows the OPEN.
@@ -184,6 +185,8 @@ class Socks5Protocol(Protocol):
         if kind == OPENED and self._state == "opening":
             self._cancel_timeout()
             self._state = "relaying"
+            # A program that does not read pauses its stream, not the client's memory.
+            self.transport.registerProducer(DeliveryProducer(self._endpoint), True)
             self.transport.write(socks_reply(REPLY_SUCCEEDED))
         elif kind == DATA and self._state == "relaying":
             self.transport.write(payload)

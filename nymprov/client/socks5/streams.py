@@ -59,6 +59,7 @@ class MixStreams:
         self.idle_timeout = idle_timeout
         self.counters = Counters()
         self.streams = {}  # stream id -> StreamEndpoint
+        self._on_received = {}  # stream id -> callable
         self._next_id = 1
         self._last_topup = None
         self._surb_length = None
@@ -75,8 +76,11 @@ class MixStreams:
         client = self._client
         return client.router.surb_to_self(client.keys.identity_public_bytes)
 
-    def open(self, on_frame, on_closed):
+    def open(self, on_frame, on_closed, on_received=None):
         """
+        :param on_received: ``() -> None``, called after every frame of the
+            stream is taken (ACKs too: they free the window, and a caller
+            that stopped reading its program must learn it may go on).
         :returns: ``(stream id, StreamEndpoint)`` of a new stream; the caller
             sends its OPEN.
         """
@@ -89,12 +93,15 @@ class MixStreams:
 
         def closed(code):
             self.streams.pop(stream_id, None)
+            self._on_received.pop(stream_id, None)
             self.counters.incr("socks5.streams_closed", "done" if code is None else f"reset_{code}")
             on_closed(code)
 
         endpoint = StreamEndpoint(self._clock, transmit, on_frame, closed, rto=self.rto, window=self.window,
                                   idle_timeout=self.idle_timeout)
         self.streams[stream_id] = endpoint
+        if on_received is not None:
+            self._on_received[stream_id] = on_received
         return stream_id, endpoint
 
     def send_frame(self, frame, surbs=1):
@@ -129,6 +136,9 @@ class MixStreams:
         endpoint = self.streams.get(frame.stream)
         if endpoint is not None:
             endpoint.receive(frame)
+            after = self._on_received.get(frame.stream)
+            if after is not None:
+                after()
         else:
             self.counters.incr("socks5.dropped", "unknown_stream")
         return True
