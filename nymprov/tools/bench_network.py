@@ -108,22 +108,31 @@ async def _bench(reactor, options, out):
         await net.stop()
 
 
-def main(args=None, out=None):
-    """Run the benchmark; returns the exit code."""
+def run_command(options, program, bench, args=None, out=None):
+    """
+    Parse ``args`` into ``options`` and run ``bench(reactor, options, out)``
+    under a reactor; what every benchmark command's ``main`` does.
+
+    :returns: the exit code (2 for a usage error, said with ``program``'s name).
+    """
     out = out or sys.stdout
-    options = BenchOptions()
     try:
         options.parseOptions(sys.argv[1:] if args is None else args)
     except usage.UsageError as e:
-        print(f"nym-client bench: {e}\n\n{options}", file=sys.stderr)
+        print(f"{program}: {e}\n\n{options}", file=sys.stderr)
         return 2
     except SystemExit as e:
         return e.code or 0
     try:
-        react(lambda reactor: ensureDeferred(_bench(reactor, options, out)))
+        react(lambda reactor: ensureDeferred(bench(reactor, options, out)))
     except SystemExit as e:
         return e.code or 0
     return 0
+
+
+def main(args=None, out=None):
+    """Run the benchmark; returns the exit code."""
+    return run_command(BenchOptions(), "nym-client bench", _bench, args, out)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,9 @@ import statistics
 import sys
 import tempfile
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 
@@ -159,20 +159,9 @@ async def _bench(reactor, options, out):
 
 def main(args=None, out=None):
     """Run the benchmark; returns the exit code."""
-    out = out or sys.stdout
-    options = Socks5BenchOptions()
-    try:
-        options.parseOptions(sys.argv[1:] if args is None else args)
-    except usage.UsageError as e:
-        print(f"bench_socks5: {e}\n\n{options}", file=sys.stderr)
-        return 2
-    except SystemExit as e:
-        return e.code or 0
-    try:
-        react(lambda reactor: ensureDeferred(_bench(reactor, options, out)))
-    except SystemExit as e:
-        return e.code or 0
-    return 0
+    from nymprov.tools.bench_network import run_command
+
+    return run_command(Socks5BenchOptions(), "bench_socks5", _bench, args, out)
 
 
 if __name__ == "__main__":
