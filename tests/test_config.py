@@ -253,6 +253,9 @@ INVALID_COMMAND_LINES = [
     (["--inbox-max-bytes", "0"], "--inbox-max-bytes"),
     (["--message-ttl", "-60"], "--message-ttl"),
     (["--slot-size", "big"], "--slot-size"),
+    # Smaller than a regular packet's message: every message the nymprov
+    # client sends would be dropped at the final hop.
+    (["--slot-size", "1000"], "--slot-size"),
     (["--lease-seconds", "0"], "--lease-seconds"),
     (["--register-rate", "-1"], "--register-rate"),
     # Values the parts refuse when they start are refused when parsed:

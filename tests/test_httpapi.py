@@ -163,6 +163,8 @@ class ProviderApiTests(ProviderFixture, ApiFixture, TestCase):
         self.assertEqual(description["identity_key"], provider.keys.identity_base58)
         self.assertEqual(description["sphinx_keys"], {"none": provider.keys.sphinx.public_base58})
         self.assertEqual(description["backend"], "inbox")
+        # The largest message its inbox keeps: what a sender must stay under.
+        self.assertEqual(description["max_message_bytes"], 2048)
         self.assertEqual(description["endpoints"], {
             "mix_link": [f"127.0.0.1:{mix.port}"], "client_api": [f"127.0.0.1:{client.port}"],
             "http": [f"127.0.0.1:{own.port}"]})

@@ -30,6 +30,7 @@ from nymprov.options import (
 from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
 from nymprov.node.pool import default_worker_count
 from nymprov.provider.registration import REGISTRATION_MODES
+from nymprov.sphinx import PacketSize
 
 MiB = 1024 * 1024
 DAY = 24 * 60 * 60  # seconds
@@ -241,7 +242,10 @@ _CHECKS = {
     "inbox_max_messages": whole_number(1),
     "inbox_max_bytes": whole_number(1),
     "message_ttl": whole_number(1),
-    "slot_size": whole_number(1),
+    # At least a regular packet's message, so that every message the
+    # nymprov client sends is kept (larger, extended packets are counted
+    # as message_too_large at the final hop).
+    "slot_size": whole_number(PacketSize.REGULAR.plaintext),
     "lease_seconds": number(0.0, exclusive=True),
     "pull_max": whole_number(1),
     "registration": choice(*REGISTRATION_MODES),

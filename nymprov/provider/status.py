@@ -48,4 +48,8 @@ class ProviderStatus(NodeStatus):
             description["client_tls_fingerprint"] = certificate_fingerprint(certificate).hex()
         description["backend"] = service.config.backend
         description["registration"] = service.config.registration
+        if service.config.backend == "inbox":
+            # The largest message the inbox keeps (a slot): larger ones are
+            # counted as message_too_large at the final hop.
+            description["max_message_bytes"] = service.config.slot_size
         return description
