@@ -8,11 +8,15 @@ import os
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from nymprov.sphinx import Destination, Node, PacketSize, build_packet
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.protocol import Factory
+
+from nymprov.sphinx import Destination, KeyPair, Node, PacketSize, build_packet, encode_address
+from nymprov.wire import clientapi as api
 from nymprov.wire.frames import encode_frame
 
 from tests.support import wait_for
-from tests.test_integration import ProviderFixture
+from tests.test_integration import FirstLayerMix, ProviderFixture
 
 
 def dropped(counters):
@@ -75,3 +79,64 @@ class MixLinkCountingTests(ProviderFixture, TestCase):
         })
         self.assertEqual(counters.get("packets.forwarded"), 0)
         self.assertEqual(counters.get("mix_link.frame_error", "unknown_size_tag"), 1)
+
+
+class ClientApiCountingTests(ProviderFixture, TestCase):
+    """The client API's packets add up too."""
+
+    async def test_mixed_run_adds_up(self):
+        """
+        A client SENDs packets over TLS: through the provider's own hop
+        (Loopix route), straight to a first-layer mix (Nym route), to
+        itself through the provider alone (a route that skips the mixnet:
+        refused), replayed, tampered with and for an unknown first hop.
+        Each is forwarded, relayed or refused with its typed error and
+        counted under its reason.
+        """
+        arrivals = []
+        mix_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: FirstLayerMix(arrivals)))
+        self.addCleanup(mix_port.stopListening)
+        mix_address = encode_address("127.0.0.1", mix_port.getHost().port)
+        mix_key = KeyPair.generate()
+        service = await self.start_provider(store="sqlite", first_layer=[("127.0.0.1", mix_port.getHost().port)])
+        _key, address, _token, session = await self.register(service)
+        [own] = service.node.own_addresses
+        own_key = service.keys.sphinx.public_bytes
+
+        def through_own_hop(message):
+            return build_packet(message, [Node(own, own_key), Node(mix_address, mix_key.public_bytes)], [0, 0],
+                                Destination(b"\x55" * 32, os.urandom(16)))
+
+        def straight_to_the_mix(message):
+            return build_packet(message, [Node(mix_address, mix_key.public_bytes)], [0],
+                                Destination(b"\x55" * 32, os.urandom(16)))
+
+        loopix = [through_own_hop(b"loopix %d" % i) for i in range(4)]
+        nym = [straight_to_the_mix(b"nym %d" % i) for i in range(3)]
+        to_itself = [build_packet(b"to me %d" % i, [Node(own, own_key)], [0], Destination(address, os.urandom(16)))
+                     for i in range(2)]
+        tampered = [bytearray(through_own_hop(b"tampered %d" % i)) for i in range(3)]
+        for packet in tampered:
+            packet[40] ^= 1
+        sends = ([(own, p, None) for p in loopix] + [(mix_address, p, None) for p in nym]
+                 + [(own, p, api.ErrorCode.ROUTE_REFUSED) for p in to_itself]
+                 + [(own, p, api.ErrorCode.REPLAY) for p in loopix[:2]]
+                 + [(own, bytes(p), api.ErrorCode.BAD_PACKET) for p in tampered]
+                 + [(encode_address("127.0.0.1", 9), p, api.ErrorCode.UNKNOWN_FIRST_HOP) for p in nym[:2]])
+        for first_hop, packet, refusal in sends:
+            if refusal is None:
+                await session.send(first_hop, packet)
+            else:
+                error = await self.assertFailure(session.send(first_hop, packet), api.RemoteError)
+                self.assertEqual(error.code, refusal)
+
+        counters = service.counters
+        await wait_for(lambda: len(arrivals) == len(loopix) + len(nym), "the mix to get its packets")
+        self.assertEqual(counters.get("packets.received", "client"), len(sends))
+        self.assertEqual(counters.get("packets.forwarded"), len(loopix))
+        self.assertEqual(counters.get("packets.relayed"), len(nym))
+        self.assertEqual(dropped(counters), {"route_refused": 2, "replay": 2, "bad_mac": 3, "unknown_first_hop": 2})
+        self.assertEqual(
+            counters.get("packets.forwarded") + counters.get("packets.relayed") + counters.get("packets.delivered")
+            + sum(dropped(counters).values()), len(sends))
