@@ -209,6 +209,15 @@ class IInboxStore(Interface):
             failing with ``UnknownLease`` if there is no such live lease.
         """
 
+    def release(address, lease_id):
+        """
+        End lease ``lease_id`` of ``address`` before it lapses: its messages
+        may be pulled again at once (the connection that pulled them ended
+        without an ACK).  An unknown or lapsed lease is no error.
+
+        :returns: Deferred firing with the number of messages released.
+        """
+
     def forget(address):
         """
         Delete the client ``address``, its token and its whole inbox.

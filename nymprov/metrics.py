@@ -114,6 +114,8 @@ FAMILIES = {
     "client_api.request": Family("client_api_requests", "Client API requests, by kind", "request"),
     "client_api.error": Family("client_api_errors", "Client API error answers, by reason"),
     "client_api.paused": Family("client_api_paused", "Times a client connection stopped being read (flow control)"),
+    "client_api.leases_released": Family(
+        "client_api_leases_released", "Leases ended early: their connection closed before the ACK"),
     "mix_sender.connected": Family("mix_sender_connections", "Connections made to neighbour nodes"),
     "mix_sender.bad_address": Family("mix_sender_bad_addresses", "Packets for a next hop with a bad address"),
 }

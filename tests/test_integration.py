@@ -163,6 +163,26 @@ class IngestPullAckTests(ProviderFixture, TestCase):
         self.assertEqual(again.messages, (b"keep me",))
 
 
+class LeaseEndsWithConnectionTests(ProviderFixture, TestCase):
+    async def test_reconnect_sees_unacked_messages(self):
+        """
+        A client whose connection drops between PULL and ACK reconnects at
+        once and pulls the same messages again (its lease ended with its
+        connection; they stayed hidden for the whole 60 s lease).
+        """
+        service = await self.start_provider()
+        key, address, token, session = await self.register(service)
+        link = await self.mix_link(service)
+        link.transport.write(encode_frame(self.packet_for(service, address, b"keep me")))
+        await wait_for(lambda: service.counters.get("packets.delivered") == 1, "delivery")
+        self.assertEqual((await session.pull(4)).messages, (b"keep me",))
+        session.protocol.transport.abortConnection()
+        await wait_for(lambda: service.counters.get("client_api.leases_released") == 1, "the lease to end")
+        again = await self.session(service)
+        await again.authenticate(address, token)
+        self.assertEqual((await again.pull(4)).messages, (b"keep me",))
+
+
 class UnwrapWorkerTests(ProviderFixture, TestCase):
     """
     With unwrap workers, mix packets are unwrapped in child processes and

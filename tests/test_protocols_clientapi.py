@@ -35,7 +35,7 @@ from nymprov.errors import PacketRefused, StoreError, UnknownLease
 from nymprov.metrics import Counters
 from nymprov.client.protocol import ClientApiClientProtocol
 from nymprov.net.tls import CertificatePinMismatch, pinned_tls_options
-from nymprov.provider.clientapi import CLOSE_GRACE, ClientApiFactory, ClientApiProtocol
+from nymprov.provider.clientapi import CLOSE_GRACE, ClientApiFactory, ClientApiProtocol, HeldLeases
 from nymprov.sphinx.errors import InvalidHeader, ReplayedPacket
 from nymprov.wire import clientapi as api
 from nymprov.wire.clientapi import ErrorCode
@@ -71,7 +71,7 @@ class FakeStore:
         except Exception:
             return fail()
 
-    def release(self):
+    def fire_held(self):
         """Fire every held call, oldest first."""
         held, self.held = self.held, []
         for d, compute in held:
@@ -111,6 +111,15 @@ class FakeStore:
             inbox = self.inboxes[address]
             for m in messages:
                 inbox.remove(m)
+            return len(messages)
+        return self._answer(run)
+
+    def release(self, address, lease_id):
+        def run():
+            owner, messages = self.leases.get(lease_id, (None, []))
+            if owner != address:
+                return 0
+            del self.leases[lease_id]
             return len(messages)
         return self._answer(run)
 
@@ -642,7 +651,7 @@ class OrderingTests(AuthenticatedTestsMixin, SynchronousTestCase):
         self.factory.store.hold = True
         self.conn.send(api.Pull(1, request_id=1), api.Ping(request_id=2))
         self.assertEqual(self.conn.answers(), [])
-        self.factory.store.release()
+        self.factory.store.fire_held()
         answers = self.conn.answers()
         self.assertEqual([a.request_id for a in answers], [1, 2])
         self.assertIsInstance(answers[0], api.Messages)
@@ -656,7 +665,7 @@ class OrderingTests(AuthenticatedTestsMixin, SynchronousTestCase):
         conn.send(api.Auth(self.address, self.token, request_id=1),
                   api.Send(FIRST_HOP, PACKET, request_id=2))
         self.assertEqual(self.factory.node.sent, [])
-        self.factory.store.release()
+        self.factory.store.fire_held()
         self.assertEqual(conn.answers(), [api.AuthOk(request_id=1), api.Sent(request_id=2)])
 
     def test_barrier_waits_for_earlier(self):
@@ -667,8 +676,8 @@ class OrderingTests(AuthenticatedTestsMixin, SynchronousTestCase):
         self.conn.send(api.Pull(1, request_id=1), api.Forget(request_id=2),
                        api.Pull(1, request_id=3))
         self.assertEqual(len(self.factory.store.held), 1)
-        self.factory.store.release()  # the first PULL; FORGET starts
-        self.factory.store.release()  # FORGET; the last PULL starts, unauthenticated
+        self.factory.store.fire_held()  # the first PULL; FORGET starts
+        self.factory.store.fire_held()  # FORGET; the last PULL starts, unauthenticated
         answers = self.conn.answers()
         self.assertEqual([shape(a) if isinstance(a, api.Error) else type(a) for a in answers],
                          [api.Messages, api.ForgetOk, error(ErrorCode.NOT_AUTHENTICATED, 3)])
@@ -688,7 +697,7 @@ class OrderingTests(AuthenticatedTestsMixin, SynchronousTestCase):
         self.factory.store.hold = True
         self.conn.send(api.Pull(1))
         self.conn.protocol.connectionLost(Failure(ConnectionDone()))
-        self.factory.store.release()
+        self.factory.store.fire_held()
         self.assertEqual(self.conn.transport.value(), b"")
 
 
@@ -756,7 +765,7 @@ class BadInputTests(SynchronousTestCase):
         self.conn.protocol.dataReceived(b"\x00\x00\x00\x05\x42\x00\x00\x00\x02")
         self.assertEqual(self.conn.transport.value(), b"")
         self.assertFalse(self.conn.transport.disconnecting)
-        self.factory.store.release()
+        self.factory.store.fire_held()
         self.assertEqual([shape(a) for a in self.conn.answers()],
                          [error(ErrorCode.BAD_TOKEN, 1), error(ErrorCode.UNKNOWN_TYPE, 2)])
         self.assertTrue(self.conn.transport.disconnecting)
@@ -1216,3 +1225,20 @@ class LoopbackTLSTests(TestCase):
         A pin that is no SHA-256 digest is refused.
         """
         self.assertRaises(ValueError, pinned_tls_options, b"short")
+
+
+class HeldLeasesTests(SynchronousTestCase):
+    def test_bounded_oldest_dropped(self):
+        """
+        A client that pulls without acking makes a connection remember at
+        most ``limit`` leases; the oldest go first (they lapse on their own).
+        """
+        held = HeldLeases(3)
+        for lease_id in range(1, 6):
+            held.add((b"a", lease_id))
+        self.assertEqual(list(held), [(b"a", 3), (b"a", 4), (b"a", 5)])
+        held.discard((b"a", 4))
+        held.discard((b"a", 99))
+        self.assertEqual(list(held), [(b"a", 3), (b"a", 5)])
+        held.clear()
+        self.assertEqual(len(held), 0)

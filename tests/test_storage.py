@@ -187,6 +187,27 @@ class _StoreContract:
         self.assertEqual((yield store.ack(ALICE, again_id)), 1)
 
     @inlineCallbacks
+    def test_release(self):
+        """
+        A released lease frees its messages at once (a pull's connection
+        ended before its ACK); only that lease's, only its client's; an
+        unknown lease releases nothing.
+        """
+        store = yield self.registered_store(clients=(ALICE, BOB))
+        for i in range(3):
+            yield store.append(ALICE, b"m%d" % i, T0)
+        first, _ = yield store.lease(ALICE, 2, T0, 30)
+        second, _ = yield store.lease(ALICE, 2, T0, 30)
+        self.assertEqual((yield store.release(BOB, first)), 0)
+        self.assertEqual((yield store.release(ALICE, first)), 2)
+        self.assertEqual((yield store.release(ALICE, first)), 0)
+        again, messages = yield store.lease(ALICE, 10, T0 + 1, 30)
+        self.assertEqual([b for _, b in messages], [b"m0", b"m1"])
+        yield self.assertFailure(store.ack(ALICE, first), UnknownLease)
+        self.assertEqual((yield store.ack(ALICE, second)), 1)
+        self.assertEqual((yield store.ack(ALICE, again)), 2)
+
+    @inlineCallbacks
     def test_ack(self):
         """
         An ack deletes the leased messages only; a second ack of the same

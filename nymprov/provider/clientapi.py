@@ -1,7 +1,7 @@
 """The client API over Twisted: the provider's server protocol and its factory."""
 
 import os
-from collections import deque
+from collections import OrderedDict, deque
 
 from zope.interface import implementer
 from twisted.internet.defer import maybeDeferred
@@ -42,6 +42,11 @@ FRAME_TIMEOUT = 30.0
 #: is aborted: a peer that stops reading must not hold the slot forever.
 CLOSE_GRACE = 10.0
 
+# Unacked leases a connection remembers for release at its end.  A client
+# that pulls without acking would otherwise grow the set for ever; the
+# oldest forgotten here simply lapse after the lease time, as before.
+MAX_HELD_LEASES = 256
+
 _CONNECTION_REFUSALS = {"total": "too_many_connections", "per_ip": "too_many_from_peer"}
 
 # Requests that read or change the connection's state (nonce, identity).
@@ -64,6 +69,32 @@ class _Pending:
 
 
 @implementer(IHandshakeListener)
+class HeldLeases:
+    """The newest ``limit`` (address, lease id) pairs, oldest dropped first."""
+
+    def __init__(self, limit):
+        self._limit = limit
+        self._held = OrderedDict()
+
+    def add(self, key):
+        self._held[key] = None
+        self._held.move_to_end(key)
+        while len(self._held) > self._limit:
+            self._held.popitem(last=False)
+
+    def discard(self, key):
+        self._held.pop(key, None)
+
+    def clear(self):
+        self._held.clear()
+
+    def __iter__(self):
+        return iter(list(self._held))
+
+    def __len__(self):
+        return len(self._held)
+
+
 class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, FrameDeadlines):
     """
     One client connection: decodes requests, runs them against the store
@@ -93,6 +124,10 @@ class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, Fram
         self._network = None
         self._handshaking = False
         self._completed = False
+        # (address, lease id) of PULLs answered here and not yet acked:
+        # they end with the connection, so that a client that reconnects
+        # pulls them again at once instead of after the lease.
+        self.leases = HeldLeases(MAX_HELD_LEASES)
         self._refusing = False
 
     # Connection life.
@@ -146,6 +181,7 @@ class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, Fram
     def connectionLost(self, reason):
         self.setTimeout(None)
         self._lost = True
+        self._release_leases()
         self._waiting.clear()
         self._responses.clear()
         self._set_address(None)
@@ -155,6 +191,15 @@ class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, Fram
         if self._refusing:
             self._refusing = False
             self.factory.refusing -= 1
+
+    def _release_leases(self):
+        factory = self.factory
+        for address, lease_id in self.leases:
+            d = maybeDeferred(factory.store.release, address, lease_id)
+            d.addCallback(lambda released: released and factory.counters.incr("client_api.leases_released"))
+            # A store that is stopping keeps the lease until it lapses.
+            d.addErrback(lambda f: self.log.info("lease kept until it lapses: {why}", why=f.getErrorMessage()))
+        self.leases.clear()
 
     def timeoutConnection(self):
         self.log.info("client connection idle or stuck; aborting")

@@ -37,8 +37,8 @@ def _short(address):
 class RequestHandlers:
     """
     Mixed into the client-API server protocol, which provides ``factory``,
-    ``transport``, ``log``, ``_address``, ``_nonce``, ``_set_address`` and
-    ``_peer_host``.
+    ``transport``, ``log``, ``_address``, ``_nonce``, ``_set_address``,
+    ``_peer_host`` and ``leases``.
     """
 
     # Request handlers: each returns a response, a Deferred of one, or
@@ -135,6 +135,8 @@ class RequestHandlers:
 
         def leased(result):
             lease_id, messages = result
+            if lease_id:
+                self.leases.add((address, lease_id))
             slots = [api.Slot.message(body) for _, body in messages]
             if request.pad:
                 slots.extend([api.Slot.dummy()] * (request.max_count - len(slots)))
@@ -148,6 +150,7 @@ class RequestHandlers:
 
     def _handle_ack(self, request):
         address = self._require_auth()
+        self.leases.discard((address, request.lease_id))
         d = self.factory.store.ack(address, request.lease_id)
 
         def unknown(failure):

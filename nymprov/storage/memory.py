@@ -167,6 +167,18 @@ class MemoryStore(Service):
         self._quotas.release(address, len(doomed), size)
         return len(doomed)
 
+    def release(self, address, lease_id):
+        """IInboxStore API"""
+        return self._run(self._release, address, lease_id)
+
+    def _release(self, address, lease_id):
+        check_lease_id(lease_id)
+        held = [s for s in self._inboxes.get(address, {}).values() if s.lease_id == lease_id]
+        for stored in held:
+            stored.lease_id = 0
+            stored.lease_expires = 0
+        return len(held)
+
     def forget(self, address):
         """IInboxStore API"""
         return self._run(self._forget, address)

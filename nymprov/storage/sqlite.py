@@ -364,6 +364,17 @@ class SQLiteStore(Service):
 
         return self._run(self._file.ack, address, lease_id).addCallback(acked)
 
+    def release(self, address, lease_id):
+        """IInboxStore API"""
+        refused = self._refuse()
+        if refused:
+            return refused
+        try:
+            check_lease_id(lease_id)
+        except UnknownLease as error:
+            return fail(error)
+        return self._run(self._file.release, address, lease_id)
+
     def forget(self, address):
         """IInboxStore API"""
         refused = self._refuse()

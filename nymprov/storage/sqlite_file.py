@@ -147,6 +147,14 @@ class SQLiteFile:
             )
         return (lease_id, rows)
 
+    def release(self, address, lease_id):
+        with self.transaction():
+            return self.db.execute(
+                "DELETE FROM leases WHERE lease_id = ?"
+                " AND message_id IN (SELECT id FROM messages WHERE address = ?)",
+                (lease_id, address),
+            ).rowcount
+
     def ack(self, address, lease_id):
         with self.transaction():
             count, size = self.db.execute(

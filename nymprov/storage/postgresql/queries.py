@@ -137,6 +137,16 @@ def lease(connection, address, max_count, now, expires, lease_id):
     return (lease_id, rows) if rows else (0, [])
 
 
+def release(connection, address, lease_id):
+    """Free the messages of ``address`` under ``lease_id``; :returns: how many."""
+    with connection.transaction(), connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE messages SET lease_id = 0, lease_expires = 0 WHERE lease_id = %s AND address = %s",
+            (lease_id, address),
+        )
+        return cursor.rowcount
+
+
 def ack(connection, address, lease_id):
     """
     Delete the messages of ``address`` under ``lease_id``.

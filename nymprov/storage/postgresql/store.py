@@ -374,6 +374,18 @@ class PostgresStore(Service):
 
         return self._run(queries.ack, address, lease_id).addCallback(acked)
 
+    def release(self, address, lease_id):
+        """IInboxStore API"""
+        refused = self._refuse()
+        if refused:
+            return refused
+        try:
+            check_lease_id(lease_id)
+            check_bytes("address", address)
+        except (UnknownLease, TypeError) as error:
+            return fail(error)
+        return self._run(queries.release, address, lease_id)
+
     def forget(self, address):
         """IInboxStore API"""
         refused = self._refuse()
