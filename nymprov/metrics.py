@@ -129,6 +129,10 @@ def _family_of(name):
         backend = name[len("backend."):-len(".failed")]
         return Family("backend_failures", "Deliveries the backend refused or failed, by reason",
                       labels={"backend": backend})
+    if name.startswith("backend.") and name.endswith(".overdue"):
+        backend = name[len("backend."):-len(".overdue")]
+        return Family("backend_overdue", "Deliveries unanswered at the delivery deadline (still awaited)",
+                      labels={"backend": backend})
     return Family(name.replace(".", "_").replace("-", "_"), f"Counter {name}")
 
 

@@ -3,6 +3,7 @@ The whole provider over real loopback TCP and TLS, with a real SQLite file.
 """
 
 import os
+import sqlite3
 
 from nacl.signing import SigningKey
 from twisted.internet import reactor
@@ -181,6 +182,59 @@ class LeaseEndsWithConnectionTests(ProviderFixture, TestCase):
         again = await self.session(service)
         await again.authenticate(address, token)
         self.assertEqual((await again.pull(4)).messages, (b"keep me",))
+
+
+class OverdueDeliveryTests(ProviderFixture, TestCase):
+    async def test_late_write_still_acks_once(self):
+        """
+        A SQLite write that outlives the delivery deadline (here: another
+        process holds the file's write lock) is counted overdue, not
+        cancelled: when it commits, its SURB-ACK goes to the first-layer mix
+        and the inbox holds the message once.  (The deadline used to cancel
+        the delivery while the write still committed: stored, never acked,
+        so the sender retransmitted and the inbox held it twice.)
+        """
+        from nymprov.sphinx import SURB, FinalHop, KeyPair, PacketSize, process_packet
+        from nymprov.wire.envelope import ENVELOPE_MARK, decode_envelope, encode_envelope
+
+        arrivals = []
+        mix_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: FirstLayerMix(arrivals))
+        )
+        self.addCleanup(mix_port.stopListening)
+        mix_address = encode_address("127.0.0.1", mix_port.getHost().port)
+        mix_key = KeyPair.generate()
+        service = await self.start_provider(
+            first_layer=[("127.0.0.1", mix_port.getHost().port)], deliver_timeout=0.2, unwrap_workers=0)
+        key, address, token, session = await self.register(service)
+        surb = SURB.create([Node(mix_address, mix_key.public_bytes)], [0], Destination(b"\x05" * 32, b"\x06" * 16))
+        ack_hop, ack_packet = surb.use(encode_envelope(b"ack-id-0123456789"[:16]), PacketSize.ACK.payload_size)
+        [node_address] = service.node.own_addresses
+        packet = build_packet(
+            encode_envelope(b"late but kept", ack_hop, ack_packet),
+            [Node(node_address, service.keys.sphinx.public_bytes)], [0], Destination(address, b"\x00" * 16))
+
+        holder = sqlite3.connect(service.config.db_path, isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        link = await self.mix_link(service)
+        link.transport.write(encode_frame(packet))
+        counters = service.counters
+        await wait_for(
+            lambda: counters.get("backend.inbox.overdue") or counters.get("packets.dropped", "backend_timeout"),
+            "the delivery deadline")
+        self.assertEqual(counters.get("packets.dropped", "backend_timeout"), 0)
+        self.assertEqual(arrivals, [])
+        holder.execute("COMMIT")
+
+        await wait_for(lambda: arrivals, "the SURB-ACK")
+        [(_, ack)] = arrivals
+        hop = process_packet(ack, mix_key)
+        self.assertIsInstance(hop, FinalHop)
+        self.assertEqual(decode_envelope(hop.message()).body, b"ack-id-0123456789"[:16])
+        self.assertEqual(counters.get("packets.delivered"), 1)
+        self.assertEqual(counters.get("acks.sent"), 1)
+        self.assertEqual((await session.pull(4)).messages, (bytes([ENVELOPE_MARK]) + b"late but kept",))
 
 
 class UnwrapWorkerTests(ProviderFixture, TestCase):

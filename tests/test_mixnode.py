@@ -344,3 +344,34 @@ class LoopbackTests(TestCase):
 
         lines = [formatEvent(e) for e in events]
         self.assertIn(f"Listening on 127.0.0.1:{address.port} (mix link)", lines)
+
+
+class MixNodeCapsTests(TestCase):
+    """The mix node's connection caps and deadlines come from its options."""
+
+    start_mix = LoopbackTests.start_mix
+    send = LoopbackTests.send
+    hang_up = LoopbackTests.hang_up
+
+    async def test_per_address_cap_and_frame_deadline(self):
+        """
+        With ``--max-connections-per-ip 2`` a third connection from the same
+        address is closed and counted; with ``--frame-timeout`` a peer that
+        begins a frame and never finishes it is closed.
+        """
+        options = MixNodeOptions()
+        options.parseOptions(["--topology", "t.json", "--max-connections-per-ip", "2", "--frame-timeout", "0.3"])
+        self.assertEqual(options.mixnode_config.max_connections_per_ip, 2)
+        self.assertEqual(options.mixnode_config.frame_timeout, 0.3)
+        mix = await self.start_mix(Topology(), max_connections_per_ip=2, frame_timeout=0.3)
+        first = await self.send(mix)
+        second = await self.send(mix)
+        third = await self.send(mix)
+        await third.closed
+        self.assertEqual(mix.counters.get("mix_link.refused", "too_many_from_peer"), 1)
+        own = LoopbackTests.mix_route_node(self, mix)
+        frame = encode_frame(build_packet(b"x", [own], [0], Destination(b"\1" * 32, b"\0" * 16)))
+        first.transport.write(frame[:100])  # the start of a frame, never finished
+        await first.closed
+        self.assertEqual(mix.counters.get("mix_link.idle_timeout", "frame"), 1, mix.counters.snapshot())
+        await self.hang_up(second)

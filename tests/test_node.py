@@ -230,19 +230,44 @@ class FromMixTests(NodeFixture, SynchronousTestCase):
         self.assertEqual(self.counters.get("packets.dropped", "unknown_destination"), 1)
         self.assertEqual(self.counters.get("backend.inbox.failed", "unknown_destination"), 1)
 
-    def test_backend_timeout(self):
+    def test_backend_overdue_is_awaited(self):
         """
-        A backend that never answers is given up on after the timeout, and
-        the failure is counted as a timeout.
+        A backend that has not answered by the deadline is counted overdue
+        and still awaited: its late answer decides the packet's fate.
+        """
+        held = []
+        provider = ScriptedProvider(lambda: held.append(Deferred()) or held[-1])
+        node = self.make_node(provider=provider)
+        d = node.receive_from_mix(self.final_packet())
+        self.clock.advance(30)
+        self.assertNoResult(d)
+        self.assertEqual(self.counters.get("backend.scripted.overdue"), 1)
+        self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 0)
+        self.clock.advance(300)
+        self.assertEqual(self.counters.get("backend.scripted.overdue"), 1)
+        held[0].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.counters.get("packets.delivered"), 1)
+        self.assertEqual(node.in_flight, 0)
+
+    def test_backend_given_up_at_stop_deadline(self):
+        """
+        At a stop's deadline a delivery still unanswered, overdue or not,
+        is cancelled and counted as a timeout.
         """
         provider = ScriptedProvider(Deferred)
         node = self.make_node(provider=provider)
-        d = node.receive_from_mix(self.final_packet())
-        self.assertNoResult(d)
-        self.clock.advance(30)
-        self.failureResultOf(d, BackendTimeout)
-        self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 1)
-        self.assertEqual(self.counters.get("backend.scripted.failed", "backend_timeout"), 1)
+        overdue = node.receive_from_mix(self.final_packet())
+        self.clock.advance(31)
+        recent = node.receive_from_mix(self.final_packet())
+        node.stop()
+        drained = node.drain(self.clock.seconds() + 5)
+        self.clock.advance(5)
+        self.successResultOf(drained)
+        self.failureResultOf(overdue, BackendTimeout)
+        self.failureResultOf(recent, BackendTimeout)
+        self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 2)
+        self.assertEqual(self.counters.get("backend.scripted.failed", "backend_timeout"), 2)
 
     def test_backend_crash_is_counted_and_logged(self):
         """

@@ -116,8 +116,23 @@ class AckAfterDeliverTests(AckFixture, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.acks(), [b"S" * 16])
 
+    def test_overdue_deliver_acks_when_it_succeeds(self):
+        """
+        A delivery past its deadline is not cancelled: when the backend
+        takes the message at last, exactly one ACK leaves.
+        """
+        self.make_node(HeldBackend())
+        d = self.node.receive_from_mix(self.packet(b"late", b"L" * 16))
+        self.clock.advance(120)
+        self.assertEqual(self.sender.sent, [])
+        self.assertEqual(self.counters.get("backend.held.overdue"), 1)
+        self.backend.results[0].callback(None)
+        self.successResultOf(d)
+        self.assertEqual(self.acks(), [b"L" * 16])
+        self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 0)
+
     def test_failed_deliver_sends_no_ack(self):
-        """A typed refusal, a crash and a timeout each send no ACK."""
+        """A typed refusal, a crash and a delivery given up at stop each send no ACK."""
         refusals = iter([
             lambda: fail(DeliveryError("refused")),
             lambda: fail(RuntimeError("backend bug")),
@@ -129,6 +144,9 @@ class AckAfterDeliverTests(AckFixture, SynchronousTestCase):
         self.flushLoggedErrors(RuntimeError)
         hung = self.node.receive_from_mix(self.packet(b"3", b"3" * 16))
         self.clock.advance(31)
+        self.node.stop()
+        self.node.drain(self.clock.seconds() + 1)
+        self.clock.advance(1)
         self.failureResultOf(hung, BackendTimeout)
         self.assertEqual(self.sender.sent, [])
         self.assertEqual(self.counters.get("acks.sent"), 0)

@@ -10,15 +10,20 @@ import ast
 import os
 import re
 import signal
+import sqlite3
 import sys
+import time
 
 from nacl.signing import SigningKey
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IPullProducer
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
 from nymprov.client import session as provider_client
@@ -26,7 +31,7 @@ from nymprov.keys import load_keys
 from nymprov.sphinx import Destination, Node, build_packet, encode_address
 from nymprov.wire.frames import encode_frame
 
-from tests.support import wait_for
+from tests.support import WAIT_LIMIT, wait_for
 from tests.test_crash import ProviderProcess
 
 PACKETS = 4000
@@ -177,3 +182,101 @@ class SigtermTests(TestCase):
         self.assertEqual(len(pulled), delivered)
         self.assertEqual(len(set(pulled)), len(pulled))
         self.assertTrue(set(pulled) <= set(sent))
+
+
+_HTTP_LISTENING = re.compile(r"Listening on 127\.0\.0\.1:(\d+) \(operator HTTP API")
+
+
+class SigtermWithSlowStoreTests(TestCase):
+    """
+    SIGTERM while the store's write of a delivered message is still in
+    progress: the stop waits for it, and its SURB-ACK leaves before the
+    sender closes.
+    """
+
+    timeout = 60
+
+    async def packets_received(self, port):
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{port}/metrics".encode())
+        body = (await readBody(response)).decode("utf-8")
+        for family in text_string_to_metric_families(body):
+            for sample in family.samples:
+                if sample.name == "nymprov_packets_received_total" and sample.labels.get("source") == "mix":
+                    return sample.value
+        return 0
+
+    async def test_sigterm_waits_for_the_write_and_acks(self):
+        """
+        The stop used to go on at once past a delivery still being written
+        (the node counted only Deferreds without a result, and a delivery
+        waiting on the store already had one, paused): the sender closed,
+        the write then committed, and the message was stored with its
+        SURB-ACK dropped, so the sender would retransmit a duplicate.
+        """
+        from nymprov.sphinx import SURB, FinalHop, KeyPair, PacketSize, process_packet
+        from nymprov.wire.envelope import decode_envelope, encode_envelope
+        from tests.test_integration import FirstLayerMix
+
+        arrivals = []
+        mix_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: FirstLayerMix(arrivals)))
+        self.addCleanup(mix_port.stopListening)
+        first_layer = mix_port.getHost().port
+        mix_address = encode_address("127.0.0.1", first_layer)
+        mix_key = KeyPair.generate()
+
+        data_dir = os.path.abspath(self.mktemp())
+        process = ProviderProcess()
+        args = [sys.executable, "-m", "nymprov", "run", "--data-dir", data_dir,
+                "--first-layer", f"127.0.0.1:{first_layer}"] + _PROVIDER_OPTIONS
+        args[args.index("--unwrap-workers") + 1] = "0"
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        transport = reactor.spawnProcess(process, sys.executable, args, env=env)
+        self.addCleanup(lambda: process.ended.called or transport.signalProcess("KILL"))
+        await wait_for(lambda: len(process.ports) == 2 and _HTTP_LISTENING.search(process.log.decode()),
+                       "the provider to listen")
+        http_port = int(_HTTP_LISTENING.search(process.log.decode()).group(1))
+
+        host, client_port = process.ports["client API"]
+        session = await provider_client.connect(reactor, host, client_port)
+        key = SigningKey.generate()
+        await session.register(key)
+        await session.close()
+
+        keys = load_keys(data_dir)
+        mix_host, node_port = process.ports["mix link"]
+        surb = SURB.create([Node(mix_address, mix_key.public_bytes)], [0], Destination(b"\x05" * 32, b"\x06" * 16))
+        ack_hop, ack_packet = surb.use(encode_envelope(b"A" * 16), PacketSize.ACK.payload_size)
+        packet = build_packet(
+            encode_envelope(b"written while stopping", ack_hop, ack_packet),
+            [Node(encode_address(mix_host, node_port), keys.sphinx.public_bytes)], [0],
+            Destination(bytes(key.verify_key), bytes(16)))
+
+        # Another connection holds the file's write lock: the provider's
+        # write waits (SQLite's busy timeout) until the test lets it go.
+        holder = sqlite3.connect(os.path.join(data_dir, "nymprov.sqlite"), isolation_level=None)
+        self.addCleanup(holder.close)
+        holder.execute("BEGIN EXCLUSIVE")
+        link = Protocol()
+        await connectProtocol(TCP4ClientEndpoint(reactor, mix_host, node_port), link)
+        self.addCleanup(link.transport.abortConnection)
+        link.transport.write(encode_frame(packet))
+        deadline = time.monotonic() + WAIT_LIMIT
+        while await self.packets_received(http_port) < 1:
+            self.assertLess(time.monotonic(), deadline, "the packet was never read")
+            await deferLater(reactor, 0.05, lambda: None)
+
+        transport.signalProcess("TERM")
+        await wait_for(lambda: b"stopping: closing connections" in process.log, "the stop to begin")
+        holder.execute("COMMIT")
+        reason = await process.ended
+        log = process.log.decode("utf-8", "replace")
+        self.assertEqual(reason.exitCode, 0, log[-3000:])
+        counters = final_counters(process.log)
+        self.assertEqual(counters.get("packets.delivered"), 1, counters)
+        self.assertEqual(counters.get("acks.sent"), 1, counters)
+        await wait_for(lambda: arrivals, "the SURB-ACK")
+        [(_, ack)] = arrivals
+        hop = process_packet(ack, mix_key)
+        self.assertIsInstance(hop, FinalHop)
+        self.assertEqual(decode_envelope(hop.message()).body, b"A" * 16)

@@ -49,7 +49,9 @@ class MixNodeConfig:
     mix_queue: int = 10000  # packets queued per neighbour
     max_delayed: int = 100_000  # forward hops waiting for their delay at once
     max_connections: int = 1024
+    max_connections_per_ip: int = 128  # per IPv4 address or IPv6 /64
     idle_timeout: float = 300.0  # seconds
+    frame_timeout: float = 30.0  # seconds a begun frame may take
     stats_interval: float = 60.0  # seconds; 0 disables
     layer: int = 1  # the mix layer this node announces to the directory
     epoch_length: float = 0.0  # seconds; 0: one Sphinx key forever
@@ -92,7 +94,9 @@ _CHECKS = {
     "mix_queue": whole_number(1),
     "max_delayed": whole_number(1),
     "max_connections": whole_number(1),
+    "max_connections_per_ip": whole_number(1),
     "idle_timeout": number(0.0, exclusive=True),
+    "frame_timeout": number(0.0, exclusive=True),
     "stats_interval": number(0.0),
     "layer": _check_layer,
     **network_checks(),
@@ -113,7 +117,9 @@ _HELP = {
     "mix_queue": "packets queued per neighbour",
     "max_delayed": "forward hops waiting for their delay at once",
     "max_connections": "open connections at most",
-    "idle_timeout": "seconds before an idle connection is closed",
+    "max_connections_per_ip": "open connections at most from one IPv4 address or IPv6 /64",
+    "idle_timeout": "seconds after the last complete frame before a connection is closed",
+    "frame_timeout": "seconds a frame may take once begun",
     "stats_interval": "seconds between counter log lines (0: never)",
     "layer": "mix layer (1..4) announced to the directory",
     **NETWORK_HELP,

@@ -164,7 +164,9 @@ class MixNodeService(NodeService):
             self.counters,
             reactor,
             max_connections=config.max_connections,
+            max_connections_per_ip=config.max_connections_per_ip,
             idle_timeout=config.idle_timeout,
+            frame_timeout=config.frame_timeout,
         )
         self.mix_listener.serve(factory, self.node)
         self.status = MixNodeStatus(self)

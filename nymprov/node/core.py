@@ -42,7 +42,8 @@ NANOSECONDS = 1_000_000_000
 
 #: Longest a backend may take to accept a message before the node gives up
 #: on it (the sender's retransmission covers the loss).
-DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds
+DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds before a delivery counts as overdue
+OVERDUE_WARNING_INTERVAL = 60.0  # seconds between warnings about overdue deliveries
 
 #: Most forward hops waiting for their delay at once; beyond it clients are
 #: told the node is busy, so a flood cannot grow memory without bound.
@@ -61,6 +62,9 @@ class NodeCore:
     :param clock: an ``IReactorTime``.
     :param counters: a :class:`nymprov.metrics.Counters`.
     :param float max_delay: cap on a forward hop's delay, in seconds.
+    :param float deliver_timeout: seconds after which a delivery the
+        backend has not answered is counted and logged as overdue; it is
+        still awaited (only a stop's deadline gives up on it).
     :param str role: ``"provider"`` (packets from the mix link must be final
         hops here) or ``"mix"`` (they must be forward hops to a known node,
         sent on after their delay).
@@ -111,8 +115,16 @@ class NodeCore:
         self._delayed = {}  # key -> (IDelayedCall, next_address, packet)
         self._keys = itertools.count()
         self._own_addresses = set()
-        # Deliveries waiting on the backend: key -> (deadline, Deferred).
+        # Deliveries waiting on the backend: key -> (deadline, Deferred);
+        # past the deadline they move to _overdue (key -> Deferred).  Only
+        # a stop's deadline cancels one: a backend may already have done
+        # its work (a write that commits anyway), and only its answer says
+        # whether the message was taken and its SURB-ACK is due.  They are
+        # bounded by the mix link, which stops reading a connection with
+        # too many packets in flight.
         self._deliveries = {}
+        self._overdue = {}
+        self._overdue_warned_at = None
         self._sweep_interval = max(deliver_timeout / 30.0, 0.001)
         self._sweep_call = None
         self._stopped = False
@@ -270,9 +282,10 @@ class NodeCore:
 
     def _delivery_done(self, result, key, ack):
         # key is None for a delivery that never had a deadline.
-        timed_out = False
+        given_up = False
         if key is not None:
-            timed_out = self._deliveries.pop(key, None) is None
+            if self._deliveries.pop(key, None) is None:
+                given_up = self._overdue.pop(key, None) is None
             if not self._deliveries and self._sweep_call is not None:
                 self._sweep_call.cancel()
                 self._sweep_call = None
@@ -284,7 +297,7 @@ class NodeCore:
         # Counted by backend too, so that an operator can tell which
         # backend fails or hangs, and why.
         failures = f"backend.{self._provider.name}.failed"
-        if timed_out and result.check(CancelledError):
+        if given_up and result.check(CancelledError):
             self._counters.incr(failures, BackendTimeout.reason)
             return self._refuse(BackendTimeout())
         if result.check(DeliveryError):
@@ -316,7 +329,14 @@ class NodeCore:
             overdue.append((key, d))
         for key, d in overdue:
             del self._deliveries[key]
-            d.cancel()
+            self._overdue[key] = d
+        if overdue:
+            self._counters.incr(f"backend.{self._provider.name}.overdue", amount=len(overdue))
+            if self._overdue_warned_at is None or now - self._overdue_warned_at >= OVERDUE_WARNING_INTERVAL:
+                self._overdue_warned_at = now
+                self.log.warn(
+                    "backend {backend} has {count} deliveries unanswered after {timeout} s; still waiting",
+                    backend=self._provider.name, count=len(self._overdue), timeout=self._deliver_timeout)
         if self._deliveries:
             self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
 
@@ -467,11 +487,12 @@ class NodeCore:
 
     def _give_up(self):
         self.log.warn("{count} packets still in flight at the stop deadline", count=self._in_flight.count)
-        overdue, self._deliveries = list(self._deliveries.values()), {}
+        pending = [d for _deadline, d in self._deliveries.values()] + list(self._overdue.values())
+        self._deliveries, self._overdue = {}, {}
         if self._sweep_call is not None:
             self._sweep_call.cancel()
             self._sweep_call = None
-        for _deadline, d in overdue:
+        for d in pending:
             d.cancel()
 
     # -- helpers -------------------------------------------------------------

@@ -19,7 +19,9 @@ class InFlight:
     def track(self, results):
         """Count each of ``results`` (Deferreds) until it fires; :returns: them."""
         for d in results:
-            if not d.called:
+            # A Deferred waiting on another (a delivery waiting on the
+            # store) is "called" but paused: it has no result yet.
+            if not d.called or d.paused:
                 self.count += 1
                 d.addBoth(self._settled)
         return results

@@ -90,6 +90,7 @@ class ProviderConfig:
     unwrap_workers: int = default_worker_count()  # processes; 0: unwrap on the reactor thread
     idle_timeout: float = 300.0  # seconds
     frame_timeout: float = 30.0  # seconds a begun frame or TLS handshake may take
+    deliver_timeout: float = 30.0  # seconds before a backend's delivery is counted overdue (never cancelled)
     mix_queue: int = 10000  # packets queued per neighbour
     stats_interval: float = 60.0  # seconds; 0 disables
     node_loop_rate: float = 0.0  # λ_M: the node's own loops per second; 0 sends none
@@ -259,6 +260,7 @@ _CHECKS = {
     "unwrap_workers": whole_number(0),
     "idle_timeout": number(0.0, exclusive=True),
     "frame_timeout": number(0.0, exclusive=True),
+    "deliver_timeout": number(0.0, exclusive=True),
     "mix_queue": whole_number(1),
     "stats_interval": number(0.0),
     "node_loop_rate": number(0.0),
@@ -302,6 +304,7 @@ _HELP = {
     "unwrap_workers": "processes that unwrap mix packets beside the reactor (default: cores - 1, at most 4)",
     "idle_timeout": "seconds after the last complete frame before a connection is closed",
     "frame_timeout": "seconds a frame (or the TLS handshake) may take once begun",
+    "deliver_timeout": "seconds before a delivery the backend has not answered is counted and logged as overdue",
     "mix_queue": "packets queued per neighbour mix node",
     "stats_interval": "seconds between counter log lines (0: never)",
     "node_loop_rate": "λ_M: loops of the node's own through the mixnet per second (0: none; needs --topology)",

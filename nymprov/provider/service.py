@@ -194,6 +194,7 @@ class ProviderService(NodeService):
             reactor,
             self.counters,
             max_delay=config.max_delay,
+            deliver_timeout=config.deliver_timeout,
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
