@@ -209,6 +209,14 @@ class IInboxStore(Interface):
             failing with ``UnknownLease`` if there is no such live lease.
         """
 
+    def is_revoked(address):
+        """
+        :returns: whether the operator revoked ``address``: its token hash
+            is ``nymprov.storage.tokens.REVOKED_TOKEN_HASH`` (registering
+            that hash revokes; FORGET ends it).  Answered from memory, the
+            same on every process that shares the store.
+        """
+
     def release(address, lease_id):
         """
         End lease ``lease_id`` of ``address`` before it lapses: its messages

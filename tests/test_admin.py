@@ -164,3 +164,37 @@ class AdminTests(ProviderFixture, TestCase):
         self.assertEqual(status["description"]["identity_key"], provider.keys.identity_base58)
         self.assertEqual(status["counters"]["client_api.request.register"], 1)
         self.assertEqual(status["delayed_packets"], 0)
+
+
+class SharedStoreRevokeTests(ProviderFixture, TestCase):
+    """Two provider processes' worth of services on one PostgreSQL store."""
+
+    timeout = 120
+
+    start = AdminTests.start
+    admin = AdminTests.admin
+
+    async def test_revoke_reaches_every_process(self):
+        """
+        A client revoked through one process's admin socket may not register
+        again through another (the list of revoked clients was each
+        process's own), and its session there is closed.
+        """
+        from tests.pgsupport import fresh_schema_url
+
+        url = fresh_schema_url(self)
+        first = await self.start(store=url, unwrap_workers=0)
+        short = tempfile.mkdtemp(prefix="nymprov-admin-")
+        self.addCleanup(shutil.rmtree, short, True)
+        second = await self.start_provider(self.data_dir, store=url, unwrap_workers=0,
+                                           admin_socket=os.path.join(short, "admin.sock"))
+        key, alice, token, session = await self.register(second)
+        await wait_for(lambda: first.store.is_registered(alice), "the registration notice")
+
+        code, out, err = await self.admin("clients", "revoke", show_client(alice))
+        self.assertEqual(code, 0, err)
+        await session.protocol.closed
+        await wait_for(lambda: second.store.is_revoked(alice), "the revocation notice")
+        again = await self.session(second)
+        error = await self.assertFailure(ensureDeferred(again.register(key)), api.RemoteError)
+        self.assertEqual(error.code, api.ErrorCode.INVITE_REQUIRED)

@@ -19,6 +19,7 @@ from nymprov.provider.service import ProviderService
 from nymprov.sphinx import Destination, Node, build_packet, encode_address
 from nymprov.net.tls import certificate_fingerprint
 from nymprov.wire import clientapi as api
+from nymprov.wire.envelope import ENVELOPE_MARK
 from nymprov.wire.frames import FrameDecoder, encode_frame
 
 from tests.support import wait_for
@@ -94,6 +95,42 @@ class ProviderFixture:
     def hang_up(self, recorder):
         recorder.transport.loseConnection()
         return recorder.closed
+
+    async def first_layer_mix(self):
+        """A stand-in first-layer mix on loopback: (its address, its Sphinx key, what it receives)."""
+        from nymprov.sphinx import KeyPair
+
+        arrivals = []
+        port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Factory.forProtocol(lambda: FirstLayerMix(arrivals))
+        )
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, KeyPair.generate(), arrivals
+
+    def enveloped_packet(self, service, destination, body, mix_port, mix_key, ack_id):
+        """A final-hop packet whose envelope carries ``body`` and a real SURB-ACK through the mix."""
+        from nymprov.sphinx import SURB, PacketSize
+        from nymprov.wire.envelope import encode_envelope
+
+        mix_address = encode_address("127.0.0.1", mix_port)
+        surb = SURB.create([Node(mix_address, mix_key.public_bytes)], [0], Destination(b"\x05" * 32, b"\x06" * 16))
+        ack_hop, ack_packet = surb.use(encode_envelope(ack_id), PacketSize.ACK.payload_size)
+        [node_address] = service.node.own_addresses
+        return build_packet(encode_envelope(body, ack_hop, ack_packet),
+                            [Node(node_address, service.keys.sphinx.public_bytes)], [0],
+                            Destination(destination, b"\x00" * 16))
+
+    def ack_ids(self, arrivals, mix_key):
+        """The identifiers of the SURB-ACKs the stand-in mix received."""
+        from nymprov.sphinx import FinalHop, process_packet
+        from nymprov.wire.envelope import decode_envelope
+
+        found = []
+        for _, packet in arrivals:
+            hop = process_packet(packet, mix_key)
+            self.assertIsInstance(hop, FinalHop)
+            found.append(decode_envelope(hop.message()).body)
+        return found
 
     def packet_for(self, service, destination, message, surb_id=b"\x00" * 16):
         [node_address] = service.node.own_addresses
@@ -194,25 +231,11 @@ class OverdueDeliveryTests(ProviderFixture, TestCase):
         the delivery while the write still committed: stored, never acked,
         so the sender retransmitted and the inbox held it twice.)
         """
-        from nymprov.sphinx import SURB, FinalHop, KeyPair, PacketSize, process_packet
-        from nymprov.wire.envelope import ENVELOPE_MARK, decode_envelope, encode_envelope
-
-        arrivals = []
-        mix_port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
-            Factory.forProtocol(lambda: FirstLayerMix(arrivals))
-        )
-        self.addCleanup(mix_port.stopListening)
-        mix_address = encode_address("127.0.0.1", mix_port.getHost().port)
-        mix_key = KeyPair.generate()
+        mix_port, mix_key, arrivals = await self.first_layer_mix()
         service = await self.start_provider(
-            first_layer=[("127.0.0.1", mix_port.getHost().port)], deliver_timeout=0.2, unwrap_workers=0)
+            first_layer=[("127.0.0.1", mix_port)], deliver_timeout=0.2, unwrap_workers=0)
         key, address, token, session = await self.register(service)
-        surb = SURB.create([Node(mix_address, mix_key.public_bytes)], [0], Destination(b"\x05" * 32, b"\x06" * 16))
-        ack_hop, ack_packet = surb.use(encode_envelope(b"ack-id-0123456789"[:16]), PacketSize.ACK.payload_size)
-        [node_address] = service.node.own_addresses
-        packet = build_packet(
-            encode_envelope(b"late but kept", ack_hop, ack_packet),
-            [Node(node_address, service.keys.sphinx.public_bytes)], [0], Destination(address, b"\x00" * 16))
+        packet = self.enveloped_packet(service, address, b"late but kept", mix_port, mix_key, b"L" * 16)
 
         holder = sqlite3.connect(service.config.db_path, isolation_level=None)
         self.addCleanup(holder.close)
@@ -228,13 +251,35 @@ class OverdueDeliveryTests(ProviderFixture, TestCase):
         holder.execute("COMMIT")
 
         await wait_for(lambda: arrivals, "the SURB-ACK")
-        [(_, ack)] = arrivals
-        hop = process_packet(ack, mix_key)
-        self.assertIsInstance(hop, FinalHop)
-        self.assertEqual(decode_envelope(hop.message()).body, b"ack-id-0123456789"[:16])
+        self.assertEqual(self.ack_ids(arrivals, mix_key), [b"L" * 16])
         self.assertEqual(counters.get("packets.delivered"), 1)
         self.assertEqual(counters.get("acks.sent"), 1)
         self.assertEqual((await session.pull(4)).messages, (bytes([ENVELOPE_MARK]) + b"late but kept",))
+
+
+class AckBudgetTests(ProviderFixture, TestCase):
+    async def test_acks_relayed_per_inbox_within_budget(self):
+        """
+        Whoever can reach an inbox chooses the SURB-ACKs the provider sends
+        for it; with ``--ack-rate 1`` (burst 2) five messages for one inbox
+        are all stored but only two ACKs leave, the rest dropped and
+        counted; another inbox has its own budget.
+        """
+        mix_port, mix_key, arrivals = await self.first_layer_mix()
+        service = await self.start_provider(first_layer=[("127.0.0.1", mix_port)], ack_rate=1.0, unwrap_workers=0)
+        _, flooded, _, _ = await self.register(service)
+        _, other, _, _ = await self.register(service)
+        packets = [self.enveloped_packet(service, flooded, b"m%d" % i, mix_port, mix_key, b"%016d" % i)
+                   for i in range(5)]
+        packets.append(self.enveloped_packet(service, other, b"other", mix_port, mix_key, b"O" * 16))
+        link = await self.mix_link(service)
+        link.transport.write(b"".join(encode_frame(p) for p in packets))
+        counters = service.counters
+        await wait_for(lambda: counters.get("packets.delivered") == 6, "the deliveries")
+        await wait_for(lambda: len(arrivals) == 3, "the ACKs within budget")
+        self.assertEqual(sorted(self.ack_ids(arrivals, mix_key)), [b"%016d" % 0, b"%016d" % 1, b"O" * 16])
+        self.assertEqual(counters.get("acks.sent"), 3)
+        self.assertEqual(counters.get("acks.dropped", "rate_limited"), 3)
 
 
 class UnwrapWorkerTests(ProviderFixture, TestCase):

@@ -68,7 +68,7 @@ class HeldBackend:
 class AckFixture:
     """A provider's node core on a Clock, with a backend of the test's choosing."""
 
-    def make_node(self, backend, sender=None):
+    def make_node(self, backend, sender=None, **options):
         self.clock = Clock()
         self.counters = Counters()
         self.keypair = KeyPair.generate()
@@ -77,7 +77,7 @@ class AckFixture:
         self.backend = backend
         self.node = NodeCore(
             self.keypair, MemoryStore(self.clock), backend, self.sender,
-            StaticTopology([FIRST_LAYER], [LATER_LAYER]), self.clock, self.counters,
+            StaticTopology([FIRST_LAYER], [LATER_LAYER]), self.clock, self.counters, **options,
         )
         return self.node
 
@@ -130,6 +130,20 @@ class AckAfterDeliverTests(AckFixture, SynchronousTestCase):
         self.successResultOf(d)
         self.assertEqual(self.acks(), [b"L" * 16])
         self.assertEqual(self.counters.get("packets.dropped", "backend_timeout"), 0)
+
+    def test_ack_budget_refills(self):
+        """
+        Past the ACK budget of a destination the message is still taken and
+        its ACK dropped, counted; the budget refills with time.
+        """
+        self.make_node(HeldBackend(lambda m: succeed(None)), ack_rate=(1.0, 1))
+        for ack_id in (b"1" * 16, b"2" * 16):
+            self.successResultOf(self.node.receive_from_mix(self.packet(b"m", ack_id)))
+        self.clock.advance(1)
+        self.successResultOf(self.node.receive_from_mix(self.packet(b"m", b"3" * 16)))
+        self.assertEqual(self.acks(), [b"1" * 16, b"3" * 16])
+        self.assertEqual(self.counters.get("packets.delivered"), 3)
+        self.assertEqual(self.counters.get("acks.dropped", "rate_limited"), 1)
 
     def test_failed_deliver_sends_no_ack(self):
         """A typed refusal, a crash and a delivery given up at stop each send no ACK."""

@@ -89,6 +89,9 @@ class FakeStore:
     def authenticate(self, address, token_hash):
         return self._answer(lambda: self.tokens.get(address) == token_hash)
 
+    def is_revoked(self, address):
+        return False
+
     def is_registered(self, address):
         return address in self.tokens
 

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 from nymprov.backends.webproxy import WebProxyProvider
 from nymprov.cli.logs import NodeLog
 from nymprov.node.reload import HangupReloader, changed_fields
@@ -132,12 +133,13 @@ class RegistrationTests(SynchronousTestCase):
         address = b"c" * 32
         self.successResultOf(self.store.register(address, b"h" * 32, 1.0))
         self.assertTrue(self.policy.allows(address, b""))
-        self.policy.revoked.add(address)
+        self.successResultOf(self.store.register(address, REVOKED_TOKEN_HASH, 2.0))
         self.assertFalse(self.policy.allows(address, b""))
         self.assertFalse(self.policy.allows(address, b"old"))
         open_policy = RegistrationPolicy("open", [], self.store)
-        open_policy.revoked.add(address)
         self.assertFalse(open_policy.allows(address, b""))
+        self.successResultOf(self.store.forget(address))
+        self.assertTrue(open_policy.allows(address, b""))
 
 
 class WebProxyReloadTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 from nymprov.errors import InboxFull, MessageTooLarge, StoreError, UnknownDestination, UnknownLease
 from nymprov.interfaces import IInboxStore, IReplayCache
 from nymprov.storage import schema
@@ -185,6 +186,28 @@ class _StoreContract:
         self.assertNotEqual(again_id, lease_id)
         yield self.assertFailure(store.ack(ALICE, lease_id), UnknownLease)
         self.assertEqual((yield store.ack(ALICE, again_id)), 1)
+
+    @inlineCallbacks
+    def test_revoked(self):
+        """
+        Registering the revoked token hash revokes: the old token fails,
+        ``is_revoked`` says so (after a restart too, where the store has
+        one); a new token or FORGET ends it.
+        """
+        store = yield self.registered_store(clients=(ALICE, BOB))
+        self.assertFalse(store.is_revoked(ALICE))
+        yield store.register(ALICE, REVOKED_TOKEN_HASH, T0)
+        self.assertTrue(store.is_revoked(ALICE))
+        self.assertFalse(store.is_revoked(BOB))
+        self.assertFalse((yield store.authenticate(ALICE, token_hash(ALICE))))
+        if hasattr(self, "reopen"):
+            store = yield self.reopen(store)
+            self.assertTrue(store.is_revoked(ALICE))
+        yield store.forget(ALICE)
+        self.assertFalse(store.is_revoked(ALICE))
+        yield store.register(BOB, REVOKED_TOKEN_HASH, T0)
+        yield store.register(BOB, token_hash(b"new"), T0)
+        self.assertFalse(store.is_revoked(BOB))
 
     @inlineCallbacks
     def test_release(self):

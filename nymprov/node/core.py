@@ -23,9 +23,11 @@ from twisted.python.failure import Failure
 
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
+from nymprov.node.deadlines import DeliveryDeadlines
 from nymprov.node.epochkeys import StaticKeys
 from nymprov.node.inflight import InFlight
 from nymprov.node.unwrap import unwrap_final
+from nymprov.net.ratelimit import TokenBucketLimiter
 from nymprov.sphinx.errors import BadMAC
 from nymprov.wire.frames import ROTATION_UNKNOWN
 from nymprov.wire.envelope import BadAckHop, MalformedEnvelope, open_final
@@ -43,7 +45,6 @@ NANOSECONDS = 1_000_000_000
 #: Longest a backend may take to accept a message before the node gives up
 #: on it (the sender's retransmission covers the loss).
 DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds before a delivery counts as overdue
-OVERDUE_WARNING_INTERVAL = 60.0  # seconds between warnings about overdue deliveries
 
 #: Most forward hops waiting for their delay at once; beyond it clients are
 #: told the node is busy, so a flood cannot grow memory without bound.
@@ -65,6 +66,9 @@ class NodeCore:
     :param float deliver_timeout: seconds after which a delivery the
         backend has not answered is counted and logged as overdue; it is
         still awaited (only a stop's deadline gives up on it).
+    :param ack_rate: ``(per second, burst)``: SURB-ACKs relayed for the
+        messages of one destination; the rest are dropped and counted
+        (``acks.dropped.rate_limited``).  ``None``: no budget.
     :param str role: ``"provider"`` (packets from the mix link must be final
         hops here) or ``"mix"`` (they must be forward hops to a known node,
         sent on after their delay).
@@ -92,6 +96,7 @@ class NodeCore:
         max_delay=30.0,
         deliver_timeout=DEFAULT_DELIVER_TIMEOUT,
         max_delayed=DEFAULT_MAX_DELAYED,
+        ack_rate=None,
         role="provider",
         unwrapper=None,
         keys=None,
@@ -110,23 +115,15 @@ class NodeCore:
         self._clock = clock
         self._counters = counters
         self._max_delay_ns = int(max_delay * NANOSECONDS)
-        self._deliver_timeout = deliver_timeout
         self._max_delayed = max_delayed
+        self._ack_limiter = None
+        if ack_rate is not None:
+            rate, burst = ack_rate
+            self._ack_limiter = TokenBucketLimiter(clock, rate, burst)
         self._delayed = {}  # key -> (IDelayedCall, next_address, packet)
         self._keys = itertools.count()
         self._own_addresses = set()
-        # Deliveries waiting on the backend: key -> (deadline, Deferred);
-        # past the deadline they move to _overdue (key -> Deferred).  Only
-        # a stop's deadline cancels one: a backend may already have done
-        # its work (a write that commits anyway), and only its answer says
-        # whether the message was taken and its SURB-ACK is due.  They are
-        # bounded by the mix link, which stops reading a connection with
-        # too many packets in flight.
-        self._deliveries = {}
-        self._overdue = {}
-        self._overdue_warned_at = None
-        self._sweep_interval = max(deliver_timeout / 30.0, 0.001)
-        self._sweep_call = None
+        self._deliveries = DeliveryDeadlines(clock, counters, provider.name, deliver_timeout)
         self._stopped = False
         self._role = role
         self._unwrapper = unwrapper
@@ -272,27 +269,18 @@ class NodeCore:
             d = fail()
         if d.called:
             # The backend answered at once: no deadline to keep, no timer.
-            return d.addBoth(self._delivery_done, None, ack)
-        key = next(self._keys)
-        self._deliveries[key] = (self._clock.seconds() + self._deliver_timeout, d)
-        if self._sweep_call is None:
-            self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
-        d.addBoth(self._delivery_done, key, ack)
+            return d.addBoth(self._delivery_done, None, ack, unwrapped.destination)
+        key = self._deliveries.track(d)
+        d.addBoth(self._delivery_done, key, ack, unwrapped.destination)
         return d
 
-    def _delivery_done(self, result, key, ack):
+    def _delivery_done(self, result, key, ack, destination):
         # key is None for a delivery that never had a deadline.
-        given_up = False
-        if key is not None:
-            if self._deliveries.pop(key, None) is None:
-                given_up = self._overdue.pop(key, None) is None
-            if not self._deliveries and self._sweep_call is not None:
-                self._sweep_call.cancel()
-                self._sweep_call = None
+        given_up = key is not None and self._deliveries.settled(key)
         if not isinstance(result, Failure):
             self._counters.incr("packets.delivered")
             if ack is not None:
-                self._send_ack(*ack)
+                self._send_ack(*ack, destination)
             return None
         # Counted by backend too, so that an operator can tell which
         # backend fails or hangs, and why.
@@ -308,37 +296,19 @@ class NodeCore:
         self.log.failure("backend {backend} failed", result, backend=self._provider.name)
         return result
 
-    def _send_ack(self, first_hop, packet):
+    def _send_ack(self, first_hop, packet, destination):
         # Only here, after the backend took the message: an ACK always
         # means "taken".  A refused ACK costs the sender a retransmission,
         # which its recipient drops as a duplicate.
-        if self._sender.send(first_hop, packet):
+        if self._ack_limiter is not None and not self._ack_limiter.allow(destination):
+            # Anyone who can reach an inbox chooses the ACKs relayed for it:
+            # without a budget one sender could use the provider as a
+            # packet source at its full ingest rate.
+            self._counters.incr("acks.dropped", "rate_limited")
+        elif self._sender.send(first_hop, packet):
             self._counters.incr("acks.sent")
         else:
             self._counters.incr("acks.dropped", "queue_full")
-
-    def _sweep_deliveries(self):
-        # One timer for all deliveries instead of one per packet: entries
-        # are in arrival order, so the overdue ones are at the front.
-        self._sweep_call = None
-        now = self._clock.seconds()
-        overdue = []
-        for key, (deadline, d) in self._deliveries.items():
-            if deadline > now:
-                break
-            overdue.append((key, d))
-        for key, d in overdue:
-            del self._deliveries[key]
-            self._overdue[key] = d
-        if overdue:
-            self._counters.incr(f"backend.{self._provider.name}.overdue", amount=len(overdue))
-            if self._overdue_warned_at is None or now - self._overdue_warned_at >= OVERDUE_WARNING_INTERVAL:
-                self._overdue_warned_at = now
-                self.log.warn(
-                    "backend {backend} has {count} deliveries unanswered after {timeout} s; still waiting",
-                    backend=self._provider.name, count=len(self._overdue), timeout=self._deliver_timeout)
-        if self._deliveries:
-            self._sweep_call = self._clock.callLater(self._sweep_interval, self._sweep_deliveries)
 
     # -- packets from clients ----------------------------------------------
 
@@ -487,13 +457,7 @@ class NodeCore:
 
     def _give_up(self):
         self.log.warn("{count} packets still in flight at the stop deadline", count=self._in_flight.count)
-        pending = [d for _deadline, d in self._deliveries.values()] + list(self._overdue.values())
-        self._deliveries, self._overdue = {}, {}
-        if self._sweep_call is not None:
-            self._sweep_call.cancel()
-            self._sweep_call = None
-        for d in pending:
-            d.cancel()
+        self._deliveries.give_up()
 
     # -- helpers -------------------------------------------------------------
 

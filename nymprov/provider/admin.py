@@ -2,9 +2,11 @@
 What the operator can do to a running provider: list, revoke and forget
 clients, manage invite codes, read its status.
 
-Invite codes added here and revoked addresses are kept in the data
-directory (``invites`` and ``revoked``, mode 0600, one a line), so that they
-outlast a restart; codes from the configuration stay the configuration's.
+Invite codes added here are kept in the data directory (``invites``, mode
+0600, one a line), so that they outlast a restart; codes from the
+configuration stay the configuration's.  A revocation is kept in the store
+(the client's token hash becomes one no token has), so that every process
+sharing a PostgreSQL store refuses the client too.
 """
 
 import os
@@ -16,9 +18,9 @@ from twisted.internet.defer import inlineCallbacks
 from nymprov.errors import ConfigError
 from nymprov.httpapi.admin import AdminError
 from nymprov.keys import write_file_atomically
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 
 INVITES_FILE = "invites"
-REVOKED_FILE = "revoked"
 
 
 def parse_client(text):
@@ -70,10 +72,8 @@ class ProviderAdmin:
         self._clock = clock
         data_dir = service.config.data_dir
         self._invites_path = os.path.join(data_dir, INVITES_FILE)
-        self._revoked_path = os.path.join(data_dir, REVOKED_FILE)
         self._config_invites = tuple(service.config.invite_code)
         self._added_invites = _read_lines(self._invites_path)
-        registration.revoked = {parse_client(line) for line in _read_lines(self._revoked_path)}
         self._apply_invites()
 
     @property
@@ -87,10 +87,9 @@ class ProviderAdmin:
         usage = getattr(self._store, "client_usage", None)
         if usage is None:
             raise AdminError("this store cannot list its clients", 501)
-        revoked = self._registration.revoked
         return [
             {"client": show_client(address), "messages": messages, "bytes": size,
-             "sessions": self._sessions.count(address), "revoked": address in revoked}
+             "sessions": self._sessions.count(address), "revoked": self._store.is_revoked(address)}
             for address, messages, size in usage()
         ]
 
@@ -103,10 +102,9 @@ class ProviderAdmin:
         address = parse_client(text)
         if not self._store.is_registered(address):
             raise AdminError(f"no such client: {text}", 404)
-        self._registration.revoked.add(address)
-        self._save_revoked()
-        # A token hash no token has: the old token no longer authenticates.
-        yield self._store.register(address, os.urandom(32), self._clock.seconds())
+        # A token hash no token has: the old token no longer authenticates,
+        # and the store (every process sharing it) knows the client revoked.
+        yield self._store.register(address, REVOKED_TOKEN_HASH, self._clock.seconds())
         return {"client": show_client(address), "revoked": True,
                 "sessions_closed": self._sessions.revoke(address)}
 
@@ -114,18 +112,12 @@ class ProviderAdmin:
     def forget(self, text):
         """The client's registration and messages are deleted and its sessions end."""
         address = parse_client(text)
-        known = self._store.is_registered(address) or address in self._registration.revoked
+        known = self._store.is_registered(address)
         if not known:
             raise AdminError(f"no such client: {text}", 404)
         yield self._store.forget(address)
-        self._registration.revoked.discard(address)
-        self._save_revoked()
         return {"client": show_client(address), "forgotten": True,
                 "sessions_closed": self._sessions.revoke(address)}
-
-    def _save_revoked(self):
-        text = "".join(show_client(a) + "\n" for a in sorted(self._registration.revoked))
-        write_file_atomically(self._revoked_path, text.encode("ascii"))
 
     # -- invites -------------------------------------------------------------
 

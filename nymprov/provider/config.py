@@ -85,6 +85,7 @@ class ProviderConfig:
     invite_code: tuple = ()
     register_rate: int = 5  # registrations per client IP per hour
     send_rate: float = 200.0  # packets per second per client
+    ack_rate: float = 200.0  # SURB-ACKs relayed per second for one inbox (burst: twice that)
     max_connections: int = 1024
     max_connections_per_ip: int = 128  # per listener, per IPv4 address or IPv6 /64
     unwrap_workers: int = default_worker_count()  # processes; 0: unwrap on the reactor thread
@@ -255,6 +256,7 @@ _CHECKS = {
     # least, and a send burst (twice the rate) of at least one packet.
     "register_rate": whole_number(1),
     "send_rate": number(0.5),
+    "ack_rate": number(0.5),
     "max_connections": whole_number(1),
     "max_connections_per_ip": whole_number(1),
     "unwrap_workers": whole_number(0),
@@ -299,6 +301,7 @@ _HELP = {
     "registration": "who may register: open, invite (with --invite-code) or closed (no new clients)",
     "register_rate": "registrations per client IP per hour",
     "send_rate": "packets per second per client",
+    "ack_rate": "SURB-ACKs relayed per second for the messages of one client (burst: twice that); the rest are dropped",
     "max_connections": "open connections at most, per listener",
     "max_connections_per_ip": "open connections at most from one IPv4 address or IPv6 /64, per listener",
     "unwrap_workers": "processes that unwrap mix packets beside the reactor (default: cores - 1, at most 4)",

@@ -27,8 +27,6 @@ class RegistrationPolicy:
         self._store = store
         self._invite_digests = ()
         self.set_invite_codes(invite_codes)
-        #: Addresses the operator revoked: they may not register again.
-        self.revoked = set()
 
     def set_invite_codes(self, invite_codes):
         """Accept ``invite_codes`` (and only them) from now on."""
@@ -46,7 +44,7 @@ class RegistrationPolicy:
             Registered clients may always rotate their token, unless the
             operator revoked them.
         """
-        if address in self.revoked:
+        if self._store.is_revoked(address):
             return False
         if self.mode == "open" or self._store.is_registered(address):
             return True

@@ -195,6 +195,7 @@ class ProviderService(NodeService):
             self.counters,
             max_delay=config.max_delay,
             deliver_timeout=config.deliver_timeout,
+            ack_rate=(config.ack_rate, 2 * config.ack_rate),
             unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )

@@ -14,7 +14,7 @@ from nymprov.storage.bloom import TAG_SIZE
 from nymprov.storage.leases import check_lease_id, check_lease_request, new_lease_id
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
-from nymprov.storage.tokens import token_matches
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH, token_matches
 
 
 class _Stored:
@@ -119,6 +119,10 @@ class MemoryStore(Service):
     def is_registered(self, address):
         """IInboxStore API"""
         return address in self._quotas
+
+    def is_revoked(self, address):
+        """IInboxStore API"""
+        return self._tokens.get(address) == REVOKED_TOKEN_HASH
 
     def append(self, address, message, now):
         """IInboxStore API"""

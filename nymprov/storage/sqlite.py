@@ -19,7 +19,7 @@ from nymprov.storage.leases import check_lease_id, check_lease_request, new_leas
 from nymprov.storage.limits import StoreLimits
 from nymprov.storage.quota import InboxQuotas, check_bytes, check_time
 from nymprov.storage.sqlite_file import SQLiteFile
-from nymprov.storage.tokens import token_matches
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH, token_matches
 
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "EXTRA")
 DEFAULT_FILTER_BYTES = 4 * 1024 * 1024
@@ -73,6 +73,7 @@ class SQLiteStore(Service):
         self._close_waiters = []
         self._start_waiters = []
         self._quotas = InboxQuotas(limits)
+        self._revoked = set()  # addresses whose token hash is REVOKED_TOKEN_HASH
         self._forgetting = {}
         self._filter = TagFilter(replay_filter_bytes)
         self._tags_held = 0
@@ -144,7 +145,8 @@ class SQLiteStore(Service):
         d.addCallbacks(self._opened, self._open_failed)
         return d
 
-    def _opened(self, usage):
+    def _opened(self, result):
+        usage, self._revoked = result
         self._state = OPEN
         # The filter was filled with the stored tags, each once; it counts
         # every insertion after that, replays too, so new ones are counted
@@ -295,6 +297,10 @@ class SQLiteStore(Service):
         def registered(_):
             if address not in self._forgetting:
                 self._quotas.add_client(address)
+                if token_hash == REVOKED_TOKEN_HASH:
+                    self._revoked.add(address)
+                else:
+                    self._revoked.discard(address)
 
         return d.addCallback(registered)
 
@@ -313,6 +319,10 @@ class SQLiteStore(Service):
     def is_registered(self, address):
         """IInboxStore API"""
         return address in self._quotas
+
+    def is_revoked(self, address):
+        """IInboxStore API"""
+        return address in self._revoked
 
     def append(self, address, message, now):
         """IInboxStore API"""
@@ -385,6 +395,7 @@ class SQLiteStore(Service):
         # Refuse new appends at once; the ones already accepted are written
         # first (the pool runs jobs in order), then deleted with the rest.
         self._quotas.remove_client(address)
+        self._revoked.discard(address)
         self._forgetting[address] = self._forgetting.get(address, 0) + 1
         while self._pending_messages:
             self._flush()
@@ -395,6 +406,7 @@ class SQLiteStore(Service):
                 del self._forgetting[address]
             # A registration that committed meanwhile may have re-added it.
             self._quotas.remove_client(address)
+            self._revoked.discard(address)
             return None if not isinstance(result, Failure) else result
 
         return self._run(self._file.forget, address).addBoth(forgotten)

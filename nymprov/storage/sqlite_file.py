@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from nymprov.errors import StoreError
 from nymprov.storage import schema
 from nymprov.storage.bloom import TAG_SIZE
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 
 #: Rows per multi-row INSERT, largest first.  ``executemany`` steps once per
 #: row, and the sqlite3 module releases and retakes the GIL around every
@@ -80,11 +81,14 @@ class SQLiteFile:
             for (tag,) in db.execute("SELECT tag FROM replay_tags"):
                 if type(tag) is bytes and len(tag) == TAG_SIZE:
                     tag_filter.add(tag)
-            return db.execute(
+            usage = db.execute(
                 "SELECT c.address, count(m.id), coalesce(sum(length(m.body)), 0)"
                 " FROM clients AS c LEFT JOIN messages AS m ON m.address = c.address"
                 " GROUP BY c.address"
             ).fetchall()
+            revoked = {address for (address,) in db.execute(
+                "SELECT address FROM clients WHERE token_hash = ?", (REVOKED_TOKEN_HASH,))}
+            return usage, revoked
         except BaseException as error:
             self.db = None
             db.close()

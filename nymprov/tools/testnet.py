@@ -38,6 +38,9 @@ TESTNET_REGISTER_RATE = 1_000_000
 TESTNET_SEND_RATE = 100.0
 TESTNET_LOOP_RATE = 10.0
 
+#: The service node's SURB-ACK budget a second, shared by all its clients.
+TESTNET_SERVICE_ACK_RATE = 5000.0
+
 #: Every node's own loops (λ_M, per second) and the window over which
 #: their returned share is judged: on in the testnet, so that a node that
 #: drops packets shows in the others' logs within a minute.
@@ -292,7 +295,9 @@ class Testnet:
                     "--stats-interval", "0", "--layer", layer,
                     "--http-listen", f"tcp:0:interface={LOOPBACK}"] + extra
         if node.kind == "service":
-            serving = ["--backend", "socks5", "--backend-option", f"policy={self._socks5_policy}"]
+            # --ack-rate is per destination: a service's is all its clients'.
+            serving = ["--backend", "socks5", "--backend-option", f"policy={self._socks5_policy}",
+                       "--ack-rate", str(TESTNET_SERVICE_ACK_RATE)]
         else:
             serving = ["--client-listen", f"tcp:{node.client_port}:interface={LOOPBACK}",
                        "--register-rate", str(TESTNET_REGISTER_RATE)]

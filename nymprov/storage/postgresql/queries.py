@@ -10,6 +10,7 @@ one order, so that no two transactions can wait for each other: replay tags
 """
 
 from nymprov.errors import InboxFull, UnknownDestination
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 
 #: Channel of the notices that a client's token changed or it was forgotten;
 #: the payload is ``r`` and the address and new token hash in hex, or ``f``
@@ -110,10 +111,12 @@ def token_hash(connection, address):
 
 def registered_addresses(connection):
     """
-    :returns: the set of every registered address.
+    :returns: ``(registered, revoked)``: the sets of every registered
+        address and of those revoked (their token hash is the revoked one).
     """
     with connection.transaction(), connection.cursor() as cursor:
-        return {bytes(address) for (address,) in cursor.execute("SELECT address FROM clients")}
+        rows = cursor.execute("SELECT address, token_hash = %s FROM clients", (REVOKED_TOKEN_HASH,)).fetchall()
+    return {bytes(address) for address, _ in rows}, {bytes(address) for address, revoked in rows if revoked}
 
 
 def lease(connection, address, max_count, now, expires, lease_id):

@@ -23,7 +23,7 @@ from nymprov.storage.postgresql import queries, schema
 from nymprov.storage.postgresql.batches import GroupCommit
 from nymprov.storage.postgresql.listener import POLL_SECONDS, ClientNotices
 from nymprov.storage.quota import check_bytes, check_time
-from nymprov.storage.tokens import token_matches
+from nymprov.storage.tokens import REVOKED_TOKEN_HASH, token_matches
 
 #: Database connections (and threads) per process: one batch writer, one
 #: more batch while it commits, and pulls, acks and logins beside them.
@@ -104,6 +104,7 @@ class PostgresStore(Service):
         self._notices = ClientNotices(reactor, conninfo, self._client_changed, self._resync)
         self._observers = []
         self._registered = set()
+        self._revoked = set()
         self._state = NEW
         self._shutdown_trigger = None
         self._start_waiters = []
@@ -167,8 +168,8 @@ class PostgresStore(Service):
             return version, cleared, queries.registered_addresses(connection)
 
     def _opened(self, result):
-        version, cleared, registered = result
-        self._registered = registered
+        version, cleared, (registered, revoked) = result
+        self._registered, self._revoked = registered, revoked
         self._state = OPEN
         if cleared:
             self.log.info("replay key changed: stored replay tags cleared")
@@ -267,8 +268,10 @@ class PostgresStore(Service):
             return
         if kind == "r":
             self._registered.add(address)
+            self._note_token(address, token_hash)
         else:
             self._registered.discard(address)
+            self._revoked.discard(address)
         for observer in list(self._observers):
             observer(address, token_hash)
 
@@ -280,7 +283,7 @@ class PostgresStore(Service):
         d = self._run(queries.registered_addresses)
 
         def reread(addresses):
-            self._registered = addresses
+            self._registered, self._revoked = addresses
             for observer in list(self._observers):
                 observer(None, None)
 
@@ -303,6 +306,7 @@ class PostgresStore(Service):
         def registered(_):
             # At once for this process; the notice tells the others.
             self._registered.add(address)
+            self._note_token(address, token_hash)
 
         return self._run(queries.register, address, token_hash, now).addCallback(registered)
 
@@ -322,6 +326,16 @@ class PostgresStore(Service):
     def is_registered(self, address):
         """IInboxStore API"""
         return address in self._registered
+
+    def is_revoked(self, address):
+        """IInboxStore API"""
+        return address in self._revoked
+
+    def _note_token(self, address, token_hash):
+        if token_hash == REVOKED_TOKEN_HASH:
+            self._revoked.add(address)
+        else:
+            self._revoked.discard(address)
 
     def append(self, address, message, now):
         """IInboxStore API"""
@@ -398,11 +412,13 @@ class PostgresStore(Service):
         # Appends accepted before the forget are committed first, then
         # deleted with the rest.
         self._registered.discard(address)
+        self._revoked.discard(address)
         waiting = DeferredList(self._batches.drain(), consumeErrors=True)
         d = waiting.addCallback(lambda _: self._run(queries.forget, address))
 
         def forgotten(_):
             self._registered.discard(address)
+            self._revoked.discard(address)
 
         return d.addCallback(forgotten)
 
