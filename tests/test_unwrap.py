@@ -1,6 +1,6 @@
 """
-Final-hop unwrapping, its batch codecs, and the pool of worker processes
-that runs it beside the reactor.
+Final- and forward-hop unwrapping, the batch codecs, and the pool of worker
+processes that runs it beside the reactor.
 """
 
 import os
@@ -17,6 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from nymprov.errors import PacketRefused
 from nymprov.sphinx import BadMAC, Destination, InvalidPacket, KeyPair, Node, build_packet, encode_address
 from nymprov.node.unwrap import (
+    FINAL,
+    FORWARD,
     BatchFormatError,
     FrameReader,
     Unwrapped,
@@ -25,6 +27,7 @@ from nymprov.node.unwrap import (
     encode_outcomes,
     encode_packets,
     frame,
+    unwrap_any,
     unwrap_final,
 )
 from nymprov.node.pool import UnwrapPool, _Channel, _Worker, default_worker_count
@@ -89,11 +92,19 @@ class CodecTests(SynchronousTestCase):
         [body] = FrameReader().feed(encode_outcomes(outcomes))
         same(self, decode_outcomes(body), outcomes)
 
-    @given(st.lists(st.binary(max_size=3000), max_size=20))
-    def test_packets_round_trip(self, packets):
-        """A batch of byte strings comes back as it went."""
-        [body] = FrameReader().feed(encode_packets(packets))
-        self.assertEqual(decode_packets(body), packets)
+    def test_forward_outcomes_round_trip(self):
+        """Forward hops, final hops and errors of unwrap_any survive encoding."""
+        outcomes = [unwrap_any(p, KEY) for p in mixed_batch()]
+        self.assertEqual([type(o).__name__ for o in outcomes],
+                         ["FinalHop", "ForwardHop", "BadMAC", "InvalidPacket", "FinalHop"])
+        [body] = FrameReader().feed(encode_outcomes(outcomes))
+        same(self, decode_outcomes(body), outcomes)
+
+    @given(st.lists(st.binary(max_size=3000), max_size=20), st.sampled_from([FINAL, FORWARD]))
+    def test_packets_round_trip(self, packets, kind):
+        """A batch of byte strings comes back as it went, with its kind."""
+        [body] = FrameReader().feed(encode_packets(packets, kind))
+        self.assertEqual(decode_packets(body), (kind, packets))
 
     @settings(max_examples=300)
     @given(st.binary(max_size=200))
@@ -111,7 +122,10 @@ class CodecTests(SynchronousTestCase):
 
         for value in ([1], [(9, b"")], [(0, b"a")], [(1, "BadMAC", 3)], {"a": 1}, [()]):
             self.assertRaises(BatchFormatError, decode_outcomes, marshal.dumps(value))
-        self.assertRaises(BatchFormatError, decode_packets, marshal.dumps([b"a", "b"]))
+        for value in ([b"a"], (0, [b"a", "b"]), (7, [b"a"]), (0, [b"a"], 1), (1, b"a")):
+            self.assertRaises(BatchFormatError, decode_packets, marshal.dumps(value))
+        for value in ([(3, b"p", b"n", "1", b"t")], [(4, b"d", b"s", b"p")], [(3, b"p", b"n", 1, 2)]):
+            self.assertRaises(BatchFormatError, decode_outcomes, marshal.dumps(value))
 
     def test_unknown_error_class(self):
         """An error name that is no Sphinx error becomes the base class."""
@@ -152,9 +166,9 @@ class ChannelTests(SynchronousTestCase):
     def test_answers_in_order(self):
         """Answers fire the batches' Deferreds in the order they were sent."""
         first, second = [final_packet(b"a")], [final_packet(b"b"), b"bad"]
-        d1, d2 = self.worker.send(first), self.worker.send(second)
+        d1, d2 = self.worker.send(first, FINAL), self.worker.send(second, FINAL)
         sent = self.channel.transport.value()
-        self.assertEqual(decode_packets(FrameReader().feed(sent)[0]), first)
+        self.assertEqual(decode_packets(FrameReader().feed(sent)[0]), (FINAL, first))
         answer = encode_outcomes([unwrap_final(p, KEY) for p in first]) + encode_outcomes(
             [unwrap_final(p, KEY) for p in second])
         for i in range(len(answer)):
@@ -165,7 +179,7 @@ class ChannelTests(SynchronousTestCase):
 
     def test_bad_answer_kills(self):
         """Garbage, a wrong count or an unasked answer kills the worker."""
-        d = self.worker.send([final_packet(b"a")])
+        d = self.worker.send([final_packet(b"a")], FINAL)
         self.channel.dataReceived(frame(b"\x00garbage"))
         self.assertEqual(self.killed, [True])
         self.assertNoResult(d)
@@ -302,3 +316,45 @@ class PoolTests(TestCase):
             self.assertEqual(pool.batches_in_workers, 0)
 
         return ensureDeferred(check())
+
+
+class ForwardPoolTests(TestCase):
+    """Forward hops in real worker processes."""
+
+    timeout = 60
+
+    def start_pool(self, workers=1, **kwargs):
+        pool = UnwrapPool(reactor, KEY, workers, **kwargs)
+        pool.start()
+        self.addCleanup(pool.stop)
+        return pool
+
+    async def test_worker_results_and_order(self):
+        """
+        A worker's forward-hop results equal the reactor thread's, typed
+        errors included; batches answered by workers and here come back in
+        the order they were given.
+        """
+        pool = self.start_pool(batches_per_worker=1)
+        await wait_for(lambda: pool.workers, "a worker")
+        batches = [mixed_batch() for _ in range(4)]
+        released = []
+        ds = [pool.unwrap_many(batch, FORWARD).addCallback(lambda got, i=i: released.append(i) or got)
+              for i, batch in enumerate(batches)]
+        results = await gatherResults(ds)
+        for batch, got in zip(batches, results):
+            same(self, got, [unwrap_any(p, KEY) for p in batch])
+        self.assertEqual(released, [0, 1, 2, 3])
+        self.assertEqual((pool.batches_in_workers, pool.batches_here), (1, 3))
+
+    async def test_killed_worker_loses_nothing(self):
+        """A worker killed holding forward hops: they are unwrapped here."""
+        pool = self.start_pool(restart_delay=0.05)
+        await wait_for(lambda: pool.workers, "a worker")
+        [worker] = pool.workers
+        os.kill(worker.transport.pid, signal.SIGSTOP)
+        batch = mixed_batch()
+        d = pool.unwrap_many(batch, FORWARD)
+        os.kill(worker.transport.pid, signal.SIGKILL)
+        same(self, await d, [unwrap_any(p, KEY) for p in batch])
+        self.assertEqual(pool.batches_here, 1)

@@ -3,10 +3,32 @@ The shape every nymprov command shares: ``PROGRAM COMMAND [options]``, a
 banner when called bare, ``--version``, ``--help`` and ``help COMMAND``.
 """
 
+import importlib
+import importlib.util
 import sys
 
 from nymprov._version import __version__
-from nymprov.options import EXIT_OK, EXIT_USAGE
+from nymprov.options import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+
+
+def run_bench(program, module, args, stderr):
+    """
+    Run benchmark ``module``'s ``main(args)``.
+
+    :returns: the exit code.
+    """
+    # find_spec, not try/import: an ImportError raised inside an existing
+    # bench module is a bug to show, not a missing benchmark.
+    if importlib.util.find_spec(module) is None:
+        print(f"{program}: the benchmark ({module}) is not installed", file=stderr)
+        return EXIT_FAILURE
+    bench = importlib.import_module(module)
+    try:
+        result = bench.main(args)
+    except SystemExit as e:
+        # argparse exits after --help or a usage error; return its code.
+        result = e.code
+    return EXIT_OK if result is None else result
 
 
 def show_help(program, args, texts, command_list, stdout, stderr):

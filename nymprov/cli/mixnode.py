@@ -1,4 +1,4 @@
-"""The ``nym-mixnode`` command: run, init and help."""
+"""The ``nym-mixnode`` command: run, init, bench and help."""
 
 import sys
 
@@ -6,11 +6,20 @@ from nymprov.cli.pipes import quiet_on_broken_pipe
 from nymprov.cli.banner import banner, command_list
 from nymprov.cli.logs import LOG_FORMATS, NodeLog
 from nymprov.cli.common import create_and_print_keys, run_service
-from nymprov.cli.dispatch import dispatch, show_help
+from nymprov.cli.dispatch import dispatch, run_bench, show_help
 from nymprov.mixnode.config import MixNodeOptions, reread_config
 from nymprov.options import EXIT_FAILURE, InvalidOption, parse_command_options
 
 PROGRAM = "nym-mixnode"
+
+#: The module whose ``main(args)`` is ``nym-mixnode bench``.
+BENCH_MODULE = "nymprov.tools.bench_mixnode"
+
+_BENCH_HELP = (
+    f"Usage: {PROGRAM} bench [args]\n\n"
+    "Measure forward-hop unwrap speed against the X25519 floor and whole-node\n"
+    f"forward ingest over loopback TCP. '{PROGRAM} bench --help' lists its arguments."
+)
 
 
 class RunCommandOptions(MixNodeOptions):
@@ -39,6 +48,7 @@ class InitOptions(MixNodeOptions):
 COMMANDS = (
     ("run", "Run a Nym mix node"),
     ("init", "Create the data directory and keys; print the public keys"),
+    ("bench", "Measure forward-hop processing and whole-node forward ingest"),
     ("help", "List the commands, or describe one: help COMMAND"),
 )
 
@@ -84,6 +94,7 @@ def _run(args, stdout, stderr):
 
 def _help_command(args, stdout, stderr):
     texts = {"run": lambda: str(RunCommandOptions()), "init": lambda: str(InitOptions()),
+             "bench": lambda: _BENCH_HELP,
              "help": _command_list, "--version": lambda: f"Usage: {PROGRAM} --version"}
     return show_help(PROGRAM, args, texts, _command_list, stdout, stderr)
 
@@ -95,7 +106,8 @@ def main(argv=None, stdout=None, stderr=None):
 
     :returns: the exit code: 0 done, 1 failed, 2 usage error.
     """
-    handlers = {"run": _run, "init": _init, "help": _help_command}
+    handlers = {"run": _run, "init": _init, "bench": lambda args, stdout, stderr: run_bench(
+        PROGRAM, BENCH_MODULE, args, stderr), "help": _help_command}
     return dispatch(PROGRAM, argv, handlers, _banner, _command_list, stdout, stderr)
 
 

@@ -1,8 +1,5 @@
 """The ``nym-provider`` command: run, init, bench and help."""
 
-import importlib
-import importlib.util
-
 from twisted.python import usage
 
 from nymprov.cli.pipes import quiet_on_broken_pipe
@@ -10,8 +7,8 @@ from nymprov._version import __version__
 from nymprov.cli.banner import banner, command_list
 from nymprov.cli.logs import LOG_FORMATS, NodeLog
 from nymprov.cli.common import create_and_print_keys, run_service
-from nymprov.cli.dispatch import dispatch, show_help
-from nymprov.options import EXIT_FAILURE, EXIT_OK, InvalidOption, parse_command_options
+from nymprov.cli.dispatch import dispatch, run_bench, show_help
+from nymprov.options import EXIT_FAILURE, InvalidOption, parse_command_options
 from nymprov.provider.config import DEFAULT_DATA_DIR, POSTGRES_SCHEMES, RunOptions, load_config
 
 PROGRAM = "nym-provider"
@@ -152,18 +149,7 @@ def _init(args, stdout, stderr):
 
 
 def _bench(args, stdout, stderr):
-    # find_spec, not try/import: an ImportError raised inside an existing
-    # bench module is a bug to show, not a missing benchmark.
-    if importlib.util.find_spec(BENCH_MODULE) is None:
-        print(f"{PROGRAM}: the benchmark ({BENCH_MODULE}) is not installed", file=stderr)
-        return EXIT_FAILURE
-    bench = importlib.import_module(BENCH_MODULE)
-    try:
-        result = bench.main(args)
-    except SystemExit as e:
-        # argparse exits after --help or a usage error; return its code.
-        result = e.code
-    return EXIT_OK if result is None else result
+    return run_bench(PROGRAM, BENCH_MODULE, args, stderr)
 
 
 def _run(args, stdout, stderr):

@@ -7,6 +7,7 @@ from twisted.python import usage
 
 from nymprov._version import __version__
 from nymprov.node.network import NETWORK_HELP, check_network_settings, network_checks
+from nymprov.node.pool import default_worker_count
 from nymprov.options import (
     fraction,
     LOG_LEVELS,
@@ -48,6 +49,7 @@ class MixNodeConfig:
     max_delay: float = 30.0  # seconds: the cap on a forward hop's delay
     mix_queue: int = 10000  # packets queued per neighbour
     max_delayed: int = 100_000  # forward hops waiting for their delay at once
+    unwrap_workers: int = default_worker_count()  # processes; 0: unwrap on the reactor thread
     max_connections: int = 1024
     max_connections_per_ip: int = 128  # per IPv4 address or IPv6 /64
     idle_timeout: float = 300.0  # seconds
@@ -93,6 +95,7 @@ _CHECKS = {
     "max_delay": number(0.0),
     "mix_queue": whole_number(1),
     "max_delayed": whole_number(1),
+    "unwrap_workers": whole_number(0),
     "max_connections": whole_number(1),
     "max_connections_per_ip": whole_number(1),
     "idle_timeout": number(0.0, exclusive=True),
@@ -116,6 +119,8 @@ _HELP = {
     "max_delay": "cap on a forward hop's delay, seconds",
     "mix_queue": "packets queued per neighbour",
     "max_delayed": "forward hops waiting for their delay at once",
+    "unwrap_workers": "processes that unwrap packets beside the reactor (default: cores - 1, at most 4;"
+                      " with epochs the reactor unwraps)",
     "max_connections": "open connections at most",
     "max_connections_per_ip": "open connections at most from one IPv4 address or IPv6 /64",
     "idle_timeout": "seconds after the last complete frame before a connection is closed",

@@ -17,6 +17,7 @@ from nymprov.node.core import NodeCore
 from nymprov.node.datadir import DataDirectory
 from nymprov.node.mixlink import MixLinkFactory
 from nymprov.node.mixsender import MixSenderPool
+from nymprov.node.pool import UnwrapPool
 from nymprov.netdoc.signed import key_from_text
 from nymprov.node.network import (
     DirectoryLink,
@@ -87,7 +88,7 @@ class MixNodeService(NodeService):
         self.topology = self.static_topology
         self.counters = Counters()
         self.data = DataDirectory(config.data_dir, owner)
-        self.keys = self.replay_cache = self.sender = self.node = None
+        self.keys = self.replay_cache = self.sender = self.node = self.unwrapper = None
         self.rotation = self.directory = self.loops = None
         self.status = None
         self.mix_listener = ListenerService(reactor, config.mix_listen, "mix link")
@@ -134,6 +135,10 @@ class MixNodeService(NodeService):
             link_sender = DroppingSender(self.sender, config.fault_drop, self.counters)
             self.log.warn("FAULT INJECTION: this mix node drops {share:.0%} of the packets it should forward"
                           " (--fault-drop)", share=config.fault_drop)
+        # Worker processes for the unwrapping, as a provider's; they hold one
+        # key, so a node with epochs unwraps on the reactor thread.
+        use_workers = config.unwrap_workers and self.rotation is None
+        self.unwrapper = UnwrapPool(reactor, self.keys.sphinx, config.unwrap_workers) if use_workers else None
         self.node = NodeCore(
             self.keys.sphinx,
             self.replay_cache,
@@ -145,6 +150,7 @@ class MixNodeService(NodeService):
             max_delay=config.max_delay,
             max_delayed=config.max_delayed,
             role="mix",
+            unwrapper=self.unwrapper,
             keys=None if self.rotation is None else self.rotation.keys,
         )
         # Loops take each epoch's keys from the directory's documents; a
@@ -177,6 +183,8 @@ class MixNodeService(NodeService):
             parts.append(Part("key rotation", self.rotation.start, self.rotation.stop))
         else:
             parts.append(self.replay_cache)
+        if self.unwrapper is not None:
+            parts.append(self.unwrapper)
         parts += [self.sender, NodeCoreService(self.node, reactor), self.mix_listener]
         if self.directory is not None:
             # Its start is not waited for: an unreachable directory must not

@@ -10,8 +10,6 @@ first-layer mix node (the Nym route: it is relayed unchanged).  Every fate
 is counted by reason; payloads never reach a log.
 """
 
-import itertools
-
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -24,27 +22,18 @@ from twisted.python.failure import Failure
 from nymprov.errors import BackendTimeout, DeliveryError, PacketRefused
 from nymprov.interfaces import IMixSender, IProvider, IReplayCache, ITopology
 from nymprov.node.deadlines import DeliveryDeadlines
+from nymprov.node.delays import DelayedHops
 from nymprov.node.epochkeys import StaticKeys
 from nymprov.node.inflight import InFlight
-from nymprov.node.unwrap import unwrap_final
+from nymprov.node.unwrap import FORWARD, unwrap_any, unwrap_final
 from nymprov.net.ratelimit import TokenBucketLimiter
 from nymprov.sphinx.errors import BadMAC
 from nymprov.wire.frames import ROTATION_UNKNOWN
 from nymprov.wire.envelope import BadAckHop, MalformedEnvelope, open_final
-from nymprov.sphinx import (
-    FinalHop,
-    ForwardHop,
-    PacketSize,
-    ReplayedPacket,
-    SphinxError,
-    process_packet,
-)
+from nymprov.sphinx import FinalHop, ForwardHop, PacketSize, ReplayedPacket, SphinxError
 
-NANOSECONDS = 1_000_000_000
-
-#: Longest a backend may take to accept a message before the node gives up
-#: on it (the sender's retransmission covers the loss).
-DEFAULT_DELIVER_TIMEOUT = 30.0  # seconds before a delivery counts as overdue
+#: Seconds a backend may take to accept a message before it counts as overdue.
+DEFAULT_DELIVER_TIMEOUT = 30.0
 
 #: Most forward hops waiting for their delay at once; beyond it clients are
 #: told the node is busy, so a flood cannot grow memory without bound.
@@ -114,14 +103,13 @@ class NodeCore:
         self._topology = topology
         self._clock = clock
         self._counters = counters
-        self._max_delay_ns = int(max_delay * NANOSECONDS)
         self._max_delayed = max_delayed
+        self._unwrapping = 0  # forward hops in the unwrap workers, counted as delayed
         self._ack_limiter = None
         if ack_rate is not None:
             rate, burst = ack_rate
             self._ack_limiter = TokenBucketLimiter(clock, rate, burst)
-        self._delayed = {}  # key -> (IDelayedCall, next_address, packet)
-        self._keys = itertools.count()
+        self._delayed = DelayedHops(clock, mix_sender, counters, max_delay)
         self._own_addresses = set()
         self._deliveries = DeliveryDeadlines(clock, counters, provider.name, deliver_timeout)
         self._stopped = False
@@ -178,11 +166,6 @@ class NodeCore:
         ``rotations`` are their frames' key-rotation bytes (all 0, "not
         said", if ``None``): which of this node's keys each was built for.
 
-        (Unwrapping a batch on a worker thread, so that X25519 runs without
-        the GIL on the second core, was measured: ingest fell from about
-        60% to 55% of the unwrap-only rate, GIL hand-offs costing more than
-        the parallel X25519 gains, so it all runs on the reactor thread.)
-
         :returns: one Deferred per packet, as :meth:`receive_from_mix`.
         """
         self._counters.incr("packets.received", "mix", len(packets))
@@ -193,10 +176,7 @@ class NodeCore:
     def _receive_many(self, packets, rotations):
         if self._role == "mix":
             # A mix sends forward hops on to any node of the mixnet.
-            return [
-                self._forward_hop(packet, self._topology.is_known_node, "final hop at a mix node", rotation)
-                for packet, rotation in zip(packets, rotations)
-            ]
+            return self._forward_hops(packets, rotations, self._topology.is_known_node, "final hop at a mix node")
         if not self._key_choice.static:
             # Workers hold one key; with epochs, unwrap here.
             results = []
@@ -335,7 +315,9 @@ class NodeCore:
             # The Loopix route: this provider is the client's first hop and
             # sends the packet on to the first layer; a client packet ending
             # here would bypass the mixnet.
-            return self._forward_hop(packet, self._topology.is_first_layer, "final hop from a client")
+            [d] = self._forward_hops([packet], [ROTATION_UNKNOWN], self._topology.is_first_layer,
+                                     "final hop from a client")
+            return d
         if not self._topology.is_first_layer(first_hop):
             return self._refuse(PacketRefused("unknown_first_hop"))
         if not self._sender.send(first_hop, packet):
@@ -343,25 +325,70 @@ class NodeCore:
         self._counters.incr("packets.relayed")
         return succeed(None)
 
-    def _forward_hop(self, packet, next_allowed, ending_here, rotation=ROTATION_UNKNOWN):
+    def _forward_hops(self, packets, rotations, next_allowed, ending_here):
         """
-        Unwrap a packet that must be a forward hop to a node for which
-        ``next_allowed(address)`` holds, and schedule it for its delay.
+        Unwrap packets that must be forward hops to a node for which
+        ``next_allowed(address)`` holds, and schedule each for its delay:
+        in the unwrap workers when there are some and one key, else here.
 
         :param str ending_here: what a final hop here would mean, for the
             refusal's detail.
+        :returns: one Deferred per packet.
         """
+        if self._unwrapper is None or not self._key_choice.static:
+            return [self._forward_hop(packet, next_allowed, ending_here, rotation)
+                    for packet, rotation in zip(packets, rotations)]
         arrived = self._clock.seconds()
-        if self._stopped or len(self._delayed) >= self._max_delayed:
+        results, admitted, waiting = [], [], []
+        for packet in packets:
+            if self._busy():
+                results.append(self._refuse(PacketRefused("busy", "too many delayed packets")))
+            else:
+                waiting.append(Deferred())
+                results.append(waiting[-1])
+                admitted.append(packet)
+        if admitted:
+            self._unwrapping += len(admitted)
+            self._unwrapper.unwrap_many(admitted, FORWARD).addCallbacks(
+                self._after_forward_unwraps, self._forward_unwraps_failed,
+                callbackArgs=(waiting, next_allowed, ending_here, arrived), errbackArgs=(waiting,))
+        return results
+
+    def _after_forward_unwraps(self, hops, waiting, next_allowed, ending_here, arrived):
+        self._unwrapping -= len(waiting)
+        replay = self._replay
+        for hop, result in zip(hops, waiting):
+            outcome = self._after_forward_unwrap(hop, replay, ROTATION_UNKNOWN, next_allowed, ending_here, arrived)
+            if outcome is None:
+                result.callback(None)
+            else:
+                outcome.chainDeferred(result)
+
+    def _forward_unwraps_failed(self, failure, waiting):
+        self._unwrapping -= len(waiting)
+        self._unwrap_failed(failure, waiting)
+
+    def _busy(self):
+        return self._stopped or len(self._delayed) + self._unwrapping >= self._max_delayed
+
+    def _forward_hop(self, packet, next_allowed, ending_here, rotation=ROTATION_UNKNOWN):
+        """One forward hop unwrapped here (see :meth:`_forward_hops`)."""
+        arrived = self._clock.seconds()
+        if self._busy():
             return self._refuse(PacketRefused("busy", "too many delayed packets"))
-        hop, replay, rotation_out = self._unwrap(packet, rotation, _process)
+        hop, replay, rotation_out = self._unwrap(packet, rotation, unwrap_any)
+        outcome = self._after_forward_unwrap(hop, replay, rotation_out, next_allowed, ending_here, arrived)
+        return succeed(None) if outcome is None else outcome
+
+    def _after_forward_unwrap(self, hop, replay, rotation_out, next_allowed, ending_here, arrived):
+        """:returns: ``None`` if the hop was scheduled at once, else a Deferred of its fate."""
         try:
             if isinstance(hop, Exception):
                 raise hop
             if isinstance(hop, FinalHop) and self._role == "mix" and self._own_loop(hop.destination, hop.surb_id):
                 # A mix's own loop, back home: its id is known only here
                 # and taken once, so a replay is refused below.
-                return succeed(None)
+                return None
             if not isinstance(hop, ForwardHop):
                 raise PacketRefused("route_refused", ending_here)
             if not next_allowed(hop.next_address):
@@ -369,6 +396,10 @@ class NodeCore:
         except (SphinxError, PacketRefused) as e:
             return self._refuse(e)
         d = replay.check_and_record(hop.replay_tag)
+        if d.called and not d.paused and type(d.result) is bool:
+            # Answered at once (the replay filter, the usual case): no
+            # callbacks to run, for the reactor's sake at a mix node's rates.
+            return self._schedule_if_new(d.result, hop, arrived, rotation_out)
         d.addCallbacks(self._schedule_if_new, self._replay_check_failed,
                        callbackArgs=(hop, arrived, rotation_out))
         return d
@@ -386,15 +417,7 @@ class NodeCore:
     def _schedule_if_new(self, is_new, hop, arrived, rotation=ROTATION_UNKNOWN):
         if not is_new:
             return self._refuse(ReplayedPacket("replayed packet"))
-        # The delay is kept in nanoseconds until here, capped, and reduced by
-        # the time the packet already spent at this node.
-        delay_ns = min(hop.delay_ns, self._max_delay_ns)
-        waited = self._clock.seconds() - arrived
-        remaining = max(0.0, delay_ns / NANOSECONDS - waited)
-        key = next(self._keys)
-        call = self._clock.callLater(remaining, self._forward_now, key)
-        self._delayed[key] = (call, hop.next_address, hop.packet, rotation)
-        self._counters.incr("packets.scheduled")
+        self._delayed.schedule(hop, arrived, rotation)
         return None
 
     def _own_loop(self, destination, surb_id):
@@ -403,23 +426,6 @@ class NodeCore:
             self._counters.incr("packets.delivered", "own_loop")
             return True
         return False
-
-    def _forward_now(self, key):
-        _call, address, packet, rotation = self._delayed.pop(key)
-        self._send_on(address, packet, rotation)
-
-    def _send_on(self, address, packet, rotation=ROTATION_UNKNOWN):
-        # The next node's key is of the same epoch, so of the same rotation;
-        # passed only when known, so that simple senders keep two arguments.
-        sent = (
-            self._sender.send(address, packet, key_rotation=rotation)
-            if rotation != ROTATION_UNKNOWN
-            else self._sender.send(address, packet)
-        )
-        if sent:
-            self._counters.incr("packets.forwarded")
-        else:
-            self._counters.incr("packets.dropped", "queue_full")
 
     # -- life cycle ----------------------------------------------------------
 
@@ -432,12 +438,7 @@ class NodeCore:
         :returns: the number of packets sent early.
         """
         self._stopped = True
-        pending = list(self._delayed.values())
-        self._delayed.clear()
-        for call, address, packet, rotation in pending:
-            call.cancel()
-            self._send_on(address, packet, rotation)
-        return len(pending)
+        return self._delayed.send_all_now()
 
     @property
     def in_flight(self):
@@ -466,11 +467,3 @@ class NodeCore:
         self._counters.incr("packets.dropped", reason)
         self.log.debug("dropped a packet: {reason}", reason=reason)
         return fail(error)
-
-
-def _process(packet, keypair):
-    """``process_packet``, returning its Sphinx error instead of raising it."""
-    try:
-        return process_packet(packet, keypair)
-    except SphinxError as e:
-        return e

@@ -1,6 +1,7 @@
 """
-Unwrapping mix packets in worker processes, so that a provider's packet
-work uses more than the reactor's core.
+Unwrapping mix packets in worker processes, so that a node's packet work
+(a provider's final hops, a mix node's and the Loopix route's forward hops)
+uses more than the reactor's core.
 
 Unwrapping is CPU work under the GIL, apart from the X25519 call: worker
 threads were measured slower than none (GIL hand-offs), so the workers are
@@ -11,7 +12,9 @@ reactor thread, which keeps both busy without a queue growing anywhere.
 
 Nothing is lost when a worker fails: its unanswered batches are unwrapped
 on the reactor thread, and a new worker is started after
-``restart_delay``.
+``restart_delay``.  Results are handed back in the order the batches came,
+whichever worker (or the reactor thread) answered first, so that packets
+leave a node in the order they arrived when their delays are equal.
 """
 
 import os
@@ -26,7 +29,7 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
 
 import nymprov
-from nymprov.node.unwrap import BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame, unwrap_final
+from nymprov.node.unwrap import FINAL, UNWRAPPERS, BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
 
@@ -35,6 +38,9 @@ MAX_RESTART_DELAY = 60.0
 
 #: Seconds a stopping pool waits for a worker to exit before killing it.
 STOP_GRACE = 5.0
+
+
+_WAITING = object()
 
 
 def default_worker_count():
@@ -63,7 +69,7 @@ class _Channel(Protocol):
             for body in self._reader.feed(data):
                 if not worker.pending:
                     raise BatchFormatError("an answer to no batch")
-                d, packets = worker.pending[0]
+                d, packets, _kind = worker.pending[0]
                 outcomes = decode_outcomes(body)
                 if len(outcomes) != len(packets):
                     raise BatchFormatError(f"{len(outcomes)} results for {len(packets)} packets")
@@ -87,7 +93,7 @@ class _Worker(ProcessProtocol):
 
     def __init__(self, pool):
         self.pool = pool
-        # (Deferred, packets) in the order they were sent.
+        # (Deferred, packets, kind) in the order they were sent.
         self.pending = deque()
         self.channel = None
         self.answered = 0
@@ -114,10 +120,10 @@ class _Worker(ProcessProtocol):
         self.alive = True
         self.channel.transport.write(frame(self.pool.keypair.private_bytes))
 
-    def send(self, packets):
+    def send(self, packets, kind):
         d = Deferred()
-        self.pending.append((d, packets))
-        self.channel.transport.write(encode_packets(packets))
+        self.pending.append((d, packets, kind))
+        self.channel.transport.write(encode_packets(packets, kind))
         return d
 
     def close_input(self):
@@ -155,9 +161,11 @@ class _Worker(ProcessProtocol):
             return
         self.alive = False
         pending, self.pending = self.pending, deque()
-        for d, packets in pending:
-            d.callback(self.pool.unwrap_here(packets))
+        # Out of the pool first: code that runs on the results below may
+        # stop the pool, which must not find this worker still in it.
         self.pool._worker_ended(self, self._reason)
+        for d, packets, kind in pending:
+            d.callback(self.pool.unwrap_here(packets, kind))
         self.ended.callback(None)
 
 
@@ -173,8 +181,9 @@ class _ChannelFactory(Factory):
 
 class UnwrapPool(Service):
     """
-    Unwraps batches of final-hop packets (:func:`nymprov.node.unwrap.unwrap_final`)
-    in worker processes.
+    Unwraps batches of packets in worker processes: final hops
+    (:func:`nymprov.node.unwrap.unwrap_final`) or forward hops
+    (:func:`nymprov.node.unwrap.unwrap_any`).
 
     :param reactor: an ``IReactorProcess`` and ``IReactorTime``.
     :param keypair: the node's Sphinx ``KeyPair``; each worker gets the
@@ -191,7 +200,7 @@ class UnwrapPool(Service):
     #: How a worker is started: this interpreter, so the same install.
     command = (sys.executable, "-m", "nymprov.node.worker")
 
-    def __init__(self, reactor, keypair, workers, *, batches_per_worker=4, restart_delay=1.0):
+    def __init__(self, reactor, keypair, workers, *, batches_per_worker=8, restart_delay=1.0):
         self._reactor = reactor
         self.keypair = keypair
         self._count = workers
@@ -206,6 +215,8 @@ class UnwrapPool(Service):
         #: Batches answered by workers, and by the reactor thread.
         self.batches_in_workers = 0
         self.batches_here = 0
+        # [Deferred, results or _WAITING] per batch, in the order they came.
+        self._release = deque()
 
     @property
     def workers(self):
@@ -243,21 +254,40 @@ class UnwrapPool(Service):
             return
         self._workers.append(worker)
 
-    def unwrap_many(self, packets):
+    def unwrap_many(self, packets, kind=FINAL):
         """
-        :returns: a Deferred firing with one :func:`unwrap_final` result per
-            packet, in order; it never fails for a worker's sake.
+        :param kind: ``FINAL`` or ``FORWARD`` (:mod:`nymprov.node.unwrap`).
+        :returns: a Deferred firing with one result per packet, in order,
+            once the batches before it have had theirs; it never fails for
+            a worker's sake.
         """
         worker = min(self.workers, key=lambda w: len(w.pending), default=None)
         if worker is None or len(worker.pending) >= self._batches_per_worker:
-            return succeed(self.unwrap_here(packets))
-        return worker.send(packets)
+            results = self.unwrap_here(packets, kind)
+            if not self._release:
+                return succeed(results)
+            return self._in_order(succeed(results))
+        return self._in_order(worker.send(packets, kind))
 
-    def unwrap_here(self, packets):
+    def _in_order(self, answer):
+        slot = [Deferred(), _WAITING]
+        self._release.append(slot)
+        answer.addCallback(self._answered, slot)
+        return slot[0]
+
+    def _answered(self, results, slot):
+        slot[1] = results
+        release = self._release
+        while release and release[0][1] is not _WAITING:
+            d, results = release.popleft()
+            d.callback(results)
+
+    def unwrap_here(self, packets, kind=FINAL):
         """:returns: the results of ``packets``, unwrapped on this thread."""
         self.batches_here += 1
         keypair = self.keypair
-        return [unwrap_final(packet, keypair) for packet in packets]
+        unwrap = UNWRAPPERS[kind]
+        return [unwrap(packet, keypair) for packet in packets]
 
     def _worker_ended(self, worker, reason):
         self._workers.remove(worker)

@@ -1,13 +1,15 @@
 """
-Unwrapping packets that must end at this node, and the bytes in which a
-batch of them and its results cross between the node and an unwrap worker
-process (:mod:`nymprov.node.pool`, :mod:`nymprov.node.worker`).
+Unwrapping packets at this node (final hops at a provider, forward hops at
+a mix node or on the Loopix route), and the bytes in which a batch of them
+and its results cross between the node and an unwrap worker process
+(:mod:`nymprov.node.pool`, :mod:`nymprov.node.worker`).
 
 Pure: no Twisted, so that a worker process starts quickly.
 
 A batch travels as one frame: a 4-byte big-endian length, then a
 ``marshal`` body (a list of packets one way, a list of result rows the
-other). ``marshal`` and not ``pickle``: loading it can build only plain
+other; a batch says first whether its packets are final or forward hops).
+``marshal`` and not ``pickle``: loading it can build only plain
 values, never call code, and both ends are the same interpreter.
 """
 
@@ -15,14 +17,17 @@ import marshal
 from typing import NamedTuple
 
 from nymprov.errors import PacketRefused
-from nymprov.sphinx import FinalHop, SphinxError, process_packet
+from nymprov.sphinx import FinalHop, ForwardHop, SphinxError, process_packet
 from nymprov.sphinx import errors as sphinx_errors
 
 LENGTH_PREFIX = 4
 #: A frame larger than this is a broken peer, not a batch.
 MAX_FRAME = 64 * 1024 * 1024
 
-_OK, _SPHINX_ERROR, _REFUSED = 0, 1, 2
+_OK, _SPHINX_ERROR, _REFUSED, _FORWARD, _FINAL_HOP = 0, 1, 2, 3, 4
+
+#: What a batch's packets are, so which function the worker unwraps them with.
+FINAL, FORWARD = 0, 1
 
 
 class Unwrapped(NamedTuple):
@@ -56,36 +61,60 @@ def unwrap_final(packet, keypair):
         return e
 
 
+def unwrap_any(packet, keypair):
+    """
+    Unwrap a packet that may be a forward hop (a mix node's, or a client's
+    on the Loopix route): the node decides what a final hop means.
+
+    :returns: a ``ForwardHop``, a ``FinalHop`` or the typed Sphinx error
+        (returned, not raised).
+    """
+    try:
+        return process_packet(packet, keypair)
+    except SphinxError as e:
+        return e
+
+
+UNWRAPPERS = {FINAL: unwrap_final, FORWARD: unwrap_any}
+
+
 def frame(body):
     """:returns: ``body`` with its length prefix."""
     return len(body).to_bytes(LENGTH_PREFIX, "big") + body
 
 
-def encode_packets(packets):
-    """:returns: the frame of a batch of packets."""
-    return frame(marshal.dumps([bytes(packet) for packet in packets]))
+def encode_packets(packets, kind=FINAL):
+    """:returns: the frame of a batch of packets of ``kind`` (FINAL or FORWARD)."""
+    return frame(marshal.dumps((kind, [bytes(packet) for packet in packets])))
 
 
 def decode_packets(body):
     """
-    :returns: the packets of a batch frame's body.
-    :raises BatchFormatError: if it is not a list of byte strings.
+    :returns: ``(kind, packets)`` of a batch frame's body.
+    :raises BatchFormatError: if it is not a kind and a list of byte strings.
     """
     try:
-        packets = marshal.loads(body)
+        batch = marshal.loads(body)
     except (ValueError, EOFError, TypeError) as e:
         raise BatchFormatError(f"undecodable batch: {e}") from None
+    if type(batch) is not tuple or len(batch) != 2 or batch[0] not in UNWRAPPERS:
+        raise BatchFormatError("a batch is a kind and its packets")
+    kind, packets = batch
     if type(packets) is not list or not all(type(packet) is bytes for packet in packets):
         raise BatchFormatError("a batch is a list of packets")
-    return packets
+    return kind, packets
 
 
 def encode_outcomes(outcomes):
-    """:returns: the frame of a batch of :func:`unwrap_final` results."""
+    """:returns: the frame of a batch of :func:`unwrap_final` or :func:`unwrap_any` results."""
     rows = []
     for outcome in outcomes:
         if isinstance(outcome, Unwrapped):
             rows.append((_OK, *outcome))
+        elif isinstance(outcome, ForwardHop):
+            rows.append((_FORWARD, outcome.packet, outcome.next_address, outcome.delay_ns, outcome.replay_tag))
+        elif isinstance(outcome, FinalHop):
+            rows.append((_FINAL_HOP, outcome.destination, outcome.surb_id, outcome.payload, outcome.replay_tag))
         elif isinstance(outcome, SphinxError):
             rows.append((_SPHINX_ERROR, type(outcome).__name__, str(outcome)))
         else:
@@ -103,7 +132,7 @@ def _sphinx_error(name, text):
 def decode_outcomes(body):
     """
     :returns: the results of a batch frame's body, as :func:`unwrap_final`
-        gave them (errors of the same class, reason and text).
+        or :func:`unwrap_any` gave them (errors of the same class, reason and text).
     :raises BatchFormatError: if the body is malformed.
     """
     try:
@@ -119,6 +148,11 @@ def decode_outcomes(body):
         kind, fields = row[0], row[1:]
         if kind == _OK and len(fields) == 4 and all(type(f) is bytes for f in fields):
             outcomes.append(Unwrapped(*fields))
+        elif (kind == _FORWARD and len(fields) == 4 and type(fields[2]) is int
+              and all(type(fields[i]) is bytes for i in (0, 1, 3))):
+            outcomes.append(ForwardHop(*fields))
+        elif kind == _FINAL_HOP and len(fields) == 4 and all(type(f) is bytes for f in fields):
+            outcomes.append(FinalHop(*fields))
         elif kind == _SPHINX_ERROR and len(fields) == 2 and all(type(f) is str for f in fields):
             outcomes.append(_sphinx_error(*fields))
         elif kind == _REFUSED and len(fields) == 2 and all(type(f) is str for f in fields):

@@ -3,7 +3,7 @@ An unwrap worker process: ``python -m nymprov.node.worker``.
 
 Its standard input is a socket to the node. It reads frames of
 :mod:`nymprov.node.unwrap` from it: first the node's 32-byte Sphinx private key,
-then batches of packets; it answers each batch on the same socket with its
+then batches of packets (final or forward hops); it answers each batch on the same socket with its
 results, in order. It exits when its input ends, which is how the node
 stops it, and also what happens if the node dies. Malformed input ends it
 with status 2: the node then unwraps that batch itself.
@@ -14,7 +14,7 @@ import signal
 import sys
 
 from nymprov.sphinx import KeyPair
-from nymprov.node.unwrap import BatchFormatError, FrameReader, decode_packets, encode_outcomes, unwrap_final
+from nymprov.node.unwrap import UNWRAPPERS, BatchFormatError, FrameReader, decode_packets, encode_outcomes
 
 
 def _write_all(fd, data):
@@ -41,8 +41,9 @@ def serve(read_fd, write_fd):
                 if keypair is None:
                     keypair = KeyPair.from_private_bytes(body)
                     continue
-                packets = decode_packets(body)
-                _write_all(write_fd, encode_outcomes([unwrap_final(packet, keypair) for packet in packets]))
+                kind, packets = decode_packets(body)
+                unwrap = UNWRAPPERS[kind]
+                _write_all(write_fd, encode_outcomes([unwrap(packet, keypair) for packet in packets]))
         except (BatchFormatError, ValueError):
             return 2
 

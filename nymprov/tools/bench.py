@@ -23,19 +23,23 @@ from nymprov.tools.bench_packets import CLIENTS, Progress, generate_packets
 # -- unwrap only ---------------------------------------------------------------
 
 
-def measure_unwrap(rounds, per_round):
+def measure_unwrap(rounds, per_round, forward=False):
     """
-    :returns: per-round microseconds per final-hop unwrap (with plaintext
-        recovery), and per-round X25519 microseconds measured alongside.
+    :param forward: measure a forward hop (a mix node's) instead of a final
+        hop with plaintext recovery (a provider's).
+    :returns: per-round microseconds per unwrap, and per-round X25519
+        microseconds measured alongside.
     """
     from nacl.bindings import crypto_scalarmult
 
     from nymprov.sphinx import Destination, KeyPair, Node, build_packet, encode_address, process_packet
 
     key = KeyPair.generate()
-    address = encode_address("127.0.0.1", 1789)
+    route = [Node(encode_address("127.0.0.1", 1789), key.public_bytes)]
+    if forward:
+        route.append(Node(encode_address("127.0.0.1", 1790), KeyPair.generate().public_bytes))
     packets = [
-        build_packet(b"x" * 2048, [Node(address, key.public_bytes)], [0], Destination(bytes(32), bytes(16)))
+        build_packet(b"x" * 2048, route, [0] * len(route), Destination(bytes(32), bytes(16)))
         for _ in range(per_round)
     ]
     points = [KeyPair.generate().public_bytes for _ in range(per_round)]
@@ -45,7 +49,9 @@ def measure_unwrap(rounds, per_round):
         progress.update(round_number)
         start = time.perf_counter()
         for packet in packets:
-            process_packet(packet, key).message()
+            hop = process_packet(packet, key)
+            if not forward:
+                hop.message()
         unwrap.append((time.perf_counter() - start) / per_round * 1e6)
         start = time.perf_counter()
         secret = key.private_bytes
@@ -111,8 +117,8 @@ async def _node_benchmark(reactor, args, figures):
         clients = await register_clients(reactor, client_port, service.certificate, CLIENTS)
         print(f"generating {args.packets} packets in 2 processes ...", flush=True)
         paths = await _in_thread(
-            reactor, generate_packets, workdir, args.packets, node_address,
-            service.keys.sphinx.public_bytes, [c.address for c in clients],
+            reactor, generate_packets, workdir, args.packets, [(node_address, service.keys.sphinx.public_bytes)],
+            [c.address for c in clients],
             2, Progress("packets generated", args.packets),
         )
 

@@ -47,25 +47,30 @@ class Progress:
 
 def _generate(job):
     """
-    Write ``count`` framed one-hop packets for the provider into ``path``.
+    Write ``count`` framed packets over ``route`` (``(address, public
+    key)`` pairs, no delays) into ``path``.
     """
     from nymprov.sphinx import Destination, Node, build_packet
     from nymprov.wire.envelope import encode_envelope
     from nymprov.wire.frames import encode_frame
 
-    path, count, node_address, node_public, clients, seed = job
+    path, count, route, clients, seed = job
+    nodes = [Node(address, public) for address, public in route]
     with open(path, "wb") as out:
         for i in range(count):
             client = clients[(seed + i) % len(clients)]
             # A client's message: an envelope around ~2 KB of ciphertext.
             message = encode_envelope(hashlib.sha256(b"%d-%d" % (seed, i)).digest() * 60)
-            packet = build_packet(message, [Node(node_address, node_public)], [0], Destination(client, bytes(16)))
+            packet = build_packet(message, nodes, [0] * len(nodes), Destination(client, bytes(16)))
             out.write(encode_frame(packet))
     return path
 
 
-def generate_packets(directory, count, node_address, node_public, clients, workers=2, progress=None):
+def generate_packets(directory, count, route, clients, workers=2, progress=None):
     """
+    :param route: ``(address, public key)`` of each hop: the provider
+        alone, or a mix node and the node after it.
+    :param clients: the destinations, taken in turn.
     :param progress: a :class:`Progress` told of each file made.
     :returns: the files holding ``count`` frames, made by ``workers``
         processes, 2,000 frames a file at most (a progress line a file).
@@ -74,7 +79,7 @@ def generate_packets(directory, count, node_address, node_public, clients, worke
     share, extra = divmod(count, files)
     jobs = [
         (os.path.join(directory, f"frames-{w}.bin"), share + (1 if w < extra else 0),
-         node_address, node_public, clients, w * count)
+         route, clients, w * count)
         for w in range(files)
     ]
     paths, made = [], 0
@@ -86,6 +91,23 @@ def generate_packets(directory, count, node_address, node_public, clients, worke
             if progress is not None:
                 progress.update(made)
     return paths
+
+
+def _sink(port_file):
+    """
+    A next node that reads and forgets: it listens, writes its port to
+    ``port_file``, and reads each connection until it ends, one after the
+    other (one node a run), until it is killed.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        with open(port_file + ".tmp", "w") as f:
+            f.write(str(server.getsockname()[1]))
+        os.rename(port_file + ".tmp", port_file)
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                while connection.recv(1 << 20):
+                    pass
 
 
 def _stream(host, port, paths):

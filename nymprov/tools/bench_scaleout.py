@@ -240,7 +240,7 @@ async def scaleout_benchmark(reactor, args, figures):
         # A final hop's packet does not name the node it is sent to: the
         # same packets serve every process and configuration.
         paths = generate_packets(
-            workdir, args.packets, encode_address("127.0.0.1", 1), node_keys.sphinx.public_bytes,
+            workdir, args.packets, [(encode_address("127.0.0.1", 1), node_keys.sphinx.public_bytes)],
             [bytes(key.verify_key) for key in keys], 2, Progress("packets generated", args.packets),
         )
         for label, store, processes in (("sqlite", "sqlite", 1), ("postgresql", args.store, 1),
