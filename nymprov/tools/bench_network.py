@@ -1,11 +1,19 @@
-"""End-to-end benchmark: messages/s and latency percentiles through a local testnet."""
+"""
+End-to-end benchmark: the capacity of a local testnet.  Messages/s and
+latency percentiles from client A (provider 1) to client B (provider 2),
+with the CPU each node spent per message, against the floor: the Sphinx
+work one message costs across all its hops (its packet and its SURB-ACK),
+at unwrap costs measured in the same run.
+"""
 
+import os
+import statistics
 import struct
 import sys
 import tempfile
 import time
 
-from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.task import react
 from twisted.python import usage
 
@@ -19,13 +27,15 @@ PULL_INTERVAL = 0.2
 class BenchOptions(usage.Options):
     synopsis = "Usage: nym-client bench [options]"
     optParameters = [
-        ["count", "n", 200, "messages per run", int],
+        ["count", "n", 10_000, "messages per run", int],
         ["size", "s", 1000, "bytes per message (one fragment up to 1545)", int],
-        ["delays", None, "0,50", "mean per-hop delays to try, in ms, comma-separated"],
+        ["delays", None, "0", "mean per-hop delays to try, in ms, comma-separated"],
+        ["window", "w", 256, "messages sent and not yet received at most (the offered load)", int],
         ["dir", None, None, "testnet directory [default: a new temporary one]"],
-        ["send-rate", None, None, "λ_P of the clients, packets per second [the client default]", float],
+        ["send-rate", None, None, "shape the clients' sending at this λ_P, packets per second"
+                                  " [default: unshaped, to measure the network]", float],
     ]
-    optFlags = [["unshaped", None, "clients send each packet at once (observable; the old behaviour)"]]
+    optFlags = [["unshaped", None, "clients send each packet at once (the default without --send-rate)"]]
 
 
 def percentile(values, fraction):
@@ -36,11 +46,9 @@ def percentile(values, fraction):
 
 def shaping(options):
     """Client keyword arguments for the shaping the options ask for."""
-    from nymprov.client.stream import DEFAULT_SEND_RATE
-
-    if options["unshaped"]:
+    if options["unshaped"] or options["send-rate"] is None:
         return {"shaped": False}
-    return {"shaped": True, "send_rate": options["send-rate"] or DEFAULT_SEND_RATE}
+    return {"shaped": True, "send_rate": options["send-rate"]}
 
 
 def describe_shaping(shaping):
@@ -50,33 +58,84 @@ def describe_shaping(shaping):
     return f"shaping ON: λ_P = {shaping['send_rate']:g} packets/s per client"
 
 
-async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None):
+#: The providers' limits during a benchmark: the default per-client send
+#: rate (200 packets/s) and SURB-ACK budget would measure themselves.
+RAISED_LIMITS = ["--send-rate", "1000000", "--ack-rate", "1000000"]
+
+
+def cpu_seconds(pid):
+    """:returns: CPU seconds of process ``pid`` and of its live children (unwrap workers)."""
+    from nymprov.tools.bench_mixnode import process_cpu_seconds
+
+    total = process_cpu_seconds(pid)
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        total += process_cpu_seconds(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass  # gone meanwhile
+    return total
+
+
+def cpu_snapshot(net):
+    """:returns: ``{name: CPU seconds}`` of every testnet node, and of this process as ``clients``."""
+    snapshot = {name: cpu_seconds(node.pid) for name, node in net.nodes.items() if node.pid}
+    times = os.times()
+    snapshot["clients (this process)"] = times.user + times.system
+    return snapshot
+
+
+async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, window=256):
     """
-    Send ``count`` messages from a client of provider 1 to one of provider 2.
+    Send ``count`` messages from a client of provider 1 to one of provider 2,
+    at most ``window`` of them sent and not yet received at a time.
 
     :param dict shaping: client keyword arguments (``shaped``, ``send_rate``).
-    :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p95_ms``, ``p99_ms``.
+    :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p95_ms``,
+        ``p99_ms``, ``received`` (distinct messages), ``duplicates``, and
+        ``cpu_us``: microseconds of CPU per message by node.
     """
     from nymprov.client import ClientKeys, NymClient
 
     first, second = net.topology.providers
+    # Inboxes are drained (a full batch is pulled again at once), so that
+    # pulls keep up with the load instead of measuring the pull interval.
     clients = [NymClient(ClientKeys.generate(), net.topology, p.identity, reactor=reactor,
-                         mean_delay=mean_delay_ms / 1000.0, pull_interval=PULL_INTERVAL, **(shaping or {}))
+                         mean_delay=mean_delay_ms / 1000.0, pull_interval=PULL_INTERVAL, pull_drain=True,
+                         **(shaping or {}))
                for p in (first, second)]
     for client in clients:
         await client.start()
     alice, bob = clients
+    sends = []
     try:
         padding = bytes(max(0, size - _STAMP.size))
+
+        def send(index):
+            sends.append(alice.send(bob.address, _STAMP.pack(time.monotonic(), index) + padding))
+
+        before = cpu_snapshot(net)
         started = time.monotonic()
-        sends = [alice.send(bob.address, _STAMP.pack(time.monotonic(), i) + padding) for i in range(count)]
-        latencies = []
-        for _ in range(count):
+        for index in range(min(window, count)):
+            send(index)
+        next_index = min(window, count)
+        latencies, seen, duplicates = [], set(), 0
+        while len(seen) < count:
             message = await bob.inbox.get()
-            sent_at, _index = _STAMP.unpack_from(message.data)
+            sent_at, index = _STAMP.unpack_from(message.data)
+            if index in seen:
+                duplicates += 1
+                continue
+            seen.add(index)
             latencies.append(time.monotonic() - sent_at)
+            if next_index < count:
+                send(next_index)
+                next_index += 1
         elapsed = time.monotonic() - started
-        await gatherResults(sends)
+        after = cpu_snapshot(net)
+        await DeferredList(sends, consumeErrors=True)
     finally:
         for client in clients:
             await client.stop()
@@ -85,25 +144,73 @@ async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None):
         "p50_ms": 1000 * percentile(latencies, 0.50),
         "p95_ms": 1000 * percentile(latencies, 0.95),
         "p99_ms": 1000 * percentile(latencies, 0.99),
+        "received": len(seen),
+        "duplicates": duplicates,
+        "cpu_us": {name: (after[name] - before[name]) * 1e6 / count for name in after if name in before},
     }
+
+
+def measure_floor(rounds=3, per_round=1000):
+    """
+    :returns: ``(forward-hop µs, final-hop µs, X25519 µs)``, medians,
+        measured in this process.
+    """
+    from nymprov.tools.bench import measure_unwrap
+
+    forward, x25519 = measure_unwrap(rounds, per_round, forward=True)
+    final, more_x25519 = measure_unwrap(rounds, per_round)
+    return statistics.median(forward), statistics.median(final), statistics.median(x25519 + more_x25519)
+
+
+def describe_floor(net, forward_us, final_us, x25519_us, cores):
+    """
+    The floor's lines, and the floor in messages/s: a message is its packet
+    (one forward hop per mix layer, a final hop at the recipient's
+    provider) and its SURB-ACK (the same back to the sender's provider);
+    the sender's provider only relays the packet (the Nym route).
+    """
+    layers = len(net.topology.layers)
+    per_message = 2 * (layers * forward_us + final_us)
+    floor = cores * 1e6 / per_message
+    lines = [
+        f"  X25519 {x25519_us:.1f} us; forward-hop unwrap {forward_us:.1f} us ({forward_us / x25519_us:.2f} x),"
+        f" final-hop unwrap {final_us:.1f} us ({final_us / x25519_us:.2f} x)",
+        f"  floor: a message is its packet and its SURB-ACK, each {layers} forward hops and a final hop:"
+        f" {per_message:.0f} us of Sphinx work; {cores} core(s) allow {floor:.0f} messages/s",
+    ]
+    return lines, floor
 
 
 async def _bench(reactor, options, out):
     from nymprov.tools.testnet import Testnet
 
+    cores = os.cpu_count() or 1
+    forward_us, final_us, x25519_us = measure_floor()
     directory = options["dir"] or tempfile.mkdtemp(prefix="nym-bench-")
-    net = Testnet(directory, layers=3, per_layer=1, providers=2, reactor=reactor)
+    net = Testnet(directory, layers=3, per_layer=1, providers=2, reactor=reactor,
+                  extra_arguments={"provider-1": RAISED_LIMITS, "provider-2": RAISED_LIMITS})
     await net.start()
     try:
         print(f"end to end through 3 layers and 2 providers on loopback; {options['count']} messages of"
-              f" {options['size']} bytes, client A (provider 1) to B (provider 2)", file=out)
+              f" {options['size']} bytes, client A (provider 1) to B (provider 2), at most"
+              f" {options['window']} in flight; providers' send and ACK limits raised", file=out)
         kwargs = shaping(options)
         print(f"  {describe_shaping(kwargs)}", file=out)
+        lines, floor = describe_floor(net, forward_us, final_us, x25519_us, cores)
+        for line in lines:
+            print(line, file=out)
         for delay in [float(d) for d in options["delays"].split(",")]:
-            result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs)
-            print(f"  mean delay {delay:5.1f} ms/hop: {result['messages_per_second']:7.1f} messages/s,"
-                  f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms",
+            result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs,
+                                    options["window"])
+            rate = result["messages_per_second"]
+            print(f"  mean delay {delay:5.1f} ms/hop: {rate:7.1f} messages/s ({rate / floor:.0%} of the floor),"
+                  f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms;"
+                  f" received {result['received']} of {options['count']}, {result['duplicates']} duplicates",
                   file=out, flush=True)
+            cpu = result["cpu_us"]
+            print("    CPU per message: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(cpu.items()))
+                  + f"; all {sum(cpu.values()):.0f} us (the floor's Sphinx work:"
+                  f" {cores * 1e6 / floor:.0f} us)", file=out, flush=True)
     finally:
         await net.stop()
 
