@@ -322,12 +322,7 @@ class ForwardPoolTests(TestCase):
     """Forward hops in real worker processes."""
 
     timeout = 60
-
-    def start_pool(self, workers=1, **kwargs):
-        pool = UnwrapPool(reactor, KEY, workers, **kwargs)
-        pool.start()
-        self.addCleanup(pool.stop)
-        return pool
+    start_pool = PoolTests.start_pool
 
     async def test_worker_results_and_order(self):
         """

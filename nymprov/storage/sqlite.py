@@ -353,8 +353,8 @@ class SQLiteStore(Service):
             return succeed((0, []))
         return self._run(self._file.lease, address, max_count, now, now + lease_seconds, new_lease_id())
 
-    def ack(self, address, lease_id):
-        """IInboxStore API"""
+    def _refuse_lease_call(self, lease_id):
+        """:returns: a failed Deferred if an ack or release cannot be asked now, else ``None``."""
         refused = self._refuse()
         if refused:
             return refused
@@ -362,6 +362,13 @@ class SQLiteStore(Service):
             check_lease_id(lease_id)
         except UnknownLease as error:
             return fail(error)
+        return None
+
+    def ack(self, address, lease_id):
+        """IInboxStore API"""
+        refused = self._refuse_lease_call(lease_id)
+        if refused:
+            return refused
         if address not in self._quotas:
             return fail(UnknownLease("no such lease"))
 
@@ -376,14 +383,7 @@ class SQLiteStore(Service):
 
     def release(self, address, lease_id):
         """IInboxStore API"""
-        refused = self._refuse()
-        if refused:
-            return refused
-        try:
-            check_lease_id(lease_id)
-        except UnknownLease as error:
-            return fail(error)
-        return self._run(self._file.release, address, lease_id)
+        return self._refuse_lease_call(lease_id) or self._run(self._file.release, address, lease_id)
 
     def forget(self, address):
         """IInboxStore API"""

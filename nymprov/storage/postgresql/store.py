@@ -370,8 +370,8 @@ class PostgresStore(Service):
             return succeed((0, []))
         return self._run(queries.lease, address, max_count, now, now + lease_seconds, new_lease_id())
 
-    def ack(self, address, lease_id):
-        """IInboxStore API"""
+    def _refuse_lease_call(self, address, lease_id):
+        """:returns: a failed Deferred if an ack or release cannot be asked now, else ``None``."""
         refused = self._refuse()
         if refused:
             return refused
@@ -380,6 +380,13 @@ class PostgresStore(Service):
             check_bytes("address", address)
         except (UnknownLease, TypeError) as error:
             return fail(error)
+        return None
+
+    def ack(self, address, lease_id):
+        """IInboxStore API"""
+        refused = self._refuse_lease_call(address, lease_id)
+        if refused:
+            return refused
 
         def acked(count):
             if count == 0:
@@ -390,15 +397,7 @@ class PostgresStore(Service):
 
     def release(self, address, lease_id):
         """IInboxStore API"""
-        refused = self._refuse()
-        if refused:
-            return refused
-        try:
-            check_lease_id(lease_id)
-            check_bytes("address", address)
-        except (UnknownLease, TypeError) as error:
-            return fail(error)
-        return self._run(queries.release, address, lease_id)
+        return self._refuse_lease_call(address, lease_id) or self._run(queries.release, address, lease_id)
 
     def forget(self, address):
         """IInboxStore API"""
