@@ -58,6 +58,12 @@ class StoreError(NymProvError):
     reason = "store_error"
 
 
+class ClientRevoked(NymProvError):
+    """The operator revoked this client: it gets no new token until forgotten."""
+
+    reason = "client_revoked"
+
+
 class UnknownLease(NymProvError):
     """An ack names no live lease of this client."""
 

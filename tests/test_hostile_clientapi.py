@@ -293,3 +293,30 @@ class ConnectionFloodTests(TestCase):
         await stalled.closed
         self.assertLess(stalled.closed_at - opened, 10)
         self.assertGreaterEqual(stalled.closed_at - opened, 1)
+
+
+class QuietTlsClientTests(TestCase):
+    """The frame deadline covers the TLS handshake, not the quiet time after it."""
+
+    timeout = 60
+
+    async def test_quiet_after_handshake_is_only_idle(self):
+        """
+        A TLS client that says nothing for longer than the frame timeout
+        after its handshake is still served: only the
+        idle timeout applies.  (The handshake's end was never noticed when
+        the protocol stopped declaring IHandshakeListener, so the handshake
+        deadline aborted every quiet TLS client.)
+        """
+        from twisted.internet.task import deferLater
+
+        process, data_dir = await spawn_provider(self, "--frame-timeout", "1", "--idle-timeout", "300")
+        host, port = process.ports["client API"]
+        session = await provider_client.connect(reactor, host, port, process.fingerprint(data_dir))
+        self.addCleanup(session.close)
+        # Quiet for 2.5 frame timeouts right after the handshake: the
+        # condition under test, not a proof of absence; what is checked is
+        # that the request after it is answered.
+        await deferLater(reactor, 2.5, lambda: None)
+        self.assertFalse(session.protocol.closed.called)
+        await session.register(SigningKey.generate())

@@ -13,7 +13,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from nymprov.storage.tokens import REVOKED_TOKEN_HASH
-from nymprov.errors import InboxFull, MessageTooLarge, StoreError, UnknownDestination, UnknownLease
+from nymprov.errors import ClientRevoked, InboxFull, MessageTooLarge, StoreError, UnknownDestination, UnknownLease
 from nymprov.interfaces import IInboxStore, IReplayCache
 from nymprov.storage import schema
 from nymprov.storage.limits import StoreLimits
@@ -192,7 +192,8 @@ class _StoreContract:
         """
         Registering the revoked token hash revokes: the old token fails,
         ``is_revoked`` says so (after a restart too, where the store has
-        one); a new token or FORGET ends it.
+        one), another token is refused with ``ClientRevoked``; FORGET ends
+        it.
         """
         store = yield self.registered_store(clients=(ALICE, BOB))
         self.assertFalse(store.is_revoked(ALICE))
@@ -203,11 +204,15 @@ class _StoreContract:
         if hasattr(self, "reopen"):
             store = yield self.reopen(store)
             self.assertTrue(store.is_revoked(ALICE))
+        # A registration that raced the revocation does not undo it.
+        yield self.assertFailure(store.register(ALICE, token_hash(b"new"), T0), ClientRevoked)
+        self.assertTrue(store.is_revoked(ALICE))
+        self.assertFalse((yield store.authenticate(ALICE, token_hash(b"new"))))
+        yield store.register(ALICE, REVOKED_TOKEN_HASH, T0)
         yield store.forget(ALICE)
         self.assertFalse(store.is_revoked(ALICE))
-        yield store.register(BOB, REVOKED_TOKEN_HASH, T0)
-        yield store.register(BOB, token_hash(b"new"), T0)
-        self.assertFalse(store.is_revoked(BOB))
+        yield store.register(ALICE, token_hash(b"again"), T0)
+        self.assertTrue((yield store.authenticate(ALICE, token_hash(b"again"))))
 
     @inlineCallbacks
     def test_release(self):

@@ -353,3 +353,25 @@ class ForwardPoolTests(TestCase):
         os.kill(worker.transport.pid, signal.SIGKILL)
         same(self, await d, [unwrap_any(p, KEY) for p in batch])
         self.assertEqual(pool.batches_here, 1)
+
+
+class ReleaseOrderTests(SynchronousTestCase):
+    """Batch results are handed back in the order the batches came."""
+
+    def test_failure_in_turn_does_not_stall(self):
+        """
+        A later answer waits for the earlier ones; a failed earlier batch
+        is handed on (as its failure) in its turn, and the later ones follow.
+        """
+        from twisted.internet.defer import Deferred
+
+        pool = UnwrapPool(Clock(), KEY, 0)
+        first, second, third = Deferred(), Deferred(), Deferred()
+        results = [pool._in_order(answer) for answer in (first, second, third)]
+        third.callback(["c"])
+        second.callback(["b"])
+        self.assertNoResult(results[1])
+        first.errback(RuntimeError("worker bug"))
+        self.failureResultOf(results[0], RuntimeError)
+        self.assertEqual(self.successResultOf(results[1]), ["b"])
+        self.assertEqual(self.successResultOf(results[2]), ["c"])

@@ -348,8 +348,12 @@ class NodeCore:
                 results.append(waiting[-1])
                 admitted.append(packet)
         if admitted:
+            try:
+                unwrapped = self._unwrapper.unwrap_many(admitted, FORWARD)
+            except Exception:
+                unwrapped = fail()
             self._unwrapping += len(admitted)
-            self._unwrapper.unwrap_many(admitted, FORWARD).addCallbacks(
+            unwrapped.addCallbacks(
                 self._after_forward_unwraps, self._forward_unwraps_failed,
                 callbackArgs=(waiting, next_allowed, ending_here, arrived), errbackArgs=(waiting,))
         return results

@@ -27,6 +27,7 @@ class DelayedHops:
         self._max_delay_ns = int(max_delay * NANOSECONDS)
         self._keys = itertools.count()
         self._waiting = {}  # key -> (IDelayedCall, next_address, packet, rotation)
+        self._stopping = False
 
     def __len__(self):
         return len(self._waiting)
@@ -41,8 +42,9 @@ class DelayedHops:
         delay_ns = min(hop.delay_ns, self._max_delay_ns)
         remaining = delay_ns / NANOSECONDS - (self._clock.seconds() - arrived)
         self._counters.incr("packets.scheduled")
-        if remaining <= 0.0:
-            # Due already: no timer, sent now.
+        if remaining <= 0.0 or self._stopping:
+            # Due already, or the node is stopping (a hop that comes back
+            # from an unwrap worker after send_all_now): no timer, sent now.
             self.send_on(hop.next_address, hop.packet, rotation)
             return
         key = next(self._keys)
@@ -69,10 +71,12 @@ class DelayedHops:
 
     def send_all_now(self):
         """
-        Send every waiting hop now, giving up the rest of its delay (a stop).
+        Send every waiting hop now, giving up the rest of its delay (a stop),
+        and every hop scheduled from now on at once.
 
         :returns: how many were sent early.
         """
+        self._stopping = True
         pending = list(self._waiting.values())
         self._waiting.clear()
         for call, address, packet, rotation in pending:

@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 import nymprov
 from nymprov.node.unwrap import FINAL, UNWRAPPERS, BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame
@@ -272,7 +273,9 @@ class UnwrapPool(Service):
     def _in_order(self, answer):
         slot = [Deferred(), _WAITING]
         self._release.append(slot)
-        answer.addCallback(self._answered, slot)
+        # addBoth: a batch that failed is handed on in its turn too, or
+        # every later one would wait for it for ever.
+        answer.addBoth(self._answered, slot)
         return slot[0]
 
     def _answered(self, results, slot):
@@ -280,7 +283,10 @@ class UnwrapPool(Service):
         release = self._release
         while release and release[0][1] is not _WAITING:
             d, results = release.popleft()
-            d.callback(results)
+            if isinstance(results, Failure):
+                d.errback(results)
+            else:
+                d.callback(results)
 
     def unwrap_here(self, packets, kind=FINAL):
         """:returns: the results of ``packets``, unwrapped on this thread."""

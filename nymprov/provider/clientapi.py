@@ -68,7 +68,6 @@ class _Pending:
         self.estimate = estimate
 
 
-@implementer(IHandshakeListener)
 class HeldLeases:
     """The newest ``limit`` (address, lease id) pairs, oldest dropped first."""
 
@@ -95,6 +94,7 @@ class HeldLeases:
         return len(self._held)
 
 
+@implementer(IHandshakeListener)
 class ClientApiProtocol(RequestHandlers, AnswerBudget, Int32StringReceiver, FrameDeadlines):
     """
     One client connection: decodes requests, runs them against the store

@@ -8,7 +8,7 @@ import hashlib
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
-from nymprov.errors import PacketRefused, UnknownLease
+from nymprov.errors import ClientRevoked, PacketRefused, UnknownLease
 from nymprov.net.connlimit import peer_network
 from nymprov.sphinx.errors import ReplayedPacket, SphinxError
 from nymprov.wire import clientapi as api
@@ -88,7 +88,12 @@ class RequestHandlers:
             self.log.debug("client {client} registered", client=_short(request.address))
             return api.Registered(token, request_id=request.request_id)
 
-        return d.addCallback(registered)
+        def revoked(failure):
+            # Revoked while this registration was under way.
+            failure.trap(ClientRevoked)
+            raise _refusal(ErrorCode.INVITE_REQUIRED, "registration needs a valid invite")
+
+        return d.addCallbacks(registered, revoked)
 
     def _handle_auth(self, request):
         # A failed AUTH leaves the connection unauthenticated, whatever it

@@ -8,7 +8,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import fail, succeed
 from zope.interface import implementer
 
-from nymprov.errors import StoreError, UnknownLease
+from nymprov.errors import ClientRevoked, StoreError, UnknownLease
 from nymprov.interfaces import IInboxStore, IReplayCache
 from nymprov.storage.bloom import TAG_SIZE
 from nymprov.storage.leases import check_lease_id, check_lease_request, new_lease_id
@@ -103,6 +103,8 @@ class MemoryStore(Service):
         check_time(now)
         check_bytes("address", address)
         check_bytes("token_hash", token_hash)
+        if self._tokens.get(address) == REVOKED_TOKEN_HASH != token_hash:
+            raise ClientRevoked("revoked by the operator")
         self._tokens[address] = token_hash
         self._quotas.add_client(address)
         self._inboxes.setdefault(address, {})

@@ -10,7 +10,7 @@ import sqlite3
 
 from twisted.logger import Logger
 
-from nymprov.errors import StoreError
+from nymprov.errors import ClientRevoked, StoreError
 from nymprov.storage import schema
 from nymprov.storage.bloom import TAG_SIZE
 from nymprov.storage.tokens import REVOKED_TOKEN_HASH
@@ -125,12 +125,17 @@ class SQLiteFile:
 
     def register(self, address, token_hash, now):
         with self.transaction():
-            self.db.execute(
+            # A revoked client's row keeps its hash (a registration that
+            # raced the revocation must not undo it).
+            cursor = self.db.execute(
                 "INSERT INTO clients (address, token_hash, registered) VALUES (?, ?, ?)"
                 " ON CONFLICT (address) DO UPDATE"
-                " SET token_hash = excluded.token_hash, registered = excluded.registered",
-                (address, token_hash, now),
+                " SET token_hash = excluded.token_hash, registered = excluded.registered"
+                " WHERE clients.token_hash != ? OR excluded.token_hash = ?",
+                (address, token_hash, now, REVOKED_TOKEN_HASH, REVOKED_TOKEN_HASH),
             )
+            if cursor.rowcount == 0:
+                raise ClientRevoked("revoked by the operator")
 
     def token_hash(self, address):
         row = self.db.execute("SELECT token_hash FROM clients WHERE address = ?", (address,)).fetchone()

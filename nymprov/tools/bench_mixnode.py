@@ -91,6 +91,8 @@ async def _one_run(reactor, args, config, topology, paths):
         elapsed = time.perf_counter() - start
         end_times = os.times()
         forwarded = counters.get("packets.forwarded")
+        if not forwarded:
+            raise RuntimeError(f"nothing was forwarded: {counters.snapshot()}")
         return {
             "pps": forwarded / elapsed,
             "forwarded": forwarded,

@@ -9,7 +9,7 @@ one order, so that no two transactions can wait for each other: replay tags
 (sorted), then client rows (sorted by address), then message rows.
 """
 
-from nymprov.errors import InboxFull, UnknownDestination
+from nymprov.errors import ClientRevoked, InboxFull, UnknownDestination
 from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 
 #: Channel of the notices that a client's token changed or it was forgotten;
@@ -90,12 +90,17 @@ def register(connection, address, token_hash, now):
     Create the client or replace its token, and tell every process.
     """
     with connection.transaction(), connection.cursor() as cursor:
+        # A revoked client's row keeps its hash (a registration that raced
+        # the revocation, perhaps in another process, must not undo it).
         cursor.execute(
             "INSERT INTO clients (address, token_hash, registered) VALUES (%s, %s, %s)"
             " ON CONFLICT (address) DO UPDATE"
-            " SET token_hash = excluded.token_hash, registered = excluded.registered",
-            (address, token_hash, now),
+            " SET token_hash = excluded.token_hash, registered = excluded.registered"
+            " WHERE clients.token_hash <> %s OR excluded.token_hash = %s RETURNING address",
+            (address, token_hash, now, REVOKED_TOKEN_HASH, REVOKED_TOKEN_HASH),
         )
+        if cursor.fetchone() is None:
+            raise ClientRevoked("revoked by the operator")
         # Delivered at commit, to every listening process (this one too).
         cursor.execute("SELECT pg_notify(%s, %s)", (CLIENTS_CHANNEL, "r" + address.hex() + token_hash.hex()))
 
