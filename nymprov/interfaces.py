@@ -214,8 +214,9 @@ class IInboxStore(Interface):
         :returns: whether the operator revoked ``address``: its token hash
             is ``nymprov.storage.tokens.REVOKED_TOKEN_HASH`` (registering
             that hash revokes; FORGET ends it).  Registering any other
-            hash for a revoked address fails with ``ClientRevoked``.  Answered from memory, the
-            same on every process that shares the store.
+            hash for a revoked address fails with ``ClientRevoked``.
+            Answered from memory, the same on every process that shares
+            the store.
         """
 
     def release(address, lease_id):

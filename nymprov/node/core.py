@@ -339,14 +339,11 @@ class NodeCore:
             return [self._forward_hop(packet, next_allowed, ending_here, rotation)
                     for packet, rotation in zip(packets, rotations)]
         arrived = self._clock.seconds()
-        results, admitted, waiting = [], [], []
-        for packet in packets:
-            if self._busy():
-                results.append(self._refuse(PacketRefused("busy", "too many delayed packets")))
-            else:
-                waiting.append(Deferred())
-                results.append(waiting[-1])
-                admitted.append(packet)
+        room = 0 if self._stopped else max(0, self._max_delayed - len(self._delayed) - self._unwrapping)
+        admitted = packets[:room]
+        waiting = [Deferred() for _ in admitted]
+        results = waiting + [self._refuse(PacketRefused("busy", "too many delayed packets"))
+                             for _ in packets[room:]]
         if admitted:
             try:
                 unwrapped = self._unwrapper.unwrap_many(admitted, FORWARD)

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 import nymprov
-from nymprov.node.unwrap import FINAL, UNWRAPPERS, BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame
+from nymprov.node.unwrap import FINAL, BatchFormatError, FrameReader, decode_outcomes, encode_packets, frame, unwrap_batch
 
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(nymprov.__file__)))
 
@@ -291,9 +291,7 @@ class UnwrapPool(Service):
     def unwrap_here(self, packets, kind=FINAL):
         """:returns: the results of ``packets``, unwrapped on this thread."""
         self.batches_here += 1
-        keypair = self.keypair
-        unwrap = UNWRAPPERS[kind]
-        return [unwrap(packet, keypair) for packet in packets]
+        return unwrap_batch(kind, packets, self.keypair)
 
     def _worker_ended(self, worker, reason):
         self._workers.remove(worker)

@@ -78,6 +78,12 @@ def unwrap_any(packet, keypair):
 UNWRAPPERS = {FINAL: unwrap_final, FORWARD: unwrap_any}
 
 
+def unwrap_batch(kind, packets, keypair):
+    """:returns: the results of ``packets`` of ``kind`` (FINAL or FORWARD), in order."""
+    unwrap = UNWRAPPERS[kind]
+    return [unwrap(packet, keypair) for packet in packets]
+
+
 def frame(body):
     """:returns: ``body`` with its length prefix."""
     return len(body).to_bytes(LENGTH_PREFIX, "big") + body

@@ -3,8 +3,8 @@ An unwrap worker process: ``python -m nymprov.node.worker``.
 
 Its standard input is a socket to the node. It reads frames of
 :mod:`nymprov.node.unwrap` from it: first the node's 32-byte Sphinx private key,
-then batches of packets (final or forward hops); it answers each batch on the same socket with its
-results, in order. It exits when its input ends, which is how the node
+then batches of packets (final or forward hops); it answers each batch on
+the same socket with its results, in order. It exits when its input ends, which is how the node
 stops it, and also what happens if the node dies. Malformed input ends it
 with status 2: the node then unwraps that batch itself.
 """
@@ -14,7 +14,7 @@ import signal
 import sys
 
 from nymprov.sphinx import KeyPair
-from nymprov.node.unwrap import UNWRAPPERS, BatchFormatError, FrameReader, decode_packets, encode_outcomes
+from nymprov.node.unwrap import BatchFormatError, FrameReader, decode_packets, encode_outcomes, unwrap_batch
 
 
 def _write_all(fd, data):
@@ -42,8 +42,7 @@ def serve(read_fd, write_fd):
                     keypair = KeyPair.from_private_bytes(body)
                     continue
                 kind, packets = decode_packets(body)
-                unwrap = UNWRAPPERS[kind]
-                _write_all(write_fd, encode_outcomes([unwrap(packet, keypair) for packet in packets]))
+                _write_all(write_fd, encode_outcomes(unwrap_batch(kind, packets, keypair)))
         except (BatchFormatError, ValueError):
             return 2
 

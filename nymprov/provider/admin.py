@@ -112,8 +112,7 @@ class ProviderAdmin:
     def forget(self, text):
         """The client's registration and messages are deleted and its sessions end."""
         address = parse_client(text)
-        known = self._store.is_registered(address)
-        if not known:
+        if not self._store.is_registered(address):
             raise AdminError(f"no such client: {text}", 404)
         yield self._store.forget(address)
         return {"client": show_client(address), "forgotten": True,

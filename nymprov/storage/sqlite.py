@@ -299,8 +299,6 @@ class SQLiteStore(Service):
                 self._quotas.add_client(address)
                 if token_hash == REVOKED_TOKEN_HASH:
                     self._revoked.add(address)
-                else:
-                    self._revoked.discard(address)
 
         return d.addCallback(registered)
 

@@ -12,12 +12,11 @@ measured in the same process, because these machines are shared and noisy.
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-from nymprov.tools.bench_packets import CLIENTS, Progress, generate_packets
+from nymprov.tools.bench_packets import CLIENTS, Progress, dropped_counts, generate_packets, start_generator
 
 
 # -- unwrap only ---------------------------------------------------------------
@@ -125,11 +124,7 @@ async def _node_benchmark(reactor, args, figures):
         counters = service.counters
         base_rss = _rss_mib()
         samples = []
-        generator = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from nymprov.tools.bench_packets import _stream; "
-             "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])",
-             mix_port.host, str(mix_port.port), *paths]
-        )
+        generator = start_generator(mix_port.host, mix_port.port, paths)
         # The clock starts with the first packet in, not with the generator's
         # interpreter start-up, and stops with the last one stored.
         deadline = time.perf_counter() + args.timeout
@@ -142,9 +137,7 @@ async def _node_benchmark(reactor, args, figures):
         next_sample = 0
         progress = Progress("packets ingested", args.packets)
         while time.perf_counter() < deadline:
-            done = counters.get("packets.delivered") + sum(
-                v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")
-            )
+            done = counters.get("packets.delivered") + sum(dropped_counts(counters).values())
             progress.update(done)
             if done >= next_sample:
                 samples.append((done, _rss_mib()))
@@ -165,7 +158,7 @@ async def _node_benchmark(reactor, args, figures):
         delivered = counters.get("packets.delivered")
         figures["ingest_packets"] = delivered
         figures["ingest_pps"] = delivered / elapsed
-        figures["ingest_dropped"] = {k: v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")}
+        figures["ingest_dropped"] = dropped_counts(counters)
         figures["rss_samples"] = samples
         figures["rss_base_mib"] = base_rss
 

@@ -22,17 +22,13 @@ import tempfile
 import time
 
 from nymprov.tools.bench import measure_unwrap
-from nymprov.tools.bench_packets import Progress, generate_packets
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid):
-    """:returns: user + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        # The command name may hold spaces; the fields after it do not.
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+from nymprov.tools.bench_packets import (
+    Progress,
+    dropped_counts,
+    generate_packets,
+    process_cpu_seconds,
+    start_generator,
+)
 
 
 def _start_sink(workdir):
@@ -68,9 +64,7 @@ async def _one_run(reactor, args, config, topology, paths):
             while len(mix.unwrapper.workers) < config.unwrap_workers:
                 await deferLater(reactor, 0.01, lambda: None)
         port = mix.mix_ports[0].getHost()
-        generator = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from nymprov.tools.bench_packets import _stream; "
-             "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])", port.host, str(port.port), *paths])
+        generator = start_generator(port.host, port.port, paths)
         counters = mix.counters
         deadline = time.perf_counter() + args.timeout
         while counters.get("packets.received", "mix") == 0:
@@ -82,8 +76,7 @@ async def _one_run(reactor, args, config, topology, paths):
         start_workers = sum(process_cpu_seconds(pid) for pid in workers)
         progress = Progress("packets forwarded", args.packets)
         while time.perf_counter() < deadline:
-            done = counters.get("packets.forwarded") + sum(
-                v for k, v in counters.snapshot().items() if k.startswith("packets.dropped"))
+            done = counters.get("packets.forwarded") + sum(dropped_counts(counters).values())
             progress.update(done)
             if done >= args.packets:
                 break
@@ -96,7 +89,7 @@ async def _one_run(reactor, args, config, topology, paths):
         return {
             "pps": forwarded / elapsed,
             "forwarded": forwarded,
-            "dropped": {k: v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")},
+            "dropped": dropped_counts(counters),
             "wall_us": elapsed * 1e6 / forwarded,
             "reactor_us": (time.thread_time() - start_cpu) * 1e6 / forwarded,
             "process_us": (end_times.user + end_times.system - start_times.user - start_times.system)

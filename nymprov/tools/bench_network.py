@@ -68,7 +68,7 @@ QUIET_LIMIT = 60.0
 
 def cpu_seconds(pid):
     """:returns: CPU seconds of process ``pid`` and of its live children (unwrap workers)."""
-    from nymprov.tools.bench_mixnode import process_cpu_seconds
+    from nymprov.tools.bench_packets import process_cpu_seconds
 
     total = process_cpu_seconds(pid)
     for entry in os.listdir("/proc"):

@@ -1,12 +1,14 @@
 """
-What the provider benchmarks share: pre-built packets in files, the load
-generator that streams them to a mix port, and progress lines.
+What the node benchmarks share: pre-built packets in files, the load
+generator that streams them to a mix port, a sink that reads what a node
+sends on, CPU read from ``/proc``, and progress lines.
 """
 
 import hashlib
 import multiprocessing
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -108,6 +110,29 @@ def _sink(port_file):
             with connection:
                 while connection.recv(1 << 20):
                     pass
+
+
+def start_generator(host, port, paths):
+    """:returns: the load generator process streaming the frame files ``paths`` to ``host:port``."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "import sys; from nymprov.tools.bench_packets import _stream; "
+         "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])", host, str(port), *paths])
+
+
+def dropped_counts(counters):
+    """:returns: the ``packets.dropped.REASON`` counters of ``counters``, by name."""
+    return {k: v for k, v in counters.snapshot().items() if k.startswith("packets.dropped")}
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid):
+    """:returns: user + system CPU seconds of process ``pid`` so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name may hold spaces; the fields after it do not.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _stream(host, port, paths):

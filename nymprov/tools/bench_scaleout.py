@@ -23,7 +23,7 @@ import tempfile
 import time
 from urllib.parse import quote
 
-from nymprov.tools.bench_packets import CLIENTS, Progress, generate_packets
+from nymprov.tools.bench_packets import CLIENTS, Progress, generate_packets, start_generator
 
 #: Concurrent pull-and-ack loops.
 PULLERS = 8
@@ -120,10 +120,7 @@ def _stream_split(providers, paths):
     for number, provider in enumerate(providers):
         share = paths[number::len(providers)]
         host, port = provider.ports["mix link"]
-        generators.append(subprocess.Popen(
-            [sys.executable, "-c", "import sys; from nymprov.tools.bench_packets import _stream; "
-             "_stream(sys.argv[1], int(sys.argv[2]), sys.argv[3:])", host, str(port), *share]
-        ))
+        generators.append(start_generator(host, port, share))
     return generators
 
 

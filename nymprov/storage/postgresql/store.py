@@ -268,7 +268,8 @@ class PostgresStore(Service):
             return
         if kind == "r":
             self._registered.add(address)
-            self._note_token(address, token_hash)
+            if token_hash == REVOKED_TOKEN_HASH:
+                self._revoked.add(address)
         else:
             self._registered.discard(address)
             self._revoked.discard(address)
@@ -306,7 +307,8 @@ class PostgresStore(Service):
         def registered(_):
             # At once for this process; the notice tells the others.
             self._registered.add(address)
-            self._note_token(address, token_hash)
+            if token_hash == REVOKED_TOKEN_HASH:
+                self._revoked.add(address)
 
         return self._run(queries.register, address, token_hash, now).addCallback(registered)
 
@@ -330,12 +332,6 @@ class PostgresStore(Service):
     def is_revoked(self, address):
         """IInboxStore API"""
         return address in self._revoked
-
-    def _note_token(self, address, token_hash):
-        if token_hash == REVOKED_TOKEN_HASH:
-            self._revoked.add(address)
-        else:
-            self._revoked.discard(address)
 
     def append(self, address, message, now):
         """IInboxStore API"""
