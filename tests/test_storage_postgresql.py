@@ -299,3 +299,33 @@ class SharedDatabaseTests(TestCase):
         self.assertTrue((yield store.check_and_record(tag(1))))
         _, messages = yield store.lease(ALICE, 20, T0, 30)
         self.assertEqual(sorted(b for _, b in messages), sorted([b"kept%d" % i for i in range(10)] + [b"after"]))
+
+
+class SchemasApartTests(TestCase):
+    """Two providers in two schemas of one database share nothing."""
+
+    @inlineCallbacks
+    def test_notices_stay_in_their_schema(self):
+        """
+        A registration in one schema is not told to a store of another
+        (the notice channel was database-wide: another provider's notices
+        added its clients to this one's and closed sessions of the same
+        address here).  Notices arrive in commit order, so once this
+        store has heard its own later registration, it would have heard
+        the other's.
+        """
+        stores = []
+        for _ in range(2):
+            store = PostgresStore(reactor, fresh_schema(self), StoreLimits())
+            yield store.start()
+            self.addCleanup(store.close)
+            stores.append(store)
+        other, here = stores
+        told = []
+        here.add_client_observer(lambda address, token_hash: told.append(address))
+        yield Deferred.fromCoroutine(wait_for(lambda: None in told, "listening"))
+        yield other.register(ALICE, token_hash(ALICE), T0)
+        yield here.register(BOB, token_hash(BOB), T0)
+        yield Deferred.fromCoroutine(wait_for(lambda: BOB in told, "this schema's own notice"))
+        self.assertNotIn(ALICE, told)
+        self.assertFalse(here.is_registered(ALICE))

@@ -7,9 +7,10 @@ import secrets
 import threading
 
 import psycopg
+from psycopg import sql
 from twisted.logger import Logger
 
-from nymprov.storage.postgresql.queries import CLIENTS_CHANNEL
+from nymprov.storage.postgresql.queries import clients_channel
 
 #: Seconds between reconnection attempts while the database is away.
 RECONNECT_DELAY = 1.0
@@ -20,8 +21,9 @@ POLL_SECONDS = 1.0
 
 class ClientNotices:
     """
-    A thread that listens on ``CLIENTS_CHANNEL`` with a connection of its
-    own, and hands each notice to the reactor thread.
+    A thread that listens on its schema's clients channel
+    (:func:`~nymprov.storage.postgresql.queries.clients_channel`) with a
+    connection of its own, and hands each notice to the reactor thread.
 
     :param reactor: gets ``callFromThread``.
     :param conninfo: the database's connection string.
@@ -42,6 +44,7 @@ class ClientNotices:
         self._on_resync = on_resync
         self._stopping = threading.Event()
         self._thread = None
+        self._channel = None
         #: A channel only this listener hears: a notice on it wakes the
         #: thread to stop without waiting for the poll.
         self.wake_channel = "nymprov_wake_" + secrets.token_hex(8)
@@ -65,7 +68,8 @@ class ClientNotices:
         while not self._stopping.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True) as connection:
-                    connection.execute(f"LISTEN {CLIENTS_CHANNEL}")
+                    self._channel = clients_channel(connection)
+                    connection.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
                     connection.execute(f"LISTEN {self.wake_channel}")
                     if connected_before:
                         self.log.info("listening for client notices again")
@@ -83,7 +87,7 @@ class ClientNotices:
                 self._stopping.wait(RECONNECT_DELAY)
 
     def _deliver(self, notice):
-        if notice.channel != CLIENTS_CHANNEL:
+        if notice.channel != self._channel:
             return
         kind, text = notice.payload[:1], notice.payload[1:]
         try:

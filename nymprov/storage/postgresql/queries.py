@@ -17,6 +17,16 @@ from nymprov.storage.tokens import REVOKED_TOKEN_HASH
 #: and the address in hex.
 CLIENTS_CHANNEL = "nymprov_clients"
 
+#: The channel's name for the schema the tables are in (the first of the
+#: connection's search_path): notices are database-wide, and providers in
+#: two schemas of one database must not hear each other's.
+CHANNEL_SQL = "%s || '_' || md5(current_schema())"
+
+
+def clients_channel(connection):
+    """:returns: the notice channel of the schema ``connection`` works in."""
+    return connection.execute(f"SELECT {CHANNEL_SQL}", (CLIENTS_CHANNEL,)).fetchone()[0]
+
 #: Key of the advisory lock that lets one process at a time expire
 #: ("nymexp" in ASCII).
 EXPIRY_LOCK = 0x6E796D657870
@@ -102,7 +112,8 @@ def register(connection, address, token_hash, now):
         if cursor.fetchone() is None:
             raise ClientRevoked("revoked by the operator")
         # Delivered at commit, to every listening process (this one too).
-        cursor.execute("SELECT pg_notify(%s, %s)", (CLIENTS_CHANNEL, "r" + address.hex() + token_hash.hex()))
+        cursor.execute(f"SELECT pg_notify({CHANNEL_SQL}, %s)",
+                       (CLIENTS_CHANNEL, "r" + address.hex() + token_hash.hex()))
 
 
 def token_hash(connection, address):
@@ -190,7 +201,7 @@ def forget(connection, address):
         cursor.execute("SELECT 1 FROM clients WHERE address = %s FOR UPDATE", (address,))
         cursor.execute("DELETE FROM messages WHERE address = %s", (address,))
         cursor.execute("DELETE FROM clients WHERE address = %s", (address,))
-        cursor.execute("SELECT pg_notify(%s, %s)", (CLIENTS_CHANNEL, "f" + address.hex()))
+        cursor.execute(f"SELECT pg_notify({CHANNEL_SQL}, %s)", (CLIENTS_CHANNEL, "f" + address.hex()))
 
 
 def expire(connection, oldest_kept):
