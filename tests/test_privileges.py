@@ -68,12 +68,12 @@ class DropPrivilegesTests(TestCase):
         return ensureDeferred(self.fresh_data_dir())
 
     async def fresh_data_dir(self):
-        # The user must reach the data directory: a parent it may traverse.
-        parent = os.path.abspath(self.mktemp())
-        os.makedirs(parent)
-        for directory in (os.path.dirname(parent), parent):
-            # mktemp's own directory is private to root.
-            os.chmod(directory, 0o711)
+        # The user must reach the data directory: a parent it may traverse,
+        # outside the checkout, whose own ancestors may be private to root
+        # (a clone in a directory made by mktemp -d is).
+        parent = tempfile.mkdtemp(prefix="nymprov-priv-data-")
+        self.addCleanup(shutil.rmtree, parent, True)
+        os.chmod(parent, 0o711)
         data_dir = os.path.join(parent, "data")
         mix_port = free_low_port()
         pidfile = os.path.join(parent, "twistd.pid")
