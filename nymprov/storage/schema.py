@@ -4,10 +4,10 @@ Creating, checking and upgrading the SQLite store's versioned schema.
 Every function here runs on the store's database thread.
 """
 
-import importlib.resources
 import sqlite3
 
 from nymprov.errors import StoreError
+from nymprov.storage.scripts import load_scripts
 
 CURRENT_VERSION = 2
 
@@ -19,11 +19,15 @@ CURRENT_VERSION = 2
 NEW_FILE_PAGE_SIZE = 16384
 
 
+_SCRIPTS = load_scripts("nymprov.storage")
+
+
 def read_script(name):
     """
     :returns: the text of ``schema/<name>``, shipped as package data.
+    :raises KeyError: for a script that is not there.
     """
-    return importlib.resources.files("nymprov.storage").joinpath("schema", name).read_text("utf-8")
+    return _SCRIPTS[name]
 
 
 def _run_script(db, text):

@@ -7,9 +7,8 @@ whole check-create-upgrade runs in one transaction under an advisory lock,
 so exactly one of them creates or upgrades, and the others find it done.
 """
 
-import importlib.resources
-
 from nymprov.errors import StoreError
+from nymprov.storage.scripts import load_scripts
 
 CURRENT_VERSION = 1
 
@@ -18,11 +17,15 @@ CURRENT_VERSION = 1
 SCHEMA_LOCK = 0x6E796D70726F76
 
 
+_SCRIPTS = load_scripts("nymprov.storage.postgresql")
+
+
 def read_script(name):
     """
     :returns: the text of ``schema/<name>``, shipped as package data.
+    :raises KeyError: for a script that is not there.
     """
-    return importlib.resources.files("nymprov.storage.postgresql").joinpath("schema", name).read_text("utf-8")
+    return _SCRIPTS[name]
 
 
 def stored_version(cursor):
