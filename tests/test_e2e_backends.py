@@ -72,8 +72,11 @@ class InProcessMixnet:
         self._test = test
         self.directory = test.mktemp()
         os.makedirs(self.directory)
-        mix_ports = _free_ports(3)
-        home_ports, service_ports = _free_ports(2), _free_ports(2)
+        # All at once: ports asked for one call at a time may come back
+        # twice (each call releases its ports before the next), and the
+        # topology then lists an address twice.
+        ports = _free_ports(7)
+        mix_ports, home_ports, service_ports = ports[:3], ports[3:5], ports[5:]
         self.mix_configs = []
         mixnodes = []
         for layer, port in enumerate(mix_ports, start=1):
