@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 
 import base58
 from zope.interface import implementer
@@ -135,7 +136,8 @@ def provider_topology(first_layer=(), topology_path=None):
 class _MixLinkNode:
     """What every node of a topology has: keys and a mix-link address."""
 
-    @property
+    # Cached: a client builds routes from these for every packet it sends.
+    @cached_property
     def address(self):
         """The 32-byte Nym node address of its mix link."""
         return encode_address(self.host, self.port)
@@ -150,7 +152,7 @@ class _MixLinkNode:
         """Its identity in base58."""
         return base58.b58encode(self.identity).decode("ascii")
 
-    @property
+    @cached_property
     def route_node(self):
         """The :class:`nymprov.sphinx.Node` to put in a route."""
         return Node(self.address, self.sphinx_key)

@@ -68,8 +68,12 @@ class ShapedEndToEndTests(TestCase):
         out, err, code = await nym_client("bench", "--count", "5", "--delays", "0", "--unshaped")
         self.assertEqual(code, 0, err)
         self.assertIn(b"shaping OFF", out)
-        # The capacity figures: the floor, the share of it, every node's CPU.
+        # The capacity figures: the floor, the share of it, every process's
+        # CPU, each client in a process of its own, every message ACKed.
         self.assertIn(b"floor: a message is its packet and its SURB-ACK", out)
-        self.assertIn(b"received 5 of 5, 0 duplicates", out)
-        for node in (b"mix-1-1", b"mix-2-1", b"mix-3-1", b"provider-1", b"provider-2", b"clients (this process)"):
-            self.assertIn(node, out.split(b"CPU per message:")[1])
+        self.assertIn(b"received 5 of 5, 0 duplicates, 5 acknowledged", out)
+        cpu = out.split(b"CPU per message:")[1]
+        for process in (b"mix-1-1", b"mix-2-1", b"mix-3-1", b"provider-1", b"provider-2",
+                        b"client A1 (sender)", b"client A2 (sender)", b"client B (receiver)"):
+            self.assertIn(process, cpu)
+        self.assertIn(b"beyond the Sphinx work:", out)

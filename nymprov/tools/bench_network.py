@@ -1,23 +1,23 @@
 """
 End-to-end benchmark: the capacity of a local testnet.  Messages/s and
 latency percentiles from client A (provider 1) to client B (provider 2),
-with the CPU each node spent per message, against the floor: the Sphinx
-work one message costs across all its hops (its packet and its SURB-ACK),
-at unwrap costs measured in the same run.
+each client a process of its own, with the CPU each process spent per
+message, against the floor: the Sphinx work one message costs (building
+its packet and its SURB-ACK, and unwrapping both at every hop), at costs
+measured in the same run.
 """
 
 import os
 import statistics
-import struct
 import sys
 import tempfile
 import time
 
-from twisted.internet.defer import DeferredList, TimeoutError as NoMessage, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError as NoMessage, ensureDeferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import react
 from twisted.python import usage
 
-_STAMP = struct.Struct(">dI")  # send time, index
 #: Seconds between the clients' pulls.  Each pull asks for a padded
 #: answer of 64 slots (~140 KB), so pulling much more often makes the
 #: benchmark measure its own pulls.
@@ -30,8 +30,12 @@ class BenchOptions(usage.Options):
         ["count", "n", 10_000, "messages per run", int],
         ["size", "s", 1000, "bytes per message (one fragment up to 1545)", int],
         ["delays", None, "0", "mean per-hop delays to try, in ms, comma-separated"],
-        ["window", "w", 256, "messages sent and not yet received at most (the offered load)", int],
+        ["senders", None, 2, "sending clients of provider 1, each a process", int],
+        ["runs", "r", 1, "runs per delay (their median is printed too)", int],
+        ["window", "w", 512, "messages sent and not yet received at most (the offered load)", int],
         ["dir", None, None, "testnet directory [default: a new temporary one]"],
+        ["unwrap-workers", None, 0, "unwrap worker processes per node (0: each node unwraps on its"
+                                    " reactor; the nodes share this machine's cores already)", int],
         ["send-rate", None, None, "shape the clients' sending at this λ_P, packets per second"
                                   " [default: unshaped, to measure the network]", float],
     ]
@@ -82,76 +86,142 @@ def cpu_seconds(pid):
     return total
 
 
-def cpu_snapshot(net):
-    """:returns: ``{name: CPU seconds}`` of every testnet node, and of this process as ``clients``."""
+def cpu_snapshot(net, peers):
+    """
+    :returns: ``{name: CPU seconds}`` of every testnet node, every client
+        process (``peers``: name -> pid) and this process.
+    """
     snapshot = {name: cpu_seconds(node.pid) for name, node in net.nodes.items() if node.pid}
+    snapshot.update({name: cpu_seconds(pid) for name, pid in peers.items()})
     times = os.times()
-    snapshot["clients (this process)"] = times.user + times.system
+    snapshot["bench (this process)"] = times.user + times.system
     return snapshot
 
 
-async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, window=256):
+class _Peer(ProcessProtocol):
+    """A client process (:mod:`nymprov.tools.bench_peer`): its lines in a queue."""
+
+    def __init__(self, log_path):
+        self.lines = DeferredQueue()
+        self.ended = Deferred()
+        self._partial = b""
+        self._log = open(log_path, "ab")
+
+    def outReceived(self, data):
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            self.lines.put(line.decode("ascii").split())
+
+    def errReceived(self, data):
+        self._log.write(data)
+
+    def say(self, *words):
+        if self.transport is not None and self.transport.pid:
+            self.transport.write((" ".join(str(word) for word in words) + "\n").encode("ascii"))
+
+    async def expect(self, reactor, first_word, timeout=QUIET_LIMIT):
+        """:returns: the next line that starts with ``first_word``, as words."""
+        while True:
+            words = await self.lines.get().addTimeout(timeout, reactor)
+            if words and words[0] == first_word:
+                return words
+
+    def processEnded(self, reason):
+        self._log.close()
+        self.ended.callback(None)
+
+
+def _spawn_peer(reactor, net, role, provider, name, arguments):
+    peer = _Peer(os.path.join(net.directory, "logs", f"bench-{name}.log"))
+    command = [sys.executable, "-m", "nymprov.tools.bench_peer", "--topology", net.topology_path,
+               "--provider", provider.identity_base58, "--pull-interval", repr(PULL_INTERVAL)] + arguments + [role]
+    reactor.spawnProcess(peer, sys.executable, command, env=os.environ)
+    return peer
+
+
+async def _end_peer(reactor, peer):
+    peer.say("stop")
+    peer.transport.closeStdin()
+    try:
+        await peer.ended.addTimeout(QUIET_LIMIT, reactor)
+    except NoMessage:
+        peer.transport.signalProcess("KILL")
+
+
+def _sender_name(number, count):
+    return "client A (sender)" if count == 1 else f"client A{number} (sender)"
+
+
+async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, window=512, senders_count=2):
     """
     Send ``count`` messages from a client of provider 1 to one of provider 2,
-    at most ``window`` of them sent and not yet received at a time.
+    each client in a process of its own, at most ``window`` of them sent and
+    not yet received at a time.
 
     :param dict shaping: client keyword arguments (``shaped``, ``send_rate``).
     :returns: a dict: ``messages_per_second``, ``p50_ms``, ``p95_ms``,
-        ``p99_ms``, ``received`` (distinct messages), ``duplicates``, and
-        ``cpu_us``: microseconds of CPU per message by node.
+        ``p99_ms``, ``received`` (distinct messages), ``duplicates``,
+        ``acknowledged``, and ``cpu_us``: microseconds of CPU per message by
+        process.
     """
-    from nymprov.client import ClientKeys, NymClient
-
     first, second = net.topology.providers
-    # Inboxes are drained (a full batch is pulled again at once), so that
-    # pulls keep up with the load instead of measuring the pull interval.
-    clients = [NymClient(ClientKeys.generate(), net.topology, p.identity, reactor=reactor,
-                         mean_delay=mean_delay_ms / 1000.0, pull_interval=PULL_INTERVAL, pull_drain=True,
-                         **(shaping or {}))
-               for p in (first, second)]
-    for client in clients:
-        await client.start()
-    alice, bob = clients
-    sends = []
+    common = ["--size", str(size), "--mean-delay", repr(mean_delay_ms / 1000.0)]
+    if shaping and shaping.get("shaped"):
+        common += ["--send-rate", repr(shaping["send_rate"])]
+    receiver = _spawn_peer(reactor, net, "receive", second, "receiver", common)
+    senders = []
     try:
-        padding = bytes(max(0, size - _STAMP.size))
-
-        def send(index):
-            sends.append(alice.send(bob.address, _STAMP.pack(time.monotonic(), index) + padding))
-
-        before = cpu_snapshot(net)
+        address = (await receiver.expect(reactor, "address"))[1]
+        for number in range(1, senders_count + 1):
+            senders.append(_spawn_peer(reactor, net, "send", first, f"sender-{number}",
+                                       common + ["--recipient", address]))
+        for sender in senders:
+            await sender.expect(reactor, "ready")
+        peers = {"client B (receiver)": receiver.transport.pid}
+        peers.update({_sender_name(number, senders_count): sender.transport.pid
+                      for number, sender in enumerate(senders, start=1)})
+        before = cpu_snapshot(net, peers)
         started = time.monotonic()
-        for index in range(min(window, count)):
-            send(index)
         next_index = min(window, count)
+        share = -(-next_index // len(senders))
+        for number, sender in enumerate(senders):
+            first = number * share
+            sender.say("send", first, max(0, min(share, next_index - first)))
+        turn = 0
         latencies, seen, duplicates = [], set(), 0
         while len(seen) < count:
             # A message lost for good would hold the window, and the run,
             # for ever: after a quiet minute the run ends with what came.
-            got = bob.inbox.get()
             try:
-                message = await got.addTimeout(QUIET_LIMIT, reactor)
+                words = await receiver.expect(reactor, "got")
             except NoMessage:
                 break
-            sent_at, index = _STAMP.unpack_from(message.data)
+            index = int(words[1])
             if index in seen:
                 duplicates += 1
                 continue
             seen.add(index)
-            latencies.append(time.monotonic() - sent_at)
+            latencies.append(float(words[2]))
             if next_index < count:
-                send(next_index)
+                senders[turn].say("send", next_index, 1)
+                turn = (turn + 1) % len(senders)
                 next_index += 1
         elapsed = time.monotonic() - started
-        after = cpu_snapshot(net)
+        after = cpu_snapshot(net, peers)
         if not seen:
             raise RuntimeError(f"no message arrived within {QUIET_LIMIT:g} s")
+        acknowledged = retransmitted = 0
         if len(seen) == count:
             # Every message arrived: their ACKs follow at once.
-            await DeferredList(sends, consumeErrors=True)
+            for sender in senders:
+                sender.say("finish")
+            for sender in senders:
+                words = await sender.expect(reactor, "done", QUIET_LIMIT + 10)
+                acknowledged += int(words[1])
+                retransmitted += int(words[3])
     finally:
-        for client in clients:
-            await client.stop()
+        for peer in senders + [receiver]:
+            await _end_peer(reactor, peer)
     return {
         "messages_per_second": len(seen) / elapsed,
         "p50_ms": 1000 * percentile(latencies, 0.50),
@@ -159,71 +229,167 @@ async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, windo
         "p99_ms": 1000 * percentile(latencies, 0.99),
         "received": len(seen),
         "duplicates": duplicates,
+        "acknowledged": acknowledged,
+        "retransmitted": retransmitted,
         "cpu_us": {name: (after[name] - before[name]) * 1e6 / len(seen) for name in after if name in before},
     }
 
 
-def measure_floor(rounds=3, per_round=1000):
+def measure_message_work(layers=3, rounds=5, per_round=300):
     """
-    :returns: ``(forward-hop µs, final-hop µs, X25519 µs)``, medians,
-        measured in this process.
-    """
-    from nymprov.tools.bench import measure_unwrap
+    Time the Sphinx work of one message in this process: building its
+    packet and its SURB-ACK (as a client does, over ``layers`` mixes and a
+    provider), and unwrapping each at every hop (as the nodes do).
 
-    forward, x25519 = measure_unwrap(rounds, per_round, forward=True)
-    final, more_x25519 = measure_unwrap(rounds, per_round)
-    return statistics.median(forward), statistics.median(final), statistics.median(x25519 + more_x25519)
+    :returns: ``{part: median microseconds}`` for ``build_packet``,
+        ``build_ack``, ``forward_packet`` and ``forward_ack`` (one forward
+        hop, averaged over the layers), ``final_packet`` and ``final_ack``
+        (the final hop, its message recovered), and ``x25519``.
+    """
+    from nacl.bindings import crypto_scalarmult
+
+    from nymprov.sphinx import SURB, Destination, KeyPair, Node, PacketSize, build_packet, encode_address
+    from nymprov.sphinx import process_packet
+
+    keys = [KeyPair.generate() for _ in range(layers + 1)]
+    route = [Node(encode_address("127.0.0.1", 1790 + hop), key.public_bytes) for hop, key in enumerate(keys)]
+    destination = Destination(bytes(32), bytes(16))
+    delays = [0] * len(route)
+    message = bytes(PacketSize.REGULAR.plaintext // 2)
+    ack = bytes(PacketSize.ACK.plaintext)
+    points = [KeyPair.generate().public_bytes for _ in range(per_round)]
+    timings = {part: [] for part in ("build_packet", "build_ack", "forward_packet", "forward_ack",
+                                     "final_packet", "final_ack", "x25519")}
+
+    def timed(part, function, items, per=1):
+        start = time.perf_counter()
+        results = [function(item) for item in items]
+        timings[part].append((time.perf_counter() - start) / (len(items) * per) * 1e6)
+        return results
+
+    def unwrap_all(kind, packets):
+        start = time.perf_counter()
+        for key in keys[:-1]:
+            packets = [process_packet(packet, key).packet for packet in packets]
+        timings[f"forward_{kind}"].append((time.perf_counter() - start) / (len(packets) * layers) * 1e6)
+        timed(f"final_{kind}", lambda packet: process_packet(packet, keys[-1]).message(), packets)
+
+    for _ in range(rounds):
+        packets = timed("build_packet", lambda _: build_packet(message, route, delays, destination),
+                        range(per_round))
+        acks = timed("build_ack",
+                     lambda _: SURB.create(route, delays, destination).use(ack, PacketSize.ACK.payload_size)[1],
+                     range(per_round))
+        unwrap_all("packet", packets)
+        unwrap_all("ack", acks)
+        secret = keys[0].private_bytes
+        timed("x25519", lambda point: crypto_scalarmult(secret, point), points)
+    return {part: statistics.median(values) for part, values in timings.items()}
 
 
-def describe_floor(net, forward_us, final_us, x25519_us, cores):
+def floor_per_message(work, layers):
+    """:returns: microseconds of Sphinx work per message, from :func:`measure_message_work`'s parts."""
+    return (work["build_packet"] + work["build_ack"]
+            + layers * (work["forward_packet"] + work["forward_ack"])
+            + work["final_packet"] + work["final_ack"])
+
+
+def describe_floor(work, layers, cores):
     """
-    The floor's lines, and the floor in messages/s: a message is its packet
-    (one forward hop per mix layer, a final hop at the recipient's
-    provider) and its SURB-ACK (the same back to the sender's provider);
-    the sender's provider only relays the packet (the Nym route).
+    The floor's lines, and the floor in messages/s.  A message costs the
+    Sphinx work of its packet and its SURB-ACK: building both (the sender),
+    a forward hop of each at every mix layer, and a final hop of each (the
+    recipient's provider, then the sender's).  In the Nym route the
+    sender's provider only relays the packet, unwrapping nothing.
     """
-    layers = len(net.topology.layers)
-    per_message = 2 * (layers * forward_us + final_us)
+    per_message = floor_per_message(work, layers)
     floor = cores * 1e6 / per_message
+    x = work["x25519"]
+
+    def part(name):
+        return f"{work[name]:.1f} us ({work[name] / x:.2f} x)"
+
     lines = [
-        f"  X25519 {x25519_us:.1f} us; forward-hop unwrap {forward_us:.1f} us ({forward_us / x25519_us:.2f} x),"
-        f" final-hop unwrap {final_us:.1f} us ({final_us / x25519_us:.2f} x)",
-        f"  floor: a message is its packet and its SURB-ACK, each {layers} forward hops and a final hop:"
-        f" {per_message:.0f} us of Sphinx work; {cores} core(s) allow {floor:.0f} messages/s",
+        f"  X25519 {x:.1f} us; building a packet {part('build_packet')}, a SURB-ACK {part('build_ack')}",
+        f"  unwrapping a packet: forward hop {part('forward_packet')}, final hop {part('final_packet')};"
+        f" a SURB-ACK: forward hop {part('forward_ack')}, final hop {part('final_ack')}",
+        f"  floor: a message is its packet and its SURB-ACK, each built once, {layers} forward hops and a final"
+        f" hop: {per_message:.0f} us of Sphinx work; {cores} core(s) allow {floor:.0f} messages/s",
     ]
     return lines, floor
+
+
+def sphinx_share(name, work, senders=1):
+    """
+    :returns: the microseconds of Sphinx work per message that process
+        ``name`` does by the floor's count (each of ``senders`` builds its
+        share of the packets), or ``None`` for a process outside the
+        message's path.
+    """
+    if name.startswith("mix-"):
+        return work["forward_packet"] + work["forward_ack"]
+    if name.startswith("client A"):
+        return (work["build_packet"] + work["build_ack"]) / senders
+    return {
+        "client B (receiver)": 0.0,
+        "provider-1": work["final_ack"],
+        "provider-2": work["final_packet"],
+    }.get(name)
+
+
+def describe_cpu(cpu, work, floor, cores, senders=1):
+    """The lines of CPU per message by process, and what each spent beyond its Sphinx work."""
+    total = sum(cpu.values())
+    lines = ["    CPU per message: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(cpu.items()))
+             + f"; all {total:.0f} us (the floor's Sphinx work: {cores * 1e6 / floor:.0f} us)"]
+    shares = {name: sphinx_share(name, work, senders) for name in cpu}
+    beyond = {name: us - shares[name] for name, us in cpu.items() if shares[name] is not None}
+    lines.append("    beyond the Sphinx work: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(beyond.items()))
+                 + f"; the rest {total - sum(beyond.values()) - cores * 1e6 / floor:.0f} us")
+    return lines
 
 
 async def _bench(reactor, options, out):
     from nymprov.tools.testnet import Testnet
 
     cores = os.cpu_count() or 1
-    forward_us, final_us, x25519_us = measure_floor()
+    layers = 3
+    work = measure_message_work(layers)
     directory = options["dir"] or tempfile.mkdtemp(prefix="nym-bench-")
-    net = Testnet(directory, layers=3, per_layer=1, providers=2, reactor=reactor,
-                  extra_arguments={"provider-1": RAISED_LIMITS, "provider-2": RAISED_LIMITS})
+    workers = ["--unwrap-workers", str(options["unwrap-workers"])]
+    extra = {f"mix-{layer}-1": workers for layer in range(1, layers + 1)}
+    extra.update({f"provider-{n}": RAISED_LIMITS + workers for n in (1, 2)})
+    net = Testnet(directory, layers=layers, per_layer=1, providers=2, reactor=reactor, extra_arguments=extra)
     await net.start()
     try:
-        print(f"end to end through 3 layers and 2 providers on loopback; {options['count']} messages of"
-              f" {options['size']} bytes, client A (provider 1) to B (provider 2), at most"
-              f" {options['window']} in flight; providers' send and ACK limits raised", file=out)
+        print(f"end to end through {layers} layers and 2 providers on loopback; {options['count']} messages of"
+              f" {options['size']} bytes, {options['senders']} client(s) A of provider 1 to B of provider 2,"
+              f" each client a process,"
+              f" at most {options['window']} in flight; providers' send and ACK limits raised;"
+              f" {options['unwrap-workers']} unwrap worker(s) per node", file=out)
         kwargs = shaping(options)
         print(f"  {describe_shaping(kwargs)}", file=out)
-        lines, floor = describe_floor(net, forward_us, final_us, x25519_us, cores)
+        lines, floor = describe_floor(work, layers, cores)
         for line in lines:
             print(line, file=out)
         for delay in [float(d) for d in options["delays"].split(",")]:
-            result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs,
-                                    options["window"])
-            rate = result["messages_per_second"]
-            print(f"  mean delay {delay:5.1f} ms/hop: {rate:7.1f} messages/s ({rate / floor:.0%} of the floor),"
-                  f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms;"
-                  f" received {result['received']} of {options['count']}, {result['duplicates']} duplicates",
-                  file=out, flush=True)
-            cpu = result["cpu_us"]
-            print("    CPU per message: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(cpu.items()))
-                  + f"; all {sum(cpu.values()):.0f} us (the floor's Sphinx work:"
-                  f" {cores * 1e6 / floor:.0f} us)", file=out, flush=True)
+            rates = []
+            for _ in range(options["runs"]):
+                result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs,
+                                        options["window"], options["senders"])
+                rate = result["messages_per_second"]
+                rates.append(rate)
+                print(f"  mean delay {delay:5.1f} ms/hop: {rate:7.1f} messages/s ({rate / floor:.0%} of the floor),"
+                      f" latency p50 {result['p50_ms']:7.1f} ms, p99 {result['p99_ms']:7.1f} ms;"
+                      f" received {result['received']} of {options['count']}, {result['duplicates']} duplicates,"
+                      f" {result['acknowledged']} acknowledged, {result['retransmitted']} packets sent again",
+                      file=out, flush=True)
+                for line in describe_cpu(result["cpu_us"], work, floor, cores, options["senders"]):
+                    print(line, file=out, flush=True)
+            if len(rates) > 1:
+                median = statistics.median(rates)
+                print(f"  mean delay {delay:5.1f} ms/hop, median of {len(rates)} runs: {median:7.1f} messages/s"
+                      f" ({median / floor:.0%} of the floor)", file=out, flush=True)
     finally:
         await net.stop()
 

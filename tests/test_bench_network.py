@@ -1,0 +1,64 @@
+"""
+The arithmetic of ``nym-client bench``: the floor and each process's share
+of it.  The benchmark itself runs end to end in ``test_e2e_shaped``.
+"""
+
+from twisted.trial.unittest import TestCase
+
+from nymprov.tools import bench_network, bench_peer
+
+WORK = {"build_packet": 240.0, "build_ack": 215.0, "forward_packet": 88.0, "forward_ack": 80.0,
+        "final_packet": 54.0, "final_ack": 47.0, "x25519": 31.0}
+LAYERS = 3
+
+
+def path_processes(senders):
+    names = [f"mix-{layer}-1" for layer in range(1, LAYERS + 1)] + ["provider-1", "provider-2",
+                                                                  "client B (receiver)"]
+    return names + [bench_network._sender_name(number, senders) for number in range(1, senders + 1)]
+
+
+class FloorTests(TestCase):
+    def test_shares_add_up_to_the_floor(self):
+        """
+        Each process's Sphinx share, over the whole path, is the floor's
+        work per message, with one sender or several; the bench process
+        itself has none.
+        """
+        for senders in (1, 2, 3):
+            total = sum(bench_network.sphinx_share(name, WORK, senders) for name in path_processes(senders))
+            self.assertAlmostEqual(total, bench_network.floor_per_message(WORK, LAYERS))
+        self.assertIsNone(bench_network.sphinx_share("bench (this process)", WORK))
+
+    def test_floor_counts_building_and_every_hop(self):
+        """Both packets are built once, unwrapped at every layer and at their final hop."""
+        per_message = 240 + 215 + 3 * (88 + 80) + 54 + 47
+        self.assertEqual(bench_network.floor_per_message(WORK, LAYERS), per_message)
+        lines, floor = bench_network.describe_floor(WORK, LAYERS, cores=2)
+        self.assertAlmostEqual(floor, 2e6 / per_message)
+        self.assertIn(f"{per_message:.0f} us of Sphinx work", lines[-1])
+
+    def test_what_remains_beyond_the_sphinx_work(self):
+        """The "beyond" line subtracts each process's share from its CPU."""
+        cpu = {name: 100.0 + (bench_network.sphinx_share(name, WORK, 2) or 0.0) for name in path_processes(2)}
+        cpu["bench (this process)"] = 7.0
+        lines = bench_network.describe_cpu(cpu, WORK, 2e6 / bench_network.floor_per_message(WORK, LAYERS),
+                                           cores=2, senders=2)
+        for name in path_processes(2):
+            self.assertIn(f"{name} 100 us", lines[1])
+        self.assertIn("the rest 7 us", lines[1])
+
+    def test_measured_parts(self):
+        """The measurement really builds and unwraps both kinds of packet through every hop."""
+        work = bench_network.measure_message_work(LAYERS, rounds=1, per_round=3)
+        self.assertEqual(set(work), set(WORK))
+        for part, microseconds in work.items():
+            self.assertGreater(microseconds, 0, part)
+
+
+class PeerOptionsTests(TestCase):
+    def test_a_sender_needs_a_recipient(self):
+        """A client process without what its role needs is a usage error."""
+        for args in (["send"], ["--topology", "t.json", "--provider", "x", "send"],
+                     ["--topology", "t.json", "--provider", "x", "listen"]):
+            self.assertEqual(bench_peer.main(args), 2, args)
