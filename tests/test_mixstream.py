@@ -120,7 +120,7 @@ class LossRecoveryTests(SynchronousTestCase):
         """:returns: ``(simulated seconds until all arrived, frames sent)`` with a 3 s initial time-out."""
         pair = _Pair(loss=loss, seed=seed, delay=0.1, window=64, max_attempts=10)
         for end in pair.ends.values():
-            end._rto = 3.0
+            end._rto.timeout = 3.0
         for i in range(count):
             pair.ends["a"].send(DATA, b"%d" % i)
         elapsed = 0.0

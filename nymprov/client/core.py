@@ -38,12 +38,15 @@ from nymprov.client.stream import (
     pull_interval_keeping_up,
 )
 from nymprov.metrics import Counters
+from nymprov.net.roundtrip import RetransmissionTimeout
 from nymprov.sphinx import SURB
 from nymprov.wire import clientapi as api
 from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
 
 #: Most messages one PULL asks for (the provider's default ``pull_max``).
 DEFAULT_PULL_BATCH = 64
+#: Seconds an ACK is waited for at most, however slow the measured round trips.
+MAX_ACK_TIMEOUT = 60.0
 
 
 class DeliveryFailed(Exception):
@@ -79,6 +82,7 @@ class _Outgoing:
         self.hint = hint
         self.make_packet = make_packet  # envelope -> (first_hop, packet), or None when out of routes
         self.attempts = 0
+        self.ack_ids = []  # one per sending: a late ACK of any of them will do
         self.timer = None
         self.done = Deferred()
 
@@ -100,7 +104,10 @@ class NymClient:
     :param float pull_interval: seconds between pulls of the inbox, at most
         (shorter where the client's own traffic coming back needs it).
     :param float ack_timeout: seconds to wait for an ACK before sending the
-        fragment again over a fresh route; derived from the delays if ``None``.
+        fragment again over a fresh route, at least; derived from the delays
+        if ``None``.  Longer when the ACKs' measured round trips need it
+        (RFC 6298's estimator), so that a slow or loaded network is not sent
+        every packet twice.
     :param int max_attempts: sends of one fragment before giving up.
     :param float send_rate: λ_P: packets per second of the payload stream
         (Poisson), real ones when the queue holds some, cover otherwise.
@@ -143,7 +150,7 @@ class NymClient:
             # Out and back through every hop with generous room for the
             # exponential tail, plus a pull at each end.
             ack_timeout = 3.0 + 2 * pull_interval + 6 * mean_delay * 2 * self.router.hops
-        self.ack_timeout = ack_timeout
+        self._ack_rto = RetransmissionTimeout(ack_timeout, ack_timeout, max(8 * ack_timeout, MAX_ACK_TIMEOUT))
         self._max_attempts = max_attempts
         self._reply_surbs = reply_surbs
         self._pull_batch = pull_batch
@@ -164,7 +171,7 @@ class NymClient:
         self._token = None
         self._session = None
         self._connecting = None
-        self._pending = {}  # ack id -> _Outgoing
+        self._pending = {}  # ack id -> (_Outgoing, seconds when sent)
         self._pull_loop = None
         self._running = False
         self.pulls_held = False  # set: scheduled pulls skip (messages wait at the provider)
@@ -240,7 +247,13 @@ class NymClient:
         stats = self.counters.snapshot()
         stats.update({f"stream.{k}": v for k, v in self.stream.stats().items()})
         stats["acks.awaited"] = len(self._pending)
+        stats["acks.timeout"] = self.ack_timeout
         return stats
+
+    @property
+    def ack_timeout(self):
+        """Seconds a packet now waits for its ACK before it is sent again."""
+        return self._ack_rto.timeout
 
     async def stop(self):
         """
@@ -252,7 +265,7 @@ class NymClient:
         self.stream.stop()
         if self._pull_loop is not None and self._pull_loop.running:
             self._pull_loop.stop()
-        for outgoing in self._pending.values():
+        for outgoing, _ in self._pending.values():
             if outgoing.timer is not None and outgoing.timer.active():
                 outgoing.timer.cancel()
         self._pending.clear()
@@ -357,8 +370,11 @@ class NymClient:
 
     def _transmit(self, outgoing):
         """Build the packet of ``outgoing`` as it leaves and start its ACK timer."""
+        if outgoing.done.called:
+            return None  # a late ACK of an earlier sending came while this one waited
         make_packet = outgoing.make_packet()
         if make_packet is None or outgoing.attempts >= self._max_attempts:
+            self._forget(outgoing)
             outgoing.done.errback(DeliveryFailed(f"no ACK after {outgoing.attempts} attempts"))
             return None
         outgoing.attempts += 1
@@ -366,16 +382,25 @@ class NymClient:
         ack_hop, ack_packet = self.router.ack(self.keys.identity_public_bytes, encode_envelope(ack_id))
         body = seal(outgoing.seal_key, outgoing.hint, outgoing.fragment_bytes)
         first_hop, packet = make_packet(encode_envelope(body, ack_hop, ack_packet))
-        self._pending[ack_id] = outgoing
-        outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, ack_id)
+        self._pending[ack_id] = (outgoing, self._clock.seconds())
+        outgoing.ack_ids.append(ack_id)
+        outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, outgoing)
         self.counters.incr("packets.sent", "retransmission" if outgoing.attempts > 1 else "first")
         return first_hop, packet
 
-    def _ack_timed_out(self, ack_id):
-        outgoing = self._pending.pop(ack_id, None)
-        if outgoing is not None:
-            # At the front: its message was accepted long ago.
+    def _ack_timed_out(self, outgoing):
+        outgoing.timer = None
+        if not outgoing.done.called:
+            # At the front: its message was accepted long ago.  Its earlier
+            # ACK ids stay awaited: the packet may only be slow.
             self.stream.put(lambda: self._transmit(outgoing), front=True)
+
+    def _forget(self, outgoing):
+        for ack_id in outgoing.ack_ids:
+            self._pending.pop(ack_id, None)
+        if outgoing.timer is not None and outgoing.timer.active():
+            outgoing.timer.cancel()
+        outgoing.timer = None
 
     def _submit(self, first_hop, packet):
         d = self.session()
@@ -469,13 +494,19 @@ class NymClient:
         ))
 
     def _ack_received(self, ack_id):
-        outgoing = self._pending.pop(ack_id, None)
-        if outgoing is None:
-            # A cover loop's ACK, or a late ACK of a retransmitted fragment.
+        entry = self._pending.pop(ack_id, None)
+        if entry is None:
+            # A cover loop's ACK, or an ACK of a fragment another sending of
+            # it already completed.
             self.counters.incr("acks.received", "unknown")
             return
+        outgoing, sent_at = entry
+        # Each sending has its own ACK id, so its round trip is unambiguous.
+        self._ack_rto.sample(self._clock.seconds() - sent_at)
         self.counters.incr("acks.received", "pending")
-        if outgoing.timer is not None and outgoing.timer.active():
-            outgoing.timer.cancel()
+        if ack_id != outgoing.ack_ids[-1]:
+            # The fragment was sent again in vain: its timeout was short.
+            self.counters.incr("acks.late")
+        self._forget(outgoing)
         if not outgoing.done.called:
             outgoing.done.callback(None)

@@ -15,6 +15,7 @@ import collections
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from nymprov.net.roundtrip import RetransmissionTimeout
 from nymprov.wire.streams import (
     ACK,
     FIN,
@@ -76,10 +77,7 @@ class StreamEndpoint:
         self._transmit = transmit
         self._on_frame = on_frame
         self._on_closed = on_closed
-        self._rto = rto
-        self._max_rto = 8 * rto
-        self._srtt = None
-        self._rttvar = None
+        self._rto = RetransmissionTimeout(rto, min(MIN_RTO, rto), 8 * rto)
         self._max_attempts = max_attempts
         self._window = window
         self._next_seq = 0
@@ -139,7 +137,7 @@ class StreamEndpoint:
         # that opens it again may never come.
         if (self._unacked or self._waiting) and (
                 self._retransmit_call is None or not self._retransmit_call.active()):
-            self._retransmit_call = self._clock.callLater(self._rto, self._retransmit)
+            self._retransmit_call = self._clock.callLater(self._rto.timeout, self._retransmit)
 
     def _retransmit(self):
         self._retransmit_call = None
@@ -153,7 +151,7 @@ class StreamEndpoint:
             return
         now = self._clock.seconds()
         for seq, frame in list(self._unacked.items()):
-            if frame.sacked or now - frame.sent_at < min(self._rto * 2 ** (frame.attempts - 1), self._max_rto):
+            if frame.sacked or now - frame.sent_at < self._rto.for_attempt(frame.attempts):
                 continue
             if frame.attempts >= self._max_attempts:
                 self.reset(REPLY_TTL_EXPIRED)
@@ -174,13 +172,7 @@ class StreamEndpoint:
         sent_once = [frame.sent_at for frame in acknowledged if frame.attempts == 1]
         if not sent_once:
             return
-        sample = self._clock.seconds() - max(sent_once)
-        if self._srtt is None:
-            self._srtt, self._rttvar = sample, sample / 2
-        else:
-            self._rttvar = 0.75 * self._rttvar + 0.25 * abs(self._srtt - sample)
-            self._srtt = 0.875 * self._srtt + 0.125 * sample
-        self._rto = min(max(self._srtt + 4 * self._rttvar, MIN_RTO), self._max_rto)
+        self._rto.sample(self._clock.seconds() - max(sent_once))
 
     def reset(self, code=REPLY_GENERAL_FAILURE):
         """End the stream at once, telling the other side (best effort)."""
