@@ -9,7 +9,7 @@ client, is in test_observer).
 import random
 
 from scipy.stats import ks_2samp
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -239,6 +239,46 @@ class ShapedClientTests(SynchronousTestCase):
             self.successResultOf(client.start())
             self.assertEqual(len(session.pulls), expected)
             self.successResultOf(client.stop())
+
+    def test_draining_pulls_beside_the_ack(self):
+        """
+        A draining client sends its next PULL without waiting for the
+        answer to the ACK before it (one round trip a batch, not two), and
+        a pull still ends only once every ACK was answered.
+        """
+        client, session = self.client(pull_batch=2, pull_drain=True)
+        replies = [api.Messages(5, 16, (api.Slot.message(b"x"), api.Slot.message(b"y"))),
+                   api.Messages(6, 16, (api.Slot.message(b"z"), api.Slot.message(b"w"))),
+                   api.Messages(0, 16, ())]
+        events, answers = [], []
+        session.pull = lambda max_count, pad=False: (events.append("pull"), succeed(replies.pop(0)))[1]
+
+        def ack(lease_id):
+            events.append(f"ack {lease_id}")
+            answers.append(Deferred())
+            return answers[-1]
+
+        session.ack = ack
+        client._running = True
+        client._session = session
+        pulled = client.pull(drain=True)
+        self.assertEqual(events, ["pull", "ack 5", "pull", "ack 6", "pull"])
+        self.assertNoResult(pulled)
+        answers[0].callback(2)
+        self.assertNoResult(pulled)
+        answers[1].callback(2)
+        self.assertEqual(self.successResultOf(pulled), 4)
+
+    def test_a_failed_ack_fails_the_pull(self):
+        """An ACK the provider refuses is the pull's error, as before pipelining."""
+        client, session = self.client(pull_batch=2, pull_drain=True)
+        replies = [api.Messages(5, 16, (api.Slot.message(b"x"), api.Slot.message(b"y"))),
+                   api.Messages(0, 16, ())]
+        session.pull = lambda max_count, pad=False: succeed(replies.pop(0))
+        session.ack = lambda lease_id: fail(api.RemoteError(api.ErrorCode.UNKNOWN_LEASE, "no such lease"))
+        client._running = True
+        client._session = session
+        self.failureResultOf(client.pull(drain=True), api.RemoteError)
 
     def observe(self, shaped, seed):
         """
