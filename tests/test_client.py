@@ -132,6 +132,59 @@ class ClientTests(SynchronousTestCase):
         self.failureResultOf(d, DeliveryFailed)
         self.assertEqual(self.alice.counters.get("packets.sent", "retransmission"), 2)
 
+    def test_a_late_ack_completes_the_fragment(self):
+        """The ACK of the first sending, arriving after the second left, still completes the send."""
+        d = self.alice.send(self.bob.address, b"slow")
+        self.clock.advance(5.0)
+        self.assertEqual(len(self.alice_session.sent), 2)
+        _, ack = self.deliver(self.alice_session.sent[0], self.bob)
+        self.alice.handle_stored(ack)
+        self.successResultOf(d)
+        self.assertEqual(self.alice.counters.get("acks.late"), 1)
+        self.assertFalse(self.clock.getDelayedCalls())
+        # The second sending's ACK is one more of a fragment already done.
+        _, ack = self.deliver(self.alice_session.sent[1], self.bob)
+        self.alice.handle_stored(ack)
+        self.assertEqual(self.alice.counters.get("acks.received", "unknown"), 1)
+
+    def test_queued_acks_are_waited_for(self):
+        """
+        While nothing sent after a fragment has been ACKed either, its
+        timeout waits on (the ACKs queue, they are not lost), up to three
+        more timeouts; once a later fragment's ACK arrives, an earlier one
+        still missing is sent again at its next timeout.
+        """
+        first = self.alice.send(self.bob.address, b"first")
+        self.clock.advance(1.0)
+        self.alice.send(self.bob.address, b"second")
+        self.clock.advance(1.0)
+        self.alice.send(self.bob.address, b"third")
+        sent = list(self.alice_session.sent)
+        self.clock.pump([0.1] * 35)  # past the first one's timeout
+        self.assertEqual(len(self.alice_session.sent), 3)
+        self.assertEqual(self.alice.counters.get("acks.held"), 1)
+        _, ack = self.deliver(sent[2], self.bob)
+        self.alice.handle_stored(ack)
+        self.clock.pump([0.1] * 50)  # the first one's next timeout: the third's ACK came
+        self.assertEqual(self.alice.counters.get("packets.sent", "retransmission"), 2)
+        self.assertNoResult(first)
+
+    def test_holds_are_bounded(self):
+        """
+        With no ACK at all, a fragment is sent again after four timeouts,
+        not never; the newest one (nothing sent after it) is never held.
+        """
+        self.alice.send(self.bob.address, b"first")  # t = 0
+        self.clock.advance(1.0)
+        second = self.alice.send(self.bob.address, b"second")  # t = 1: sent again at 6 and 11, failed at 16
+        # In steps: a timer set while Clock.advance runs counts from its end.
+        self.clock.pump([0.1] * 189)
+        self.assertEqual(self.alice.counters.get("acks.held"), 3)
+        self.assertEqual(self.alice.counters.get("packets.sent", "retransmission"), 2)
+        self.clock.pump([0.1] * 6)  # the first one's fourth timeout (each step late by up to one step)
+        self.assertEqual(self.alice.counters.get("packets.sent", "retransmission"), 3)
+        self.failureResultOf(second, DeliveryFailed)
+
     def test_retransmitted_copy_is_delivered_once(self):
         """Both the lost-ACK original and its retransmission reach B; B sees the message once."""
         d = self.alice.send(self.bob.address, b"twice")

@@ -47,6 +47,9 @@ from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_env
 DEFAULT_PULL_BATCH = 64
 #: Seconds an ACK is waited for at most, however slow the measured round trips.
 MAX_ACK_TIMEOUT = 60.0
+#: Timeouts a sending may wait through, while nothing sent after it was
+#: ACKed either, before it is sent again anyway.
+MAX_ACK_HOLDS = 3
 
 
 class DeliveryFailed(Exception):
@@ -82,6 +85,8 @@ class _Outgoing:
         self.hint = hint
         self.make_packet = make_packet  # envelope -> (first_hop, packet), or None when out of routes
         self.attempts = 0
+        self.sent_at = None  # of the latest sending
+        self.holds = 0  # timeouts of the latest sending that waited on instead
         self.ack_ids = []  # one per sending: a late ACK of any of them will do
         self.timer = None
         self.done = Deferred()
@@ -107,7 +112,10 @@ class NymClient:
         fragment again over a fresh route, at least; derived from the delays
         if ``None``.  Longer when the ACKs' measured round trips need it
         (RFC 6298's estimator), so that a slow or loaded network is not sent
-        every packet twice.
+        every packet twice.  A fragment is sent again when its timeout
+        passes and a fragment sent after it was ACKed, or nothing was sent
+        after it; else (ACKs queue: nothing later came back either) after up
+        to :data:`MAX_ACK_HOLDS` more timeouts.
     :param int max_attempts: sends of one fragment before giving up.
     :param float send_rate: λ_P: packets per second of the payload stream
         (Poisson), real ones when the queue holds some, cover otherwise.
@@ -172,6 +180,8 @@ class NymClient:
         self._session = None
         self._connecting = None
         self._pending = {}  # ack id -> (_Outgoing, seconds when sent)
+        self._last_sent_at = None  # of the newest fragment sending
+        self._newest_acked_sent_at = None  # the send time of the newest sending ACKed
         self._pull_loop = None
         self._running = False
         self.pulls_held = False  # set: scheduled pulls skip (messages wait at the provider)
@@ -382,7 +392,10 @@ class NymClient:
         ack_hop, ack_packet = self.router.ack(self.keys.identity_public_bytes, encode_envelope(ack_id))
         body = seal(outgoing.seal_key, outgoing.hint, outgoing.fragment_bytes)
         first_hop, packet = make_packet(encode_envelope(body, ack_hop, ack_packet))
-        self._pending[ack_id] = (outgoing, self._clock.seconds())
+        now = self._clock.seconds()
+        self._pending[ack_id] = (outgoing, now)
+        self._last_sent_at = outgoing.sent_at = now
+        outgoing.holds = 0
         outgoing.ack_ids.append(ack_id)
         outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, outgoing)
         self.counters.incr("packets.sent", "retransmission" if outgoing.attempts > 1 else "first")
@@ -390,10 +403,22 @@ class NymClient:
 
     def _ack_timed_out(self, outgoing):
         outgoing.timer = None
-        if not outgoing.done.called:
-            # At the front: its message was accepted long ago.  Its earlier
-            # ACK ids stay awaited: the packet may only be slow.
-            self.stream.put(lambda: self._transmit(outgoing), front=True)
+        if outgoing.done.called:
+            return
+        sent_later = self._last_sent_at > outgoing.sent_at
+        acked_later = self._newest_acked_sent_at is not None and self._newest_acked_sent_at > outgoing.sent_at
+        if sent_later and not acked_later and outgoing.holds < MAX_ACK_HOLDS:
+            # Nothing sent after it has come back either: the ACKs queue
+            # somewhere (a loaded network, this client's own pulls), they
+            # are not lost.  Sending again now would only add to the queue,
+            # and a network pushed past its capacity would collapse so.
+            outgoing.holds += 1
+            self.counters.incr("acks.held")
+            outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, outgoing)
+            return
+        # At the front: its message was accepted long ago.  Its earlier
+        # ACK ids stay awaited: the packet may only be slow.
+        self.stream.put(lambda: self._transmit(outgoing), front=True)
 
     def _forget(self, outgoing):
         for ack_id in outgoing.ack_ids:
@@ -513,6 +538,8 @@ class NymClient:
         outgoing, sent_at = entry
         # Each sending has its own ACK id, so its round trip is unambiguous.
         self._ack_rto.sample(self._clock.seconds() - sent_at)
+        if self._newest_acked_sent_at is None or sent_at > self._newest_acked_sent_at:
+            self._newest_acked_sent_at = sent_at
         self.counters.incr("acks.received", "pending")
         if ack_id != outgoing.ack_ids[-1]:
             # The fragment was sent again in vain: its timeout was short.
