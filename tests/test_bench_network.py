@@ -4,7 +4,9 @@ of it.  The benchmark itself runs end to end in ``test_e2e_shaped``.
 """
 
 import re
+import sys
 
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from nymprov.tools import bench_network, bench_peer
@@ -66,6 +68,21 @@ class PeerOptionsTests(TestCase):
         for args in (["send"], ["--topology", "t.json", "--provider", "x", "send"],
                      ["--topology", "t.json", "--provider", "x", "listen"]):
             self.assertEqual(bench_peer.main(args), 2, args)
+
+
+class PeerProcessTests(TestCase):
+    async def test_a_client_process_that_ends_early_is_said(self):
+        """The benchmark stops waiting at once and names the log that holds why."""
+        log = self.mktemp()
+        peer = bench_network._Peer(log)
+        reactor.spawnProcess(peer, sys.executable,
+                             [sys.executable, "-c", "import sys; sys.stderr.write('no topology')"])
+        with self.assertRaises(RuntimeError) as raised:
+            await peer.expect(reactor, "ready", timeout=30)
+        self.assertIn(log, str(raised.exception))
+        await peer.ended
+        with open(log, "rb") as f:
+            self.assertEqual(f.read(), b"no topology")
 
 
 class OverloadTests(TestCase):

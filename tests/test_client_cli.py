@@ -168,7 +168,10 @@ class CommandTests(TestCase):
         bob_dir = os.path.join(os.path.dirname(second), "client-2")
         running = start_running_client(self, "--data-dir", bob_dir, "--api-listen", "tcp:0:interface=127.0.0.1")
         api_file = os.path.join(bob_dir, API_FILE)
-        await wait_for(lambda: os.path.exists(api_file) or running.ended.called, "the running client's API file")
+        # The file and the line are two events: under load the test may see
+        # the file before the pipe has brought the line.
+        await wait_for(lambda: (os.path.exists(api_file) and b"local API on" in running.output)
+                       or running.ended.called, "the running client's API file and its line")
         self.assertIn(b"local API on ws://127.0.0.1:", running.output)
         self.assertIn(b"shaped: \xce\xbb_P 100/s", running.output)
         out, err, code = await nym_client("send", "--config", first, bob, "through the daemon")

@@ -194,7 +194,7 @@ class ShapedClientTests(SynchronousTestCase):
         self.assertEqual(client.counters.get("packets.sent", "first"), 4)
         self.assertEqual(client.stats()["stream.queue_length"], 9)
         left = [t for t, _ in session.times]
-        deadlines = [outgoing.timer.getTime() for outgoing, _ in client._pending.values()]
+        deadlines = client.acks.deadlines()
         self.assertEqual(deadlines, [t + 5.0 for t in left])
 
     def test_pulls_keep_a_fixed_cadence_and_ask_for_padding(self):

@@ -11,6 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from nymprov.client.acks import Acknowledgements, Outgoing
 from nymprov.client.cover import CoverBuilder
 from nymprov.wire.fragments import Fragment, MalformedFragment, Reassembler, split_message
 from nymprov.client.identity import ClientAddress, load_token, save_token
@@ -38,18 +39,12 @@ from nymprov.client.stream import (
     pull_interval_keeping_up,
 )
 from nymprov.metrics import Counters
-from nymprov.net.roundtrip import RetransmissionTimeout
 from nymprov.sphinx import SURB
 from nymprov.wire import clientapi as api
 from nymprov.wire.envelope import MalformedEnvelope, decode_envelope, encode_envelope
 
 #: Most messages one PULL asks for (the provider's default ``pull_max``).
 DEFAULT_PULL_BATCH = 64
-#: Seconds an ACK is waited for at most, however slow the measured round trips.
-MAX_ACK_TIMEOUT = 60.0
-#: Timeouts a sending may wait through, while nothing sent after it was
-#: ACKed either, before it is sent again anyway.
-MAX_ACK_HOLDS = 3
 
 
 class DeliveryFailed(Exception):
@@ -76,22 +71,6 @@ class NoClientApi(ValueError):
     reason = "no_client_api"
 
 
-class _Outgoing:
-    """One fragment in flight until its ACK comes back."""
-
-    def __init__(self, fragment_bytes, seal_key, hint, make_packet):
-        self.fragment_bytes = fragment_bytes
-        self.seal_key = seal_key
-        self.hint = hint
-        self.make_packet = make_packet  # envelope -> (first_hop, packet), or None when out of routes
-        self.attempts = 0
-        self.sent_at = None  # of the latest sending
-        self.holds = 0  # timeouts of the latest sending that waited on instead
-        self.ack_ids = []  # one per sending: a late ACK of any of them will do
-        self.timer = None
-        self.done = Deferred()
-
-
 class NymClient:
     """
     A mixnet client of one provider.
@@ -115,7 +94,7 @@ class NymClient:
         every packet twice.  A fragment is sent again when its timeout
         passes and a fragment sent after it was ACKed, or nothing was sent
         after it; else (ACKs queue: nothing later came back either) after up
-        to :data:`MAX_ACK_HOLDS` more timeouts.
+        to :data:`~nymprov.client.acks.MAX_ACK_HOLDS` more timeouts.
     :param int max_attempts: sends of one fragment before giving up.
     :param float send_rate: λ_P: packets per second of the payload stream
         (Poisson), real ones when the queue holds some, cover otherwise.
@@ -158,7 +137,6 @@ class NymClient:
             # Out and back through every hop with generous room for the
             # exponential tail, plus a pull at each end.
             ack_timeout = 3.0 + 2 * pull_interval + 6 * mean_delay * 2 * self.router.hops
-        self._ack_rto = RetransmissionTimeout(ack_timeout, ack_timeout, max(8 * ack_timeout, MAX_ACK_TIMEOUT))
         self._max_attempts = max_attempts
         self._reply_surbs = reply_surbs
         self._pull_batch = pull_batch
@@ -179,9 +157,10 @@ class NymClient:
         self._token = None
         self._session = None
         self._connecting = None
-        self._pending = {}  # ack id -> (_Outgoing, seconds when sent)
-        self._last_sent_at = None  # of the newest fragment sending
-        self._newest_acked_sent_at = None  # the send time of the newest sending ACKed
+        self.acks = Acknowledgements(
+            self._clock, self.counters, ack_timeout,
+            # At the front: its message was accepted long ago.
+            lambda outgoing: self.stream.put(lambda: self._transmit(outgoing), front=True))
         self._pull_loop = None
         self._running = False
         self.pulls_held = False  # set: scheduled pulls skip (messages wait at the provider)
@@ -256,14 +235,14 @@ class NymClient:
         """:returns: the counters and the outgoing queue's figures, one flat dict."""
         stats = self.counters.snapshot()
         stats.update({f"stream.{k}": v for k, v in self.stream.stats().items()})
-        stats["acks.awaited"] = len(self._pending)
+        stats["acks.awaited"] = len(self.acks)
         stats["acks.timeout"] = self.ack_timeout
         return stats
 
     @property
     def ack_timeout(self):
         """Seconds a packet now waits for its ACK before it is sent again."""
-        return self._ack_rto.timeout
+        return self.acks.timeout
 
     async def stop(self):
         """
@@ -275,10 +254,7 @@ class NymClient:
         self.stream.stop()
         if self._pull_loop is not None and self._pull_loop.running:
             self._pull_loop.stop()
-        for outgoing, _ in self._pending.values():
-            if outgoing.timer is not None and outgoing.timer.active():
-                outgoing.timer.cancel()
-        self._pending.clear()
+        self.acks.clear()
         if self._connecting is not None:
             try:
                 await self._connecting
@@ -352,7 +328,7 @@ class NymClient:
     def _send_record(self, record, seal_key, hint, next_route, wait):
         message_id = self._rng.randbytes(16)
         outgoing = [
-            _Outgoing(fragment.to_bytes(), seal_key, hint, next_route)
+            Outgoing(fragment.to_bytes(), seal_key, hint, next_route)
             for fragment in split_message(message_id, record.to_bytes(), CHUNK_SIZE)
         ]
 
@@ -384,7 +360,7 @@ class NymClient:
             return None  # a late ACK of an earlier sending came while this one waited
         make_packet = outgoing.make_packet()
         if make_packet is None or outgoing.attempts >= self._max_attempts:
-            self._forget(outgoing)
+            self.acks.forget(outgoing)
             outgoing.done.errback(DeliveryFailed(f"no ACK after {outgoing.attempts} attempts"))
             return None
         outgoing.attempts += 1
@@ -392,40 +368,9 @@ class NymClient:
         ack_hop, ack_packet = self.router.ack(self.keys.identity_public_bytes, encode_envelope(ack_id))
         body = seal(outgoing.seal_key, outgoing.hint, outgoing.fragment_bytes)
         first_hop, packet = make_packet(encode_envelope(body, ack_hop, ack_packet))
-        now = self._clock.seconds()
-        self._pending[ack_id] = (outgoing, now)
-        self._last_sent_at = outgoing.sent_at = now
-        outgoing.holds = 0
-        outgoing.ack_ids.append(ack_id)
-        outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, outgoing)
+        self.acks.sent(outgoing, ack_id)
         self.counters.incr("packets.sent", "retransmission" if outgoing.attempts > 1 else "first")
         return first_hop, packet
-
-    def _ack_timed_out(self, outgoing):
-        outgoing.timer = None
-        if outgoing.done.called:
-            return
-        sent_later = self._last_sent_at > outgoing.sent_at
-        acked_later = self._newest_acked_sent_at is not None and self._newest_acked_sent_at > outgoing.sent_at
-        if sent_later and not acked_later and outgoing.holds < MAX_ACK_HOLDS:
-            # Nothing sent after it has come back either: the ACKs queue
-            # somewhere (a loaded network, this client's own pulls), they
-            # are not lost.  Sending again now would only add to the queue,
-            # and a network pushed past its capacity would collapse so.
-            outgoing.holds += 1
-            self.counters.incr("acks.held")
-            outgoing.timer = self._clock.callLater(self.ack_timeout, self._ack_timed_out, outgoing)
-            return
-        # At the front: its message was accepted long ago.  Its earlier
-        # ACK ids stay awaited: the packet may only be slow.
-        self.stream.put(lambda: self._transmit(outgoing), front=True)
-
-    def _forget(self, outgoing):
-        for ack_id in outgoing.ack_ids:
-            self._pending.pop(ack_id, None)
-        if outgoing.timer is not None and outgoing.timer.active():
-            outgoing.timer.cancel()
-        outgoing.timer = None
 
     def _submit(self, first_hop, packet):
         d = self.session()
@@ -529,21 +474,6 @@ class NymClient:
         ))
 
     def _ack_received(self, ack_id):
-        entry = self._pending.pop(ack_id, None)
-        if entry is None:
-            # A cover loop's ACK, or an ACK of a fragment another sending of
-            # it already completed.
-            self.counters.incr("acks.received", "unknown")
-            return
-        outgoing, sent_at = entry
-        # Each sending has its own ACK id, so its round trip is unambiguous.
-        self._ack_rto.sample(self._clock.seconds() - sent_at)
-        if self._newest_acked_sent_at is None or sent_at > self._newest_acked_sent_at:
-            self._newest_acked_sent_at = sent_at
-        self.counters.incr("acks.received", "pending")
-        if ack_id != outgoing.ack_ids[-1]:
-            # The fragment was sent again in vain: its timeout was short.
-            self.counters.incr("acks.late")
-        self._forget(outgoing)
-        if not outgoing.done.called:
+        outgoing = self.acks.received(ack_id)
+        if outgoing is not None and not outgoing.done.called:
             outgoing.done.callback(None)

@@ -104,6 +104,7 @@ class _Peer(ProcessProtocol):
     def __init__(self, log_path):
         self.lines = DeferredQueue()
         self.ended = Deferred()
+        self.log_path = log_path
         self._partial = b""
         self._log = open(log_path, "ab")
 
@@ -123,11 +124,14 @@ class _Peer(ProcessProtocol):
         """:returns: the next line that starts with ``first_word``, as words."""
         while True:
             words = await self.lines.get().addTimeout(timeout, reactor)
+            if words is None:
+                raise RuntimeError(f"a client process ended early; its output is in {self.log_path}")
             if words and words[0] == first_word:
                 return words
 
     def processEnded(self, reason):
         self._log.close()
+        self.lines.put(None)
         self.ended.callback(None)
 
 
