@@ -31,6 +31,8 @@ class BenchOptions(usage.Options):
         ["size", "s", 1000, "bytes per message (one fragment up to 1545)", int],
         ["delays", None, "0", "mean per-hop delays to try, in ms, comma-separated"],
         ["senders", None, 2, "sending clients of provider 1, each a process", int],
+        ["pull-batch", None, 256, "messages per pull of each client (the providers' --pull-max is raised"
+                                  " to it: fewer, larger pulls cost less per message)", int],
         ["runs", "r", 1, "runs per delay (their median is printed too)", int],
         ["window", "w", 512, "messages sent and not yet received at most (the offered load)", int],
         ["dir", None, None, "testnet directory [default: a new temporary one]"],
@@ -156,7 +158,8 @@ def _sender_name(number, count):
     return "client A (sender)" if count == 1 else f"client A{number} (sender)"
 
 
-async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, window=512, senders_count=2):
+async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, window=512, senders_count=2,
+                   pull_batch=64):
     """
     Send ``count`` messages from a client of provider 1 to one of provider 2,
     each client in a process of its own, at most ``window`` of them sent and
@@ -169,7 +172,7 @@ async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, windo
         process.
     """
     first, second = net.topology.providers
-    common = ["--size", str(size), "--mean-delay", repr(mean_delay_ms / 1000.0)]
+    common = ["--size", str(size), "--mean-delay", repr(mean_delay_ms / 1000.0), "--pull-batch", str(pull_batch)]
     if shaping and shaping.get("shaped"):
         common += ["--send-rate", repr(shaping["send_rate"])]
     receiver = _spawn_peer(reactor, net, "receive", second, "receiver", common)
@@ -362,14 +365,16 @@ async def _bench(reactor, options, out):
     directory = options["dir"] or tempfile.mkdtemp(prefix="nym-bench-")
     workers = ["--unwrap-workers", str(options["unwrap-workers"])]
     extra = {f"mix-{layer}-1": workers for layer in range(1, layers + 1)}
-    extra.update({f"provider-{n}": RAISED_LIMITS + workers for n in (1, 2)})
+    pulls = ["--pull-max", str(max(options["pull-batch"], 64))]
+    extra.update({f"provider-{n}": RAISED_LIMITS + workers + pulls for n in (1, 2)})
     net = Testnet(directory, layers=layers, per_layer=1, providers=2, reactor=reactor, extra_arguments=extra)
     await net.start()
     try:
         print(f"end to end through {layers} layers and 2 providers on loopback; {options['count']} messages of"
               f" {options['size']} bytes, {options['senders']} client(s) A of provider 1 to B of provider 2,"
               f" each client a process,"
-              f" at most {options['window']} in flight; providers' send and ACK limits raised;"
+              f" at most {options['window']} in flight, pulls of up to {options['pull-batch']};"
+              f" providers' send and ACK limits raised;"
               f" {options['unwrap-workers']} unwrap worker(s) per node", file=out)
         kwargs = shaping(options)
         print(f"  {describe_shaping(kwargs)}", file=out)
@@ -380,7 +385,7 @@ async def _bench(reactor, options, out):
             rates = []
             for _ in range(options["runs"]):
                 result = await run_once(reactor, net, options["count"], options["size"], delay, kwargs,
-                                        options["window"], options["senders"])
+                                        options["window"], options["senders"], options["pull-batch"])
                 rate = result["messages_per_second"]
                 rates.append(rate)
                 print(f"  mean delay {delay:5.1f} ms/hop: {rate:7.1f} messages/s ({rate / floor:.0%} of the floor),"

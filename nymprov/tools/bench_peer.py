@@ -41,6 +41,7 @@ class PeerOptions(usage.Options):
         ["size", None, 1000, "bytes per message", int],
         ["mean-delay", None, 0.0, "mean per-hop delay, seconds", float],
         ["pull-interval", None, 0.2, "seconds between pulls", float],
+        ["pull-batch", None, 64, "messages per pull at most", int],
         ["send-rate", None, None, "shape sending at this λ_P (default: unshaped)", float],
     ]
 
@@ -91,7 +92,8 @@ def _client(reactor, options):
     # pulls keep up with the load instead of measuring the pull interval.
     return NymClient(ClientKeys.generate(), load_topology(options["topology"]), options["provider"],
                      reactor=reactor, mean_delay=options["mean-delay"],
-                     pull_interval=options["pull-interval"], pull_drain=True, **shaping)
+                     pull_interval=options["pull-interval"], pull_drain=True,
+                     pull_batch=options["pull-batch"], **shaping)
 
 
 async def _receive(client, commands):
