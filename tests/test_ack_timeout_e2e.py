@@ -65,6 +65,9 @@ class AckTimeoutTests(TestCase):
         # drops the late ACKs: no send ever completed.  A measured one
         # sends again only the odd packet in the delays' tail.
         self.assertLess(again, WAVE // 2, f"{again} of {2 * WAVE} packets sent again")
+        # The estimator learned the round trips (the holds alone would also
+        # spare some sendings).
+        self.assertGreater(alice.ack_timeout, 2 * CONFIGURED_TIMEOUT)
 
         received = []
         while len(received) < 3 * WAVE:

@@ -69,6 +69,11 @@ class PeerOptionsTests(TestCase):
                      ["--topology", "t.json", "--provider", "x", "listen"]):
             self.assertEqual(bench_peer.main(args), 2, args)
 
+    def test_bench_refuses_no_sender(self):
+        """Counts below one are usage errors, before any testnet starts."""
+        for args in (["--senders", "0"], ["--window", "0"], ["--pull-batch", "0"], ["--unwrap-workers", "-1"]):
+            self.assertEqual(bench_network.main(args), 2, args)
+
 
 class PeerProcessTests(TestCase):
     async def test_a_client_process_that_ends_early_is_said(self):

@@ -3,7 +3,7 @@ The client on a Clock with a recording session: retransmission, ACKs,
 replies and cover traffic, with real Sphinx packets unwrapped hop by hop.
 """
 
-from twisted.internet.defer import succeed
+from twisted.internet.defer import CancelledError, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -146,6 +146,16 @@ class ClientTests(SynchronousTestCase):
         _, ack = self.deliver(self.alice_session.sent[1], self.bob)
         self.alice.handle_stored(ack)
         self.assertEqual(self.alice.counters.get("acks.received", "unknown"), 1)
+
+    def test_a_cancelled_send_awaits_no_ack(self):
+        """Cancelling a send (a caller's timeout) leaves no ACK id or timer behind."""
+        d = self.alice.send(self.bob.address, b"never mind")
+        self.clock.advance(5.0)  # the fragment is sent a second time
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.clock.advance(5.0)
+        self.assertEqual(self.alice.stats()["acks.awaited"], 0)
+        self.assertFalse(self.clock.getDelayedCalls())
 
     def test_queued_acks_are_waited_for(self):
         """

@@ -262,9 +262,10 @@ class ShapedClientTests(SynchronousTestCase):
         client._running = True
         client._session = session
         pulled = client.pull(drain=True)
-        self.assertEqual(events, ["pull", "ack 5", "pull", "ack 6", "pull"])
-        self.assertNoResult(pulled)
+        # The second PULL went out before the first ACK was answered.
+        self.assertEqual(events, ["pull", "ack 5", "pull"])
         answers[0].callback(2)
+        self.assertEqual(events, ["pull", "ack 5", "pull", "ack 6", "pull"])
         self.assertNoResult(pulled)
         answers[1].callback(2)
         self.assertEqual(self.successResultOf(pulled), 4)

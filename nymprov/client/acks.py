@@ -8,7 +8,8 @@ from twisted.internet.defer import Deferred
 
 from nymprov.net.roundtrip import RetransmissionTimeout
 
-#: Seconds an ACK is waited for at most, however slow the measured round trips.
+#: Seconds an ACK is waited for at most, however slow the measured round
+#: trips (or eight times the least timeout, when that is longer).
 MAX_ACK_TIMEOUT = 60.0
 #: Timeouts a sending may wait through, while nothing sent after it was
 #: ACKed either, before it is sent again anyway.
@@ -37,7 +38,8 @@ class Acknowledgements:
 
     A sending's timeout is at least ``ack_timeout`` and longer when the
     measured round trips need it (RFC 6298's estimator, at most
-    :data:`MAX_ACK_TIMEOUT`).  Each sending has its own ACK id, so every
+    :data:`MAX_ACK_TIMEOUT` or eight times ``ack_timeout``, whichever is
+    longer).  Each sending has its own ACK id, so every
     ACK is a clean sample, and an ACK of an earlier sending still completes
     its fragment.  When a timeout passes while nothing sent after that
     sending has come back either, the ACKs are queued somewhere (a loaded
@@ -114,12 +116,15 @@ class Acknowledgements:
             self.forget(outgoing)
 
     def deadlines(self):
-        """:returns: the times the awaited sendings' timers fire, in sending order."""
-        return [outgoing.timer.getTime() for outgoing, _ in self._pending.values() if outgoing.timer is not None]
+        """:returns: the times the awaited fragments' timers fire, in sending order."""
+        fragments = {id(outgoing): outgoing for outgoing, _ in self._pending.values()}
+        return [outgoing.timer.getTime() for outgoing in fragments.values() if outgoing.timer is not None]
 
     def _timed_out(self, outgoing):
         outgoing.timer = None
         if outgoing.done.called:
+            # Its send was cancelled: nothing awaits these ACKs any more.
+            self.forget(outgoing)
             return
         sent_later = self._last_sent_at > outgoing.sent_at
         acked_later = self._newest_acked_sent_at is not None and self._newest_acked_sent_at > outgoing.sent_at

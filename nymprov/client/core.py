@@ -357,7 +357,10 @@ class NymClient:
     def _transmit(self, outgoing):
         """Build the packet of ``outgoing`` as it leaves and start its ACK timer."""
         if outgoing.done.called:
-            return None  # a late ACK of an earlier sending came while this one waited
+            # A late ACK of an earlier sending came while this one waited,
+            # or the send was cancelled.
+            self.acks.forget(outgoing)
+            return None
         make_packet = outgoing.make_packet()
         if make_packet is None or outgoing.attempts >= self._max_attempts:
             self.acks.forget(outgoing)
@@ -405,28 +408,35 @@ class NymClient:
 
     async def _pull(self, drain):
         handled = 0
-        acks = []
+        acking = None  # the last batch's ACK, sent beside the next PULL
         try:
             while True:
                 session = await self.session()
                 batch = await session.pull(self._pull_batch, self._pull_pad)
                 self.counters.incr("pulls")
+                if acking is not None:
+                    # Answers come in request order, so the ACK sent before
+                    # this PULL is answered by now; a refusal ends the pull.
+                    acked, acking = acking, None
+                    await acked
                 if not batch.lease_id:
                     return handled
                 for stored in batch.messages:
                     self.handle_stored(stored)
                 handled += len(batch.messages)
-                # The next pull goes out beside this ACK, not after its
-                # answer: a pull skips leased messages, so nothing comes
-                # twice, and a draining client takes its inbox at one round
-                # trip a batch instead of two.
-                acks.append(session.ack(batch.lease_id))
+                # A draining client sends the next PULL beside this ACK, not
+                # after its answer: a pull skips leased messages, so nothing
+                # comes twice, and the inbox is taken at one round trip a
+                # batch instead of two.
+                acking = session.ack(batch.lease_id)
                 if not drain or len(batch.messages) < self._pull_batch:
+                    acked, acking = acking, None
+                    await acked
                     return handled
         finally:
-            for ok, result in await DeferredList(acks, consumeErrors=True):
-                if not ok:
-                    result.raiseException()
+            if acking is not None:
+                # The pull failed first: that is the error to report.
+                acking.addErrback(lambda failure: None)
 
     def add_stored_handler(self, handler):
         """

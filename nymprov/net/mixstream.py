@@ -77,7 +77,7 @@ class StreamEndpoint:
         self._transmit = transmit
         self._on_frame = on_frame
         self._on_closed = on_closed
-        self._rto = RetransmissionTimeout(rto, min(MIN_RTO, rto), 8 * rto)
+        self._rto = RetransmissionTimeout(rto, min(MIN_RTO, 8 * rto), 8 * rto)
         self._max_attempts = max_attempts
         self._window = window
         self._next_seq = 0

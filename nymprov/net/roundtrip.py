@@ -8,8 +8,8 @@ Written by hand: Twisted has no such estimator, and it is a few lines.
 
 class RetransmissionTimeout:
     """
-    Before any sample, ``initial``; then the smoothed round trip plus four
-    times its variation, kept within ``[minimum, maximum]``.
+    Before any sample, ``initial`` (as given); then the smoothed round trip
+    plus four times its variation, kept within ``[minimum, maximum]``.
 
     Callers feed it only unambiguous round trips: of something sent once,
     or of one identified sending (Karn's rule).
@@ -20,7 +20,7 @@ class RetransmissionTimeout:
             raise ValueError("0 < minimum <= maximum is needed")
         self.minimum = minimum
         self.maximum = maximum
-        self.timeout = min(max(initial, minimum), maximum)
+        self.timeout = initial
         self.smoothed = None
         self.variation = None
 

@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from twisted.internet.defer import Deferred, DeferredQueue, TimeoutError as NoMessage, ensureDeferred
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import react
 from twisted.python import usage
@@ -42,6 +43,13 @@ class BenchOptions(usage.Options):
                                   " [default: unshaped, to measure the network]", float],
     ]
     optFlags = [["unshaped", None, "clients send each packet at once (the default without --send-rate)"]]
+
+    def postOptions(self):
+        for name in ("count", "size", "runs", "window", "senders", "pull-batch"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if self["unwrap-workers"] < 0:
+            raise usage.UsageError("--unwrap-workers must not be negative")
 
 
 def percentile(values, fraction):
@@ -76,7 +84,10 @@ def cpu_seconds(pid):
     """:returns: CPU seconds of process ``pid`` and of its live children (unwrap workers)."""
     from nymprov.tools.bench_packets import process_cpu_seconds
 
-    total = process_cpu_seconds(pid)
+    try:
+        total = process_cpu_seconds(pid)
+    except (OSError, ValueError, IndexError):
+        return 0.0  # ended (the run says why)
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -146,12 +157,17 @@ def _spawn_peer(reactor, net, role, provider, name, arguments):
 
 
 async def _end_peer(reactor, peer):
+    if peer.ended.called:
+        return
     peer.say("stop")
     peer.transport.closeStdin()
     try:
         await peer.ended.addTimeout(QUIET_LIMIT, reactor)
     except NoMessage:
-        peer.transport.signalProcess("KILL")
+        try:
+            peer.transport.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
 
 
 def _sender_name(number, count):
@@ -203,6 +219,9 @@ async def run_once(reactor, net, count, size, mean_delay_ms, shaping=None, windo
                 words = await receiver.expect(reactor, "got")
             except NoMessage:
                 break
+            for sender in senders:
+                if sender.ended.called:
+                    raise RuntimeError(f"a sender ended early; its output is in {sender.log_path}")
             index = int(words[1])
             if index in seen:
                 duplicates += 1

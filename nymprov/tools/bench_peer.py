@@ -19,9 +19,9 @@ import struct
 import sys
 import time
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.stdio import StandardIO
-from twisted.internet.task import react
+from twisted.internet.task import deferLater, react
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python import usage
 
@@ -118,22 +118,31 @@ async def _send(reactor, client, commands, options):
 
     recipient = ClientAddress.parse(options["recipient"])
     padding = bytes(max(0, options["size"] - STAMP.size))
-    sends = []
+    settled = {"acknowledged": 0, "failed": 0}
 
-    def finished(results):
-        acknowledged = sum(1 for ok, _ in results if ok) if isinstance(results, list) else 0
+    def count(result, outcome):
+        settled[outcome] += 1
+
+    async def finish():
+        # Waits without cancelling: a send that is only slow still counts.
+        deadline = reactor.seconds() + FINISH_LIMIT
+        while sum(settled.values()) < sent and reactor.seconds() < deadline:
+            await deferLater(reactor, 0.1, lambda: None)
         retransmitted = client.counters.get("packets.sent", "retransmission")
-        commands.say("done", acknowledged, len(sends) - acknowledged, retransmitted)
+        commands.say("done", settled["acknowledged"], sent - settled["acknowledged"], retransmitted)
+
+    sent = 0
 
     def handle(words):
+        nonlocal sent
         if words[0] == "send":
-            first, count = int(words[1]), int(words[2])
-            for index in range(first, first + count):
-                sends.append(client.send(recipient, STAMP.pack(time.monotonic(), index) + padding))
+            first, how_many = int(words[1]), int(words[2])
+            for index in range(first, first + how_many):
+                d = client.send(recipient, STAMP.pack(time.monotonic(), index) + padding)
+                d.addCallbacks(count, count, callbackArgs=("acknowledged",), errbackArgs=("failed",))
+                sent += 1
         elif words[0] == "finish":
-            d = DeferredList(sends, consumeErrors=True)
-            d.addTimeout(FINISH_LIMIT, reactor)
-            d.addBoth(finished)
+            ensureDeferred(finish())
 
     commands.handle = handle
     commands.say("ready")
