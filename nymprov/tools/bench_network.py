@@ -20,8 +20,9 @@ from twisted.internet.task import react
 from twisted.python import usage
 
 #: Seconds between the clients' pulls.  Each pull asks for a padded
-#: answer of 64 slots (~140 KB), so pulling much more often makes the
-#: benchmark measure its own pulls.
+#: answer of ``--pull-batch`` slots (~2.1 KB each), so pulling much more
+#: often makes the benchmark measure its own pulls; a full batch is pulled
+#: again at once.
 PULL_INTERVAL = 0.2
 
 
