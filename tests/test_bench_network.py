@@ -48,8 +48,7 @@ class FloorTests(TestCase):
         """The "beyond" line subtracts each process's share from its CPU."""
         cpu = {name: 100.0 + (bench_network.sphinx_share(name, WORK, 2) or 0.0) for name in path_processes(2)}
         cpu["bench (this process)"] = 7.0
-        lines = bench_network.describe_cpu(cpu, WORK, 2e6 / bench_network.floor_per_message(WORK, LAYERS),
-                                           cores=2, senders=2)
+        lines = bench_network.describe_cpu(cpu, WORK, bench_network.floor_per_message(WORK, LAYERS), senders=2)
         for name in path_processes(2):
             self.assertIn(f"{name} 100 us", lines[1])
         self.assertIn("the rest 7 us", lines[1])

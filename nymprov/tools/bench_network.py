@@ -288,17 +288,20 @@ def measure_message_work(layers=3, rounds=5, per_round=300):
     timings = {part: [] for part in ("build_packet", "build_ack", "forward_packet", "forward_ack",
                                      "final_packet", "final_ack", "x25519")}
 
-    def timed(part, function, items, per=1):
+    def note(part, start, operations):
+        timings[part].append((time.perf_counter() - start) / operations * 1e6)
+
+    def timed(part, function, items):
         start = time.perf_counter()
         results = [function(item) for item in items]
-        timings[part].append((time.perf_counter() - start) / (len(items) * per) * 1e6)
+        note(part, start, len(items))
         return results
 
     def unwrap_all(kind, packets):
         start = time.perf_counter()
         for key in keys[:-1]:
             packets = [process_packet(packet, key).packet for packet in packets]
-        timings[f"forward_{kind}"].append((time.perf_counter() - start) / (len(packets) * layers) * 1e6)
+        note(f"forward_{kind}", start, len(packets) * layers)
         timed(f"final_{kind}", lambda packet: process_packet(packet, keys[-1]).message(), packets)
 
     for _ in range(rounds):
@@ -364,15 +367,18 @@ def sphinx_share(name, work, senders=1):
     }.get(name)
 
 
-def describe_cpu(cpu, work, floor, cores, senders=1):
-    """The lines of CPU per message by process, and what each spent beyond its Sphinx work."""
-    total = sum(cpu.values())
+def describe_cpu(cpu, work, per_message, senders=1):
+    """
+    The lines of CPU per message by process, and what each on the message's
+    path spent beyond its Sphinx work (``per_message`` µs in all).
+    """
     lines = ["    CPU per message: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(cpu.items()))
-             + f"; all {total:.0f} us (the floor's Sphinx work: {cores * 1e6 / floor:.0f} us)"]
+             + f"; all {sum(cpu.values()):.0f} us (the floor's Sphinx work: {per_message:.0f} us)"]
     shares = {name: sphinx_share(name, work, senders) for name in cpu}
     beyond = {name: us - shares[name] for name, us in cpu.items() if shares[name] is not None}
+    off_path = sum(us for name, us in cpu.items() if shares[name] is None)
     lines.append("    beyond the Sphinx work: " + ", ".join(f"{name} {us:.0f} us" for name, us in sorted(beyond.items()))
-                 + f"; the rest {total - sum(beyond.values()) - cores * 1e6 / floor:.0f} us")
+                 + f"; the rest {off_path:.0f} us")
     return lines
 
 
@@ -413,7 +419,7 @@ async def _bench(reactor, options, out):
                       f" received {result['received']} of {options['count']}, {result['duplicates']} duplicates,"
                       f" {result['acknowledged']} acknowledged, {result['retransmitted']} packets sent again",
                       file=out, flush=True)
-                for line in describe_cpu(result["cpu_us"], work, floor, cores, options["senders"]):
+                for line in describe_cpu(result["cpu_us"], work, floor_per_message(work, layers), options["senders"]):
                     print(line, file=out, flush=True)
             if len(rates) > 1:
                 median = statistics.median(rates)
